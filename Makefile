@@ -1,0 +1,25 @@
+# make demo: install everything, then run the main job end to end on the demo corpus.
+# make test: install everything, then run the test suite.
+VENV ?= .venv
+DEMO_DIR ?= demo-output
+
+.PHONY: install demo test bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh
+	VENV=$(VENV) scripts/install.sh
+	touch $@
+
+demo: install
+	$(VENV)/bin/impax demo $(DEMO_DIR)
+
+test: install
+	$(VENV)/bin/python -m pytest -q
+
+bench: install
+	$(VENV)/bin/python benchmarks/pipeline_throughput.py
+	$(VENV)/bin/python benchmarks/pipeline_memory.py
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache

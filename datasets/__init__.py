@@ -1,0 +1,1 @@
+"""Corpus definitions (the spec registry) and the reading side of prepared datasets."""

@@ -1,0 +1,1 @@
+"""Built-in dataset specs; importing this package registers them."""

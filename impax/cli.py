@@ -1,0 +1,154 @@
+"""The `impax` command line."""
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+
+def _build_parser(sub):
+  from impax.pipelines import config as config_lib
+  p = sub.add_parser(
+      "build", help="build a raw corpus into ArrayRecord shards",
+      description="Build a raw corpus into ArrayRecord shards with metadata. Beam pipeline "
+                  "options go after `--`, e.g. `-- --runner=DataflowRunner --project=P "
+                  "--region=R --temp_location=gs://B/tmp`.",
+      usage="impax build SPEC --input PATH --output DIR [--split NAME] [--workers N] "
+            "[options] [-- beam pipeline options]")
+  p.add_argument("spec", metavar="SPEC", help="a registered spec name (see `impax specs`) or a spec file (*.py)")
+  p.add_argument("--input", required=True, help="the corpus input: a manifest, CSV or folder (local, gs://, s3://)")
+  p.add_argument("--output", required=True, help="the dataset folder (local, gs://, s3://)")
+  p.add_argument("--split", default="train", help="split name (default: train)")
+  p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU count)")
+  p.add_argument("--config", help="settings file (JSON or TOML) with the options below")
+  p.add_argument("--overwrite", action="store_true",
+                 help="replace an existing build of another config or input")
+  p.add_argument("--verbose", action="store_true", help="show Beam's logs as it runs")
+  group = p.add_argument_group("processing options (defaults in brackets)")
+  for name, field in config_lib.FIELDS.items():
+    group.add_argument(f"--{name.replace('_', '-')}", dest=f"set_{name}", type=type(field.default),
+                       default=None, metavar=type(field.default).__name__.upper(),
+                       help=f"{field.metadata['help']} [{field.default!r}]")
+  p.set_defaults(func=_build)
+
+
+def _build(args, beam_args):
+  from impax.pipelines import build, config as config_lib
+  settings = []
+  if args.config:
+    settings.append(config_lib.read_config_file(args.config))
+  settings.append({k[4:]: v for k, v in vars(args).items() if k.startswith("set_") and v is not None})
+  if args.workers is not None and args.workers < 1:
+    raise build.BuildError("--workers must be at least 1")
+  plan, facts = build.prepare(args.spec, args.input, args.output, args.split, tuple(settings),
+                              overwrite=args.overwrite)
+  if facts["resumed_shards"]:
+    print(f"resuming: {facts['resumed_shards']} shard(s) already finished", file=sys.stderr)
+  summary = build.run(plan, facts, workers=args.workers, beam_args=beam_args,
+                      quiet=not args.verbose)
+  print_summary(summary)
+  return 0
+
+
+def print_summary(s: dict):
+  shards = s["shards"]
+  size = sum(x["num_bytes"] for x in shards)
+  print(f"{s['output']} [{s['split']}]: {s['num_examples']} examples, {s['num_failed']} failed, "
+        f"{len(shards)} shard(s), {size / 1e6:.1f} MB" + (f" ({s['skipped']})" if "skipped" in s else
+                                                           f", {s['build_seconds']:.1f} s"))
+  if s["num_failed"]:
+    stages = ", ".join(f"{k}: {v}" for k, v in s["failures_by_stage"].items())
+    print(f"  failures by stage: {stages}; see {os.path.join(s['output'], s['failures'])}")
+
+
+def _inspect_parser(sub):
+  p = sub.add_parser("inspect", help="summarize a prepared dataset; write an example's frames to PNG")
+  p.add_argument("dir", metavar="DIR")
+  p.add_argument("--split", help="split to show examples of (default: the first)")
+  p.add_argument("--example", type=int, help="print this example (index in the split)")
+  p.add_argument("--frames-to", metavar="DIR", help="with --example: write its frames/image as PNG here")
+  p.add_argument("--json", action="store_true", help="print metadata.json")
+  p.set_defaults(func=_inspect)
+
+
+def _inspect(args, beam_args):
+  from impax.pipelines import inspect
+  return inspect.main(args.dir, split=args.split, example=args.example, frames_to=args.frames_to,
+                      as_json=args.json)
+
+
+def _specs_parser(sub):
+  p = sub.add_parser("specs", help="list the registered dataset specs")
+  p.set_defaults(func=lambda args, beam_args: _specs())
+
+
+def _specs():
+  from impax.datasets import registry
+  for name in registry.names():
+    print(f"{name:16s} {registry.get(name).description}")
+  return 0
+
+
+def _demo_corpus_parser(sub):
+  p = sub.add_parser("demo-corpus", help="generate the demo corpus (moving digits with sound)")
+  p.add_argument("dir", metavar="DIR")
+  p.add_argument("--videos", type=int, default=200)
+  p.add_argument("--images", type=int, default=200)
+  p.add_argument("--audio", type=int, default=200)
+  p.add_argument("--seed", type=int, default=0)
+  p.set_defaults(func=_demo_corpus)
+
+
+def _demo_corpus(args, beam_args):
+  from impax.datasets import demo
+  manifests = demo.generate(args.dir, videos=args.videos, images=args.images, audio=args.audio,
+                            seed=args.seed)
+  for name, path in manifests.items():
+    print(f"{name:14s} {path}")
+  return 0
+
+
+def _demo_parser(sub):
+  p = sub.add_parser("demo", help="the main job end to end on the demo corpus")
+  p.add_argument("dir", metavar="DIR", nargs="?", default="demo")
+  p.add_argument("--workers", type=int, default=None)
+  p.set_defaults(func=_demo)
+
+
+def _demo(args, beam_args):
+  from impax.pipelines import demo
+  return demo.main(args.dir, workers=args.workers)
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  beam_args = []
+  if "--" in argv:
+    at = argv.index("--")
+    argv, beam_args = argv[:at], argv[at + 1:]
+  parser = argparse.ArgumentParser(
+      prog="impax", description="Prepare multimodal training data and train IMP models on it.")
+  sub = parser.add_subparsers(metavar="COMMAND", required=True)
+  for add in (_build_parser, _inspect_parser, _specs_parser, _demo_corpus_parser, _demo_parser):
+    add(sub)
+  try:
+    from impax.model import info as model_info
+    model_info.add_parser(sub)
+  except ImportError:
+    pass
+  args = parser.parse_args(argv)
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  # Beam warns about optional GCP client libraries on every import.
+  logging.getLogger().handlers[0].addFilter(
+      lambda record: not record.getMessage().startswith("apitools not found"))
+  from impax.pipelines.build import BuildError
+  try:
+    return args.func(args, beam_args) or 0
+  except (BuildError, ValueError) as e:
+    print(f"impax: error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,19 @@
+"""impax.model: the IMP encoder (one shared Transformer for image, video, audio
+and text, with a sharded Mixture-of-Experts) and its presets.
+
+    from impax.model import Model, get_config, init_params, sharding
+    config = get_config("MoE-B")
+    params = init_params(config, jax.random.key(0))
+    out = Model(config, mesh=None).apply({"params": params}, {"image": x})
+
+Modules: config (presets), embed (modality embedders, input conventions),
+encoder (Transformer), moe (routing, experts), heads, sharding (mesh and
+partition rules), imp (the model), info (parameter and FLOP counts, CLI).
+"""
+
+from impax.model import sharding
+from impax.model.config import PRESETS, Config, get_config
+from impax.model.imp import Model, dummy_inputs, init_params
+
+__all__ = ["Config", "Model", "PRESETS", "dummy_inputs", "get_config",
+           "init_params", "sharding"]

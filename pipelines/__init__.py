@@ -1,0 +1,1 @@
+"""Apache Beam pipelines that turn raw corpora into ArrayRecord shards with metadata."""

@@ -1,0 +1,153 @@
+"""Processing settings of a build: defaults, a config file, flags.
+
+Precedence, lowest first: the defaults below, the spec's `settings`, a config
+file (`--config FILE`, JSON or TOML, keys as the field names below), then
+command-line flags (`--video-fps 4`). The resolved config is stored in
+metadata.json with its hash; a build into an existing output must have the
+same hash or be run with --overwrite.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import tomllib
+
+# Bumped when the record layout or the processing changes what bytes a build
+# writes; part of the config hash so old outputs are not resumed into.
+FORMAT_VERSION = 1
+
+
+def _field(default, help_):
+  return dataclasses.field(default=default, metadata={"help": help_})
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildConfig:
+  name: str = _field("", "dataset name used in shard file names (default: the output folder's name)")
+  version: str = _field("1.0.0", "dataset version recorded in the metadata")
+  # Video.
+  video_fps: float = _field(8.0, "frames per second sampled from videos")
+  video_max_frames: int = _field(128, "most frames stored per clip; longer clips are cut")
+  video_short_side: int = _field(256, "frames are resized so their short side is this many pixels")
+  jpeg_quality: int = _field(90, "JPEG quality of stored frames and images (1-95)")
+  audio_track: str = _field("optional", "a video's audio track: optional, required or ignore")
+  # Audio.
+  audio_sample_rate: int = _field(16000, "audio is resampled to this rate (Hz), mono")
+  audio_max_seconds: float = _field(30.0, "most seconds of audio stored per audio clip")
+  # Images.
+  image_short_side: int = _field(256, "images are resized so their short side is this many pixels; 0 keeps the size")
+  # Text and labels.
+  tokenizer: str = _field("", "SentencePiece .model to use; empty: train one on the corpus's text")
+  vocab_size: int = _field(8000, "vocabulary size of a trained tokenizer (an upper bound on small corpora)")
+  tokenizer_type: str = _field("unigram", "SentencePiece model type of a trained tokenizer: unigram or bpe")
+  labels_file: str = _field("", "text file with the label vocabulary, one per line; empty: built from the corpus")
+  # Shards.
+  num_shards: int = _field(0, "number of shards per split; 0: one per shard_size examples")
+  shard_size: int = _field(1000, "examples per shard when num_shards is 0")
+  group_size: int = _field(1, "ArrayRecord group size (1 lets Grain read records at random)")
+  compression: str = _field("zstd:3", "ArrayRecord compression: uncompressed, zstd:N, brotli:N or snappy")
+  # Tools.
+  ffmpeg_timeout: float = _field(300.0, "seconds before an ffmpeg call is killed")
+  ffmpeg_threads: int = _field(1, "threads per ffmpeg call (parallelism comes from workers)")
+
+  def validate(self):
+    """Raises ValueError naming the field and what to do."""
+    checks = [
+        ("video_fps", self.video_fps > 0, "must be > 0"),
+        ("video_max_frames", self.video_max_frames > 0, "must be > 0"),
+        ("video_short_side", self.video_short_side > 0, "must be > 0"),
+        ("jpeg_quality", 1 <= self.jpeg_quality <= 95, "must be between 1 and 95"),
+        ("audio_track", self.audio_track in ("optional", "required", "ignore"),
+         "must be optional, required or ignore"),
+        ("audio_sample_rate", 1000 <= self.audio_sample_rate <= 384000, "must be between 1000 and 384000"),
+        ("audio_max_seconds", self.audio_max_seconds > 0, "must be > 0"),
+        ("image_short_side", self.image_short_side >= 0, "must be >= 0"),
+        ("vocab_size", self.vocab_size >= 8, "must be >= 8"),
+        ("tokenizer_type", self.tokenizer_type in ("unigram", "bpe"), "must be unigram or bpe"),
+        ("num_shards", self.num_shards >= 0, "must be >= 0"),
+        ("shard_size", self.shard_size > 0, "must be > 0"),
+        ("group_size", self.group_size > 0, "must be > 0"),
+        ("ffmpeg_timeout", self.ffmpeg_timeout > 0, "must be > 0"),
+        ("ffmpeg_threads", self.ffmpeg_threads >= 0, "must be >= 0 (0: ffmpeg decides)"),
+    ]
+    for field, ok, what in checks:
+      if not ok:
+        raise ValueError(f"config field {field}={getattr(self, field)!r} {what}")
+    kind = self.compression.split(":")[0]
+    if kind not in ("uncompressed", "zstd", "brotli", "snappy"):
+      raise ValueError(f"config field compression={self.compression!r}: use uncompressed, "
+                       "zstd:LEVEL, brotli:LEVEL or snappy")
+    for field in ("tokenizer", "labels_file"):
+      path = getattr(self, field)
+      if path and "://" not in path and not os.path.isfile(path):
+        raise ValueError(f"config field {field}: file {path} does not exist")
+    return self
+
+  def array_record_options(self) -> str:
+    return f"group_size:{self.group_size},{self.compression}"
+
+  def to_dict(self) -> dict:
+    return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(BuildConfig)}
+
+
+def read_config_file(path: str) -> dict:
+  """Settings from a JSON or TOML file; unknown keys are an error."""
+  try:
+    with open(path, "rb") as f:
+      data = tomllib.load(f) if path.endswith(".toml") else json.load(f)
+  except FileNotFoundError:
+    raise ValueError(f"config file {path} does not exist") from None
+  except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"config file {path} is not valid {'TOML' if path.endswith('.toml') else 'JSON'}: {e}") from e
+  if not isinstance(data, dict):
+    raise ValueError(f"config file {path} must hold an object of settings")
+  unknown = sorted(set(data) - set(FIELDS))
+  if unknown:
+    raise ValueError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; "
+                     f"known: {', '.join(FIELDS)}")
+  return data
+
+
+def resolve(*layers: dict) -> BuildConfig:
+  """Merges settings layers (later wins) over the defaults, with type checks."""
+  values = {}
+  for layer in layers:
+    for key, value in layer.items():
+      if key not in FIELDS:
+        raise ValueError(f"unknown setting {key!r}")
+      default = FIELDS[key].default
+      if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+      if type(value) is not type(default):
+        raise ValueError(f"setting {key} must be a {type(default).__name__}, got {value!r}")
+      values[key] = value
+  return BuildConfig(**values).validate()
+
+
+def file_sha256(path: str) -> str:
+  from apache_beam.io.filesystems import FileSystems
+  digest = hashlib.sha256()
+  with FileSystems.open(path, compression_type="uncompressed") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def fingerprint(config: BuildConfig, spec_name: str) -> dict:
+  """What determines a build's bytes besides its input: hashed into config_hash."""
+  return {
+      "format_version": FORMAT_VERSION,
+      "spec": spec_name,
+      "config": config.to_dict(),
+      # A given tokenizer or label file counts by content, not by path.
+      "tokenizer_sha256": file_sha256(config.tokenizer) if config.tokenizer else None,
+      "labels_sha256": file_sha256(config.labels_file) if config.labels_file else None,
+  }
+
+
+def config_hash(fp: dict) -> str:
+  return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,314 @@
+"""Decoding media: video clips and audio with ffmpeg, images with Pillow.
+
+Each function takes a local file and returns stored-ready data, or raises
+`MediaError` whose message says what is wrong with which file; the pipeline
+records it as the example's failure.
+
+One ffmpeg process decodes a video clip: frames come out of stdout as BMP
+images (their header carries the size, so no probe is needed first) and the
+audio track, when there is one, as a WAV stream on a second pipe. Every pipe
+is drained by its own thread and the process is killed at a timeout, so a
+stuck or chatty ffmpeg never hangs a worker.
+"""
+
+import dataclasses
+import io
+import os
+import re
+import struct
+import subprocess
+import threading
+
+import ffmpeg
+import numpy as np
+from PIL import Image, ImageOps
+
+from impax.pipelines.tools import ffmpeg_binary
+
+
+class MediaError(Exception):
+  """A media file cannot be used; the message is for the failures file."""
+
+
+@dataclasses.dataclass
+class Audio:
+  pcm_s16le: bytes  # mono, 16-bit little-endian
+  sample_rate: int
+
+  @property
+  def num_samples(self) -> int:
+    return len(self.pcm_s16le) // 2
+
+
+@dataclasses.dataclass
+class VideoClip:
+  frames: list[bytes]  # one JPEG per frame
+  fps: float
+  height: int
+  width: int
+  audio: Audio | None
+  source_duration: float | None  # of the whole file, seconds
+
+
+# -- ffmpeg processes -------------------------------------------------------
+
+
+class _Drain(threading.Thread):
+  """Reads a pipe to its end in the background, keeping all or only head and tail."""
+
+  def __init__(self, pipe, keep_all: bool):
+    super().__init__(daemon=True)
+    self.pipe, self.keep_all = pipe, keep_all
+    self.chunks, self.head, self.tail = [], b"", b""
+
+  def run(self):
+    with self.pipe:
+      while chunk := self.pipe.read(1 << 16):
+        if self.keep_all:
+          self.chunks.append(chunk)
+        elif len(self.head) < 1 << 14:
+          self.head += chunk
+        else:
+          self.tail = (self.tail + chunk)[-(1 << 14):]
+
+  @property
+  def data(self) -> bytes:
+    return b"".join(self.chunks) if self.keep_all else self.head + self.tail
+
+
+def _ffmpeg_args(stream) -> list[str]:
+  return [ffmpeg_binary(), "-nostdin", "-hide_banner", "-nostats", *stream.get_args()]
+
+
+def _input_path(path: str) -> str:
+  # The file: protocol keeps names with a leading '-' or a ':' from being
+  # read as options or other protocols.
+  return "file:" + os.path.abspath(path)
+
+
+_DURATION = re.compile(rb"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_STREAM = re.compile(rb"^\s*Stream #0:\d+.*?: (Video|Audio): (.*)$", re.M)
+
+
+def _input_info(stderr: bytes) -> tuple[float | None, list[str]]:
+  """(duration, kinds of streams) of input #0, from ffmpeg's banner on stderr."""
+  head = stderr.split(b"Output #0", 1)[0]
+  duration = None
+  if m := _DURATION.search(head):
+    duration = int(m[1]) * 3600 + int(m[2]) * 60 + float(m[3])
+  kinds = [m[1].decode().lower() for m in _STREAM.finditer(head)
+           if b"(attached pic)" not in m[2]]
+  return duration, kinds
+
+
+def _last_error(stderr: bytes) -> str:
+  lines = [l.strip() for l in stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+  errors = [l for l in lines if not l.startswith(("Input #", "Stream #", "Duration:", "Metadata:"))]
+  return " | ".join((errors or lines)[-3:])[:500] or "no message"
+
+
+def _wav_samples(data: bytes) -> tuple[np.ndarray, int]:
+  """Float32 samples and rate of a streamed WAV (its sizes may be unset)."""
+  if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+    raise MediaError("ffmpeg produced no audio")
+  pos, rate = 12, None
+  while pos + 8 <= len(data):
+    chunk, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+    if chunk == b"fmt ":
+      rate = struct.unpack("<I", data[pos + 12:pos + 16])[0]
+    elif chunk == b"data":
+      body = data[pos + 8:] if size in (0, 0xFFFFFFFF) else data[pos + 8:pos + 8 + size]
+      if rate is None:
+        break
+      return np.frombuffer(body[:len(body) // 4 * 4], np.float32), rate
+    pos += 8 + size + (size & 1)
+  raise MediaError("ffmpeg produced no audio")
+
+
+def _resample(samples: np.ndarray, rate: int, target: int) -> Audio:
+  import librosa
+  if rate != target and samples.size:
+    samples = librosa.resample(samples, orig_sr=rate, target_sr=target, res_type="soxr_hq")
+  pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")
+  return Audio(pcm.tobytes(), target)
+
+
+def _clip_input(path: str, start: float | None, duration: float | None, threads: int):
+  kwargs = {}
+  if start:
+    kwargs["ss"] = f"{start:.6f}"  # before -i: input seeking, fast and frame-exact
+  if duration is not None:
+    kwargs["t"] = f"{duration:.6f}"
+  if threads:
+    kwargs["threads"] = threads
+  return ffmpeg.input(_input_path(path), **kwargs)
+
+
+def _clip_duration(start, end, cap):
+  return min(cap, end - (start or 0.0)) if end is not None else cap
+
+
+def _read_frames(stdout) -> list[bytes]:
+  """Splits a stream of BMP images; each header holds its file size."""
+  frames = []
+  while header := stdout.read(6):
+    if len(header) < 6 or header[:2] != b"BM":
+      raise MediaError("ffmpeg returned a malformed frame stream")
+    size = struct.unpack("<I", header[2:6])[0]
+    body = stdout.read(size - 6)
+    if len(body) != size - 6:
+      raise MediaError("ffmpeg's frame stream ended inside a frame")
+    frames.append(header + body)
+  return frames
+
+
+def decode_video(path: str, *, start: float | None, end: float | None, fps: float,
+                 max_frames: int, short_side: int, jpeg_quality: int, audio_track: str,
+                 sample_rate: int, timeout: float, threads: int = 1) -> VideoClip:
+  """Frames of the clip [start, end) at `fps`, short side resized, as JPEGs; and its audio."""
+  duration = _clip_duration(start, end, max_frames / fps)
+  want_audio = audio_track != "ignore"
+  clip = _run_video(path, start, duration, fps, max_frames, short_side, jpeg_quality,
+                    want_audio, sample_rate, timeout, threads)
+  if clip.audio is None and audio_track == "required":
+    raise MediaError(f"{path} has no audio stream, and audio_track=required")
+  return clip
+
+
+def _run_video(path, start, duration, fps, max_frames, short_side, jpeg_quality,
+               want_audio, sample_rate, timeout, threads) -> VideoClip:
+  source = _clip_input(path, start, duration, threads)
+  # Resize by the short side, keeping the aspect ratio (-2: an even size).
+  scale = (f"if(lte(iw,ih),{short_side},-2)", f"if(lte(iw,ih),-2,{short_side})")
+  video = source["V:0"].filter("fps", fps=fps).filter("scale", *scale, flags="bicubic")
+  outputs = [ffmpeg.output(video, "pipe:1", format="image2pipe", vcodec="bmp",
+                           frames=max_frames)]
+  read_fd = write_fd = None
+  if want_audio:
+    read_fd, write_fd = os.pipe()
+    outputs.append(ffmpeg.output(source["a:0"], f"pipe:{write_fd}", format="wav",
+                                 acodec="pcm_f32le", ac=1))
+  stream = ffmpeg.merge_outputs(*outputs).global_args("-filter_complex_threads", str(threads or 1))
+  try:
+    proc = subprocess.Popen(_ffmpeg_args(stream), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, pass_fds=(write_fd,) if want_audio else ())
+  finally:
+    if write_fd is not None:
+      os.close(write_fd)
+  stderr = _Drain(proc.stderr, keep_all=False)
+  audio_out = _Drain(os.fdopen(read_fd, "rb"), keep_all=True) if want_audio else None
+  for drain in (stderr, audio_out):
+    if drain:
+      drain.start()
+  timed_out = threading.Event()
+  timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
+  timer.start()
+  try:
+    frames_bmp = _read_frames(proc.stdout)
+    code = proc.wait()
+  except MediaError:
+    proc.kill()
+    proc.wait()
+    raise
+  finally:
+    timer.cancel()
+    proc.stdout.close()
+    stderr.join()
+    if audio_out:
+      audio_out.join()
+  if timed_out.is_set():
+    raise MediaError(f"ffmpeg timed out after {timeout:g} s on {path}")
+  source_duration, kinds = _input_info(stderr.data)
+  if code != 0:
+    if want_audio and "video" in kinds and "audio" not in kinds:
+      # The audio output had nothing to map: decode again without it.
+      return _run_video(path, start, duration, fps, max_frames, short_side, jpeg_quality,
+                        False, sample_rate, timeout, threads)
+    if kinds and "video" not in kinds:
+      raise MediaError(f"{path} has no video stream")
+    raise MediaError(f"ffmpeg could not decode {path}: {_last_error(stderr.data)}")
+  if not frames_bmp:
+    if start and source_duration is not None and start >= source_duration:
+      raise MediaError(f"clip start {start:g} s is past the end of {path} "
+                       f"(duration {source_duration:g} s)")
+    raise MediaError(f"no frames decoded from {path}: {_last_error(stderr.data)}")
+  jpegs, size = [], None
+  for bmp in frames_bmp:
+    with Image.open(io.BytesIO(bmp)) as image:
+      size = image.size
+      jpegs.append(_jpeg(image.convert("RGB"), jpeg_quality))
+  audio = None
+  if want_audio:
+    samples, rate = _wav_samples(audio_out.data)
+    audio = _resample(samples, rate, sample_rate) if samples.size else None
+  return VideoClip(frames=jpegs, fps=float(fps), height=size[1], width=size[0], audio=audio,
+                   source_duration=source_duration)
+
+
+def decode_audio(path: str, *, start: float | None, end: float | None, sample_rate: int,
+                 max_seconds: float, timeout: float, threads: int = 1) -> Audio:
+  """Mono audio of [start, end) resampled to `sample_rate`; any format ffmpeg reads."""
+  duration = _clip_duration(start, end, max_seconds)
+  source = _clip_input(path, start, duration, threads)
+  stream = ffmpeg.output(source["a:0"], "pipe:1", format="wav", acodec="pcm_f32le", ac=1)
+  try:
+    result = subprocess.run(_ffmpeg_args(stream), stdin=subprocess.DEVNULL, capture_output=True,
+                            timeout=timeout)
+  except subprocess.TimeoutExpired:
+    raise MediaError(f"ffmpeg timed out after {timeout:g} s on {path}") from None
+  source_duration, kinds = _input_info(result.stderr)
+  if result.returncode != 0:
+    if kinds and "audio" not in kinds:
+      raise MediaError(f"{path} has no audio stream")
+    raise MediaError(f"ffmpeg could not decode {path}: {_last_error(result.stderr)}")
+  samples, rate = _wav_samples(result.stdout)
+  if not samples.size:
+    if start and source_duration is not None and start >= source_duration:
+      raise MediaError(f"clip start {start:g} s is past the end of {path} "
+                       f"(duration {source_duration:g} s)")
+    raise MediaError(f"no audio samples decoded from {path}")
+  return _resample(samples, rate, sample_rate)
+
+
+# -- images -----------------------------------------------------------------
+
+
+def _jpeg(image: Image.Image, quality: int) -> bytes:
+  out = io.BytesIO()
+  image.save(out, format="JPEG", quality=quality)
+  return out.getvalue()
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+  if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    array = np.asarray(image, dtype=np.float64)
+    top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+    image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).astype(np.uint8), "L")
+  if image.mode == "P":
+    image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+  if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    # Transparent pixels are composited on white, as a viewer shows them.
+    rgba = image.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+  return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
+
+
+def process_image(data: bytes, *, short_side: int, jpeg_quality: int, name: str = "image"
+                  ) -> tuple[bytes, int, int]:
+  """JPEG bytes, height, width of an image: EXIF orientation applied, RGB, resized."""
+  if not data:
+    raise MediaError(f"{name} is empty")
+  try:
+    with Image.open(io.BytesIO(data)) as image:
+      image.load()
+      image = ImageOps.exif_transpose(image)
+      image = _to_rgb(image)
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    raise MediaError(f"{name} is not a readable image: {e}") from None
+  width, height = image.size
+  if short_side and min(width, height) != short_side:
+    ratio = short_side / min(width, height)
+    size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
+    image = image.resize(size, Image.Resampling.LANCZOS if ratio < 1 else Image.Resampling.BICUBIC)
+  return _jpeg(image, jpeg_quality), image.size[1], image.size[0]

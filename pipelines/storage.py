@@ -1,0 +1,100 @@
+"""Files through Beam's FileSystems, so outputs and media may be local, gs:// or s3://.
+
+Writes are atomic: data goes to a temporary name and is renamed into place,
+so a reader never sees half a file under its final name.
+"""
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+import uuid
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+_RAW = CompressionTypes.UNCOMPRESSED  # never guess compression from a file name
+
+
+def is_local(path: str) -> bool:
+  return "://" not in path
+
+
+def join(base: str, *parts: str) -> str:
+  return os.path.join(base, *parts) if is_local(base) else FileSystems.join(base, *parts)
+
+
+def exists(path: str) -> bool:
+  return FileSystems.exists(path)
+
+
+def read(path: str) -> bytes:
+  with FileSystems.open(path, compression_type=_RAW) as f:
+    return f.read()
+
+
+def write_atomic(path: str, data: bytes):
+  temp = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+  with FileSystems.create(temp, compression_type=_RAW) as f:
+    f.write(data)
+  FileSystems.rename([temp], [path])
+
+
+def publish(local_file: str, path: str):
+  """Moves a finished local file to `path` (any filesystem), atomically."""
+  if is_local(path):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    os.replace(local_file, path)
+    return
+  temp = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+  with open(local_file, "rb") as src, FileSystems.create(temp, compression_type=_RAW) as dst:
+    shutil.copyfileobj(src, dst, 1 << 22)
+  FileSystems.rename([temp], [path])
+  os.remove(local_file)
+
+
+def delete(paths: list[str]):
+  paths = [p for p in paths if exists(p)]
+  if paths:
+    FileSystems.delete(paths)
+
+
+def glob(pattern: str) -> list[str]:
+  return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def delete_tree(path: str):
+  if is_local(path):
+    shutil.rmtree(path, ignore_errors=True)
+  else:
+    delete(glob(join(path, "**")))
+
+
+@contextlib.contextmanager
+def local_copy(path: str):
+  """A local path to the file's bytes, and their sha256; remote files are staged."""
+  digest = hashlib.sha256()
+  if is_local(path):
+    with open(path, "rb") as f:
+      while chunk := f.read(1 << 22):
+        digest.update(chunk)
+    yield path, digest.hexdigest()
+    return
+  suffix = os.path.splitext(path)[1][:16]
+  with tempfile.NamedTemporaryFile(suffix=suffix) as local:
+    with FileSystems.open(path, compression_type=_RAW) as f:
+      while chunk := f.read(1 << 22):
+        digest.update(chunk)
+        local.write(chunk)
+    local.flush()
+    yield local.name, digest.hexdigest()
+
+
+def local_dir_for(path: str) -> str | None:
+  """Where to write a file that will be published to `path`: beside it when local
+  (so the final rename is atomic on one filesystem), else the system's temp dir."""
+  if is_local(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return os.path.dirname(path)
+  return None

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything impax needs on a fresh Debian machine with Python 3.11:
+# ffmpeg (apt when root, else imageio-ffmpeg's binary from pip), a virtualenv
+# in $VENV with the pinned stack (constraints.txt) and impax in editable mode.
+set -euo pipefail
+VENV=${VENV:-.venv}
+PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
+
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing $* with apt-get"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    return 0
+  fi
+  return 1
+}
+
+if ! command -v ffmpeg >/dev/null; then
+  apt_install ffmpeg || echo "not root: impax will use the ffmpeg binary shipped by the imageio-ffmpeg wheel"
+fi
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"
+    apt_install python3-venv || { echo "error: '$PYTHON -m venv' failed; install python3-venv" >&2; exit 1; }
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test]'
+echo "installed: $("$VENV/bin/impax" --help >/dev/null && echo impax) in $VENV"
