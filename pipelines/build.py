@@ -59,7 +59,7 @@ class Plan:
   output: str
   split: str
   config: config_lib.BuildConfig
-  config_hash: str
+  config_hash: str  # of the dataset's config; splits share it
   tokenizer: bytes | None  # a given tokenizer, or the one an earlier split trained
   labels: tuple[str, ...] | None  # a fixed label vocabulary
   finished: frozenset[str] = frozenset()  # names of shards already published
@@ -95,7 +95,21 @@ class Layout:
 
 
 def _read(input_path: str, spec_name: str, spec_source: str | None):
-  yield from registry.resolve(spec_name, spec_source).read(input_path)
+  for entry in registry.resolve(spec_name, spec_source).read(input_path):
+    yield _checked(entry)
+
+
+def _checked(entry):
+  """An entry whose id or paths are not valid Unicode becomes a failure here, since
+  Beam's coders (and the record) need UTF-8."""
+  if isinstance(entry, registry.Entry):
+    try:
+      for value in (entry.id, *entry.media.values()):
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+      return registry.BadEntry(entry.index, entry.source, "id or media path is not valid "
+                               "Unicode (a lone surrogate escape?)")
+  return entry
 
 
 def _id_key(entry) -> str:
@@ -125,7 +139,9 @@ def _label_names(entry):
 
 def _captions(entry):
   if isinstance(entry, registry.Entry):
-    yield from entry.captions
+    for caption in entry.captions:
+      with contextlib.suppress(text.TextError):  # reported when its example is processed
+        yield text.normalize(caption)
 
 
 def _save_labels(labels: list[str], plan: Plan) -> list[str]:
@@ -501,7 +517,7 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
       storage.write_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
     else:
       up_to_date = True
-  if not up_to_date and state and (state["config_hash"] != chash or state["input_sha256"] != in_hash):
+  if not up_to_date and state and state != _build_state(plan, {"input_sha256": in_hash}):
     if not overwrite:
       raise BuildError(f"{output} holds an unfinished build of split {split!r} with another "
                        "config or input: pass --overwrite to discard it")
@@ -534,6 +550,12 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
   return plan, facts
 
 
+def _build_state(plan: Plan, facts: dict) -> dict:
+  """What an unfinished build must share with the next run to be resumed."""
+  return {"config_hash": plan.config_hash, "input_sha256": facts["input_sha256"],
+          "sharding": {k: getattr(plan.config, k) for k in config_lib.SPLIT_FIELDS}}
+
+
 def _clear_split(plan: Plan):
   storage.delete(_split_files(plan.output, plan.prefix, plan.split))
   storage.delete_tree(plan.tmp)
@@ -554,6 +576,8 @@ def _worker_logs(quiet: bool):
     yield
     return
   import sys
+  # The launcher relays each worker's warnings; they are noise unless it fails.
+  logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
   fd, path = tempfile.mkstemp(prefix="impax-beam-", suffix=".log")
   sys.stderr.flush()
   saved = os.dup(2)
@@ -585,8 +609,7 @@ def run(plan: Plan, facts: dict, workers: int | None = None, beam_args: list[str
     return {**meta["splits"][plan.split], "split": plan.split, "output": plan.output,
             "skipped": "already built with this config and input"}
   options = pipeline_options(list(beam_args), workers or os.cpu_count() or 1)
-  storage.write_atomic(storage.join(plan.tmp, "build.json"), json.dumps(
-      {"config_hash": plan.config_hash, "input_sha256": facts["input_sha256"]}).encode())
+  storage.write_atomic(storage.join(plan.tmp, "build.json"), json.dumps(_build_state(plan, facts)).encode())
   start = time.monotonic()
   with _worker_logs(quiet), beam.Pipeline(options=options) as p:
     build_pipeline(p, plan)
@@ -634,6 +657,7 @@ def finalize(plan: Plan, facts: dict, seconds: float) -> dict:
       "media_sha256": hashlib.sha256(json.dumps(media_hashes, sort_keys=True).encode()).hexdigest(),
       "num_examples": sum(i["num_records"] for i in infos),
       "num_failed": len(failures),
+      "sharding": {k: getattr(plan.config, k) for k in config_lib.SPLIT_FIELDS},
       "failures": failures_name,
       "failures_by_stage": dict(sorted(by_stage.items())),
       "shards": [{"path": i["path"], "num_records": i["num_records"], "num_bytes": i["num_bytes"]}
@@ -657,7 +681,7 @@ def finalize(plan: Plan, facts: dict, seconds: float) -> dict:
       "impax_version": impax.__version__,
       "created": now,
       "spec": plan.spec_name,
-      "config": plan.config.to_dict(),
+      "config": facts["fingerprint"]["config"],
       "config_hash": plan.config_hash,
       "fingerprint": facts["fingerprint"],
       "array_record_options": plan.config.array_record_options(),

@@ -92,6 +92,9 @@ class BuildConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(BuildConfig)}
+# Settings a split may choose for itself (a small test split wants fewer
+# shards); they are not part of the dataset's config hash.
+SPLIT_FIELDS = ("num_shards", "shard_size")
 
 
 def read_config_file(path: str) -> dict:
@@ -142,7 +145,7 @@ def fingerprint(config: BuildConfig, spec_name: str) -> dict:
   return {
       "format_version": FORMAT_VERSION,
       "spec": spec_name,
-      "config": config.to_dict(),
+      "config": {k: v for k, v in config.to_dict().items() if k not in SPLIT_FIELDS},
       # A given tokenizer or label file counts by content, not by path.
       "tokenizer_sha256": file_sha256(config.tokenizer) if config.tokenizer else None,
       "labels_sha256": file_sha256(config.labels_file) if config.labels_file else None,

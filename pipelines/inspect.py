@@ -76,7 +76,7 @@ def main(directory: str, split: str | None = None, example: int | None = None,
     print(f"  task {task['name']}: {'+'.join(task['modalities'])}, {task['objective']}"
           + (f", prompt {task['prompt']!r}" if task.get("prompt") else ""))
   if example is not None:
-    split = split or next(iter(meta["splits"]))
+    split = split or ("train" if "train" in meta["splits"] else next(iter(meta["splits"])))
     if split not in meta["splits"]:
       raise ValueError(f"{directory} has no split {split!r}; it has {', '.join(meta['splits'])}")
     features = example_proto.parse_example(read_record(directory, meta, split, example))

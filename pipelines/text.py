@@ -29,13 +29,8 @@ def normalize(text) -> str:
 
 
 def corpus_texts(captions, labels, prompts) -> list[str]:
-  """Texts a tokenizer is trained on: captions, label names and label prompts."""
-  texts = set()
-  for text in captions:
-    try:
-      texts.add(normalize(text))
-    except TextError:
-      pass  # reported when its example is processed
+  """Texts a tokenizer is trained on: normalized captions, label names and label prompts."""
+  texts = set(captions)
   for label in labels:
     texts.add(label)
     texts.update(p.format(label=label) for p in prompts)

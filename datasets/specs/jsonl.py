@@ -52,6 +52,9 @@ def parse_line(manifest: str, number: int, raw: bytes) -> registry.Entry | regis
     return bad(f"line {number} is not valid JSON: {e.msg} at column {e.colno}")
   if not isinstance(obj, dict):
     return bad(f"line {number} is a JSON {type(obj).__name__}, expected an object")
+  for key in ("id", *registry.MODALITIES):
+    if isinstance(obj.get(key), str) and not _is_unicode(obj[key]):
+      return bad(f"line {number}: '{key}' is not valid Unicode (a lone surrogate escape?)")
   id_ = obj.get("id")
   if id_ is not None and not isinstance(id_, (str, int)):
     return bad(f"line {number}: 'id' must be a string or an integer")
@@ -93,6 +96,14 @@ def parse_line(manifest: str, number: int, raw: bytes) -> registry.Entry | regis
       index=number - 1, source=source, id=id_, media=media,
       start=None if start is None else float(start), end=None if end is None else float(end),
       labels=tuple(labels), captions=tuple(captions))
+
+
+def _is_unicode(value: str) -> bool:
+  try:
+    value.encode("utf-8")
+    return True
+  except UnicodeEncodeError:
+    return False
 
 
 def read(path: str):
