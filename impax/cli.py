@@ -65,7 +65,7 @@ def print_summary(s: dict):
 def _inspect_parser(sub):
   p = sub.add_parser("inspect", help="summarize a prepared dataset; write an example's frames to PNG")
   p.add_argument("dir", metavar="DIR")
-  p.add_argument("--split", help="split to show examples of (default: the first)")
+  p.add_argument("--split", help="split to show examples of (default: train)")
   p.add_argument("--example", type=int, help="print this example (index in the split)")
   p.add_argument("--frames-to", metavar="DIR", help="with --example: write its frames/image as PNG here")
   p.add_argument("--json", action="store_true", help="print metadata.json")

@@ -149,9 +149,9 @@ def _save_labels(labels: list[str], plan: Plan) -> list[str]:
   return labels
 
 
-def _train_tokenizer(captions: list[str], labels: list[str], plan: Plan) -> bytes:
+def _train_tokenizer(captions: list[tuple[str, int]], labels: list[str], plan: Plan) -> bytes:
   spec = registry.resolve(plan.spec_name, plan.spec_source)
-  texts = text.corpus_texts(sorted(captions), labels, sorted(spec.prompts.values()))
+  texts = text.corpus_texts(captions, labels, sorted(spec.prompts.values()))
   model = text.train_tokenizer(texts, plan.config.vocab_size, plan.config.tokenizer_type) if texts else b""
   storage.write_atomic(storage.join(plan.tmp, "tokenizer.model"), model)
   return model
@@ -381,7 +381,7 @@ def build_pipeline(p: beam.Pipeline, plan: Plan):
   if plan.tokenizer is None:
     tokenizer = (entries
                  | "Captions" >> beam.FlatMap(_captions)
-                 | "DistinctCaptions" >> beam.Distinct()
+                 | "CountCaptions" >> beam.combiners.Count.PerElement()
                  | "CaptionList" >> beam.combiners.ToList()
                  | "TrainTokenizer" >> beam.Map(
                      _train_tokenizer, beam.pvalue.AsSingleton(labels), plan))

@@ -40,7 +40,9 @@ class BuildConfig:
   # Text and labels.
   tokenizer: str = _field("", "SentencePiece .model to use; empty: train one on the corpus's text")
   vocab_size: int = _field(8000, "vocabulary size of a trained tokenizer (an upper bound on small corpora)")
-  tokenizer_type: str = _field("unigram", "SentencePiece model type of a trained tokenizer: unigram or bpe")
+  # BPE: SentencePiece's unigram trainer gives character-level vocabularies
+  # on small corpora (a few thousand captions); BPE learns words on any size.
+  tokenizer_type: str = _field("bpe", "SentencePiece model type of a trained tokenizer: bpe or unigram")
   labels_file: str = _field("", "text file with the label vocabulary, one per line; empty: built from the corpus")
   # Shards.
   num_shards: int = _field(0, "number of shards per split; 0: one per shard_size examples")

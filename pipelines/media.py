@@ -59,21 +59,21 @@ class _Drain(threading.Thread):
   def __init__(self, pipe, keep_all: bool):
     super().__init__(daemon=True)
     self.pipe, self.keep_all = pipe, keep_all
-    self.chunks, self.head, self.tail = [], b"", b""
+    self.buffer, self.head, self.tail = bytearray(), b"", b""
 
   def run(self):
     with self.pipe:
       while chunk := self.pipe.read(1 << 16):
         if self.keep_all:
-          self.chunks.append(chunk)
+          self.buffer += chunk  # grows in place: no second copy when read
         elif len(self.head) < 1 << 14:
           self.head += chunk
         else:
           self.tail = (self.tail + chunk)[-(1 << 14):]
 
   @property
-  def data(self) -> bytes:
-    return b"".join(self.chunks) if self.keep_all else self.head + self.tail
+  def data(self) -> bytes | bytearray:
+    return self.buffer if self.keep_all else self.head + self.tail
 
 
 def _ffmpeg_args(stream) -> list[str]:
@@ -107,8 +107,8 @@ def _last_error(stderr: bytes) -> str:
   return " | ".join((errors or lines)[-3:])[:500] or "no message"
 
 
-def _wav_samples(data: bytes) -> tuple[np.ndarray, int]:
-  """Float32 samples and rate of a streamed WAV (its sizes may be unset)."""
+def _wav_samples(data: bytes | bytearray) -> tuple[np.ndarray, int]:
+  """Float32 samples and rate of a streamed WAV (its sizes may be unset), without a copy."""
   if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
     raise MediaError("ffmpeg produced no audio")
   pos, rate = 12, None
@@ -117,10 +117,11 @@ def _wav_samples(data: bytes) -> tuple[np.ndarray, int]:
     if chunk == b"fmt ":
       rate = struct.unpack("<I", data[pos + 12:pos + 16])[0]
     elif chunk == b"data":
-      body = data[pos + 8:] if size in (0, 0xFFFFFFFF) else data[pos + 8:pos + 8 + size]
+      end = len(data) if size in (0, 0xFFFFFFFF) else min(len(data), pos + 8 + size)
       if rate is None:
         break
-      return np.frombuffer(body[:len(body) // 4 * 4], np.float32), rate
+      count = (end - pos - 8) // 4
+      return np.frombuffer(data, np.float32, count=count, offset=pos + 8), rate
     pos += 8 + size + (size & 1)
   raise MediaError("ffmpeg produced no audio")
 
@@ -148,9 +149,9 @@ def _clip_duration(start, end, cap):
   return min(cap, end - (start or 0.0)) if end is not None else cap
 
 
-def _read_frames(stdout) -> list[bytes]:
-  """Splits a stream of BMP images; each header holds its file size."""
-  frames = []
+def _read_frames(stdout, jpeg_quality: int):
+  """Reads a stream of BMP images (each header holds its file size) and yields
+  each as a JPEG as soon as it arrives, so only JPEGs accumulate in memory."""
   while header := stdout.read(6):
     if len(header) < 6 or header[:2] != b"BM":
       raise MediaError("ffmpeg returned a malformed frame stream")
@@ -158,8 +159,8 @@ def _read_frames(stdout) -> list[bytes]:
     body = stdout.read(size - 6)
     if len(body) != size - 6:
       raise MediaError("ffmpeg's frame stream ended inside a frame")
-    frames.append(header + body)
-  return frames
+    with Image.open(io.BytesIO(header + body)) as image:
+      yield _jpeg(image.convert("RGB"), jpeg_quality), image.size
 
 
 def decode_video(path: str, *, start: float | None, end: float | None, fps: float,
@@ -204,7 +205,7 @@ def _run_video(path, start, duration, fps, max_frames, short_side, jpeg_quality,
   timer = threading.Timer(timeout, lambda: (timed_out.set(), proc.kill()))
   timer.start()
   try:
-    frames_bmp = _read_frames(proc.stdout)
+    frames = list(_read_frames(proc.stdout, jpeg_quality))
     code = proc.wait()
   except MediaError:
     proc.kill()
@@ -227,21 +228,18 @@ def _run_video(path, start, duration, fps, max_frames, short_side, jpeg_quality,
     if kinds and "video" not in kinds:
       raise MediaError(f"{path} has no video stream")
     raise MediaError(f"ffmpeg could not decode {path}: {_last_error(stderr.data)}")
-  if not frames_bmp:
+  if not frames:
     if start and source_duration is not None and start >= source_duration:
       raise MediaError(f"clip start {start:g} s is past the end of {path} "
                        f"(duration {source_duration:g} s)")
     raise MediaError(f"no frames decoded from {path}: {_last_error(stderr.data)}")
-  jpegs, size = [], None
-  for bmp in frames_bmp:
-    with Image.open(io.BytesIO(bmp)) as image:
-      size = image.size
-      jpegs.append(_jpeg(image.convert("RGB"), jpeg_quality))
   audio = None
   if want_audio:
     samples, rate = _wav_samples(audio_out.data)
     audio = _resample(samples, rate, sample_rate) if samples.size else None
-  return VideoClip(frames=jpegs, fps=float(fps), height=size[1], width=size[0], audio=audio,
+  width, height = frames[-1][1]
+  return VideoClip(frames=[jpeg for jpeg, _ in frames], fps=float(fps), height=height, width=width,
+                   audio=audio,
                    source_duration=source_duration)
 
 

@@ -162,3 +162,26 @@ def test_inspect_writes_frames(built, tmp_path, capsys):
   pngs = sorted(os.listdir(tmp_path))
   assert pngs == [f"frame-{i:04d}.png" for i in range(5)]
   assert Image.open(tmp_path / pngs[0]).format == "PNG"
+
+
+def test_given_tokenizer_and_label_vocabulary(built, corpus, tmp_path, helpers):
+  given = os.path.join(built["videos"], "tokenizer.model")
+  order = list(reversed(demo.DIGIT_NAMES[1:]))  # "zero" left out on purpose
+  (tmp_path / "labels.txt").write_text("\n".join(order) + "\n")
+  out = tmp_path / "images"
+  helpers.build(corpus["images-train"], out, tokenizer=given, labels_file=str(tmp_path / "labels.txt"))
+  meta = helpers.metadata(out)
+  assert meta["labels"] == order and meta["tokenizer"]["trained"] is False
+  with open(out / "tokenizer.model", "rb") as a, open(given, "rb") as b:
+    assert a.read() == b.read()  # the tokenizer used is copied beside the shards
+  lines = manifest_lines(corpus["images-train"])
+  zeros = [l for l in lines if l["label"] == "zero"]
+  assert zeros and meta["splits"]["train"]["num_examples"] == len(lines) - len(zeros)
+  failures = helpers.failures(out)
+  assert {f["stage"] for f in failures} == {"label"} and len(failures) == len(zeros)
+  assert "'zero' is not in the label vocabulary" in failures[0]["error"]
+  tok = spm.SentencePieceProcessor(model_file=given)
+  for example in read_split(str(out), meta, "train"):
+    name = values(example, "label/name")[0].decode()
+    assert order[values(example, "label/index")[0]] == name
+    assert values(example, "text/tokens") == tok.encode(values(example, "text/string")[0].decode())
