@@ -1,0 +1,26 @@
+"""The `impax` command: subcommands and help."""
+
+import subprocess
+import sys
+
+
+def run(*args):
+  return subprocess.run([sys.executable, "-m", "impax.cli", *args], capture_output=True, text=True,
+                        timeout=120)
+
+
+def test_help_lists_the_subcommands():
+  result = run("--help")
+  assert result.returncode == 0
+  for command in ("build", "inspect", "specs", "demo-corpus", "demo"):
+    assert command in result.stdout
+  build = run("build", "--help")
+  assert build.returncode == 0
+  assert "--video-fps" in build.stdout and "[8.0]" in build.stdout and "-- beam pipeline options" in build.stdout
+
+
+def test_specs_and_errors():
+  assert run("specs").stdout.startswith("jsonl")
+  missing = run("inspect", "/nonexistent/dataset")
+  assert missing.returncode == 2 and "has no metadata.json" in missing.stderr
+  assert run("nosuch").returncode == 2
