@@ -1,0 +1,389 @@
+"""The resolution-bucketed loader: prepared shards -> batches of a small, known set of shapes.
+
+    task = loader.TaskInput(
+        name="video_text", dataset="demo-output/data/videos", inputs=("video", "text"),
+        buckets=(loader.Bucket(video=(8, 64, 64)), loader.Bucket(video=(4, 96, 96))),
+        token_budget=8192)
+    data = loader.Loader(task, patches=loader.Patches(tubelet=(2, 8, 8)))
+    data.batch_shapes()      # every shape a batch can have: compile each once
+    it = iter(data)
+    batch = next(it)         # {"video": uint8 [B, 8, 64, 64, 3], "text": ..., "valid": ...}
+    state = it.get_state()   # JSON; it.set_state(state) resumes exactly
+
+How a batch is made (training). Step i draws its bucket from a generator
+seeded by (seed, i), weighted by the buckets' weights, so the sequence of
+shapes is known without reading any data. A bucket's global batch size comes
+from the task's token budget (every batch holds about the same number of patch
+tokens), rounded to a multiple of the process count and `batch_multiple`.
+Examples come from one endless stream: the records in a Grain global shuffle
+that differs per epoch (`MapDataset.range(N).shuffle(seed).repeat()`); step i
+takes the stream positions after those of steps 0..i-1, and process p of P
+takes its 1/P of them. Each example is decoded and cropped/resized/sampled in
+time to the bucket's shape with a generator seeded by (seed, step, position),
+so a batch depends on nothing but its step: not on the worker count, not on
+what ran before. That makes the batches a Grain `MapDataset` over step
+indices, whose iterator state (the next step per worker) is exact resume for
+free, with multiprocess prefetch from `mp_prefetch`.
+
+Evaluation (`train=False`) reads every example of the split once, in order,
+with deterministic preprocessing (centre crop, uniformly spaced clips) at the
+first bucket's shape; the last batch is padded and its padding marked invalid.
+
+A record that fails to decode is not fatal: its slot in the batch is zeros
+with `valid` False, and the iterator counts it with its reason.
+"""
+
+import collections
+import dataclasses
+import functools
+import math
+import sys
+
+import grain
+import numpy as np
+
+from impax.datasets import decode, prepared
+
+INPUTS = ("video", "image", "waveform", "spectrogram", "text", "label")
+_BLOCK = 1024  # steps whose buckets are drawn together
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+  """One input shape of a task. Give the shapes of the modalities the task reads."""
+  video: tuple[int, int, int] | None = None  # frames, height, width
+  image: tuple[int, int] | None = None  # height, width
+  audio_seconds: float | None = None  # waveform / spectrogram window
+  weight: float = 1.0  # relative frequency among the task's buckets
+  batch_size: int | None = None  # global; default: from the token budget
+
+
+@dataclasses.dataclass(frozen=True)
+class Patches:
+  """Patch sizes of the model, for counting tokens (the model's config has them)."""
+  tubelet: tuple[int, int, int] = (4, 16, 16)
+  spectrogram: tuple[int, int] = (16, 16)
+  waveform: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInput:
+  """What one task reads and in which shapes."""
+  name: str
+  dataset: str  # a prepared dataset directory (or gs://, s3://: staged locally)
+  inputs: tuple[str, ...]  # from INPUTS
+  buckets: tuple[Bucket, ...]
+  split: str = "train"
+  token_budget: int = 16384  # patch tokens per global batch
+  text_length: int = 32
+  prompt: str | None = None  # text from label names, for corpora without captions
+  multi_label: bool = False
+  train: bool = True
+  augment: decode.Augment = decode.Augment()
+  eval_clips: int = 1  # evaluation: clips per video, uniformly spaced
+  sample_rate: int = 16000
+  seed: int = 0
+  batch_multiple: int = 1  # global batch sizes are multiples of this (the data-parallel devices)
+
+
+class LoaderError(ValueError):
+  """A task the loader cannot serve from its dataset, said before anything is read."""
+
+
+def tokens_per_example(bucket: Bucket, task: TaskInput, patches: Patches) -> int:
+  """Patch tokens one example of `bucket` gives the encoder."""
+  t, ph, pw = patches.tubelet
+  n = 0
+  if "video" in task.inputs:
+    frames, h, w = bucket.video
+    n += max(1, frames // t) * (h // ph) * (w // pw)
+  if "image" in task.inputs:
+    h, w = bucket.image
+    n += (h // ph) * (w // pw)
+  if "spectrogram" in task.inputs:
+    ft, fm = patches.spectrogram
+    n += (decode.spectrogram_frames(bucket.audio_seconds) // ft) * (decode.MEL_BINS // fm)
+  if "waveform" in task.inputs:
+    n += int(round(bucket.audio_seconds * task.sample_rate)) // patches.waveform
+  if "text" in task.inputs:
+    n += task.text_length
+  return n
+
+
+def _check(task: TaskInput, dataset: prepared.PreparedDataset) -> None:
+  unknown = set(task.inputs) - set(INPUTS)
+  if unknown:
+    raise LoaderError(f"task {task.name!r}: unknown inputs {sorted(unknown)}; choose from {INPUTS}")
+  if not task.buckets:
+    raise LoaderError(f"task {task.name!r} declares no buckets")
+  needs = {"video": "video", "image": "image", "waveform": "audio", "spectrogram": "audio"}
+  composition = dataset.split(task.split).get("composition", {})
+  for name in task.inputs:
+    if name in needs and not (composition.get(needs[name]) or
+                              needs[name] == "audio" and composition.get("video_with_audio")):
+      raise LoaderError(f"task {task.name!r} reads {name} but split {task.split!r} of "
+                        f"{dataset.root} has no {needs[name]}")
+  if "text" in task.inputs and not composition.get("captions") and not task.prompt:
+    raise LoaderError(f"task {task.name!r} reads text but {dataset.root} has no captions: "
+                      "set a prompt to make text from the labels")
+  if ("label" in task.inputs or task.prompt) and not dataset.labels:
+    raise LoaderError(f"task {task.name!r} needs labels but {dataset.root} has none")
+  for i, b in enumerate(task.buckets):
+    for name, shape in (("video", b.video), ("image", b.image)):
+      if name in task.inputs and (shape is None or min(shape) < 1):
+        raise LoaderError(f"task {task.name!r} bucket {i}: reads {name} but its shape is {shape}")
+    if {"waveform", "spectrogram"} & set(task.inputs) and not (b.audio_seconds or 0) > 0:
+      raise LoaderError(f"task {task.name!r} bucket {i}: reads audio but audio_seconds is "
+                        f"{b.audio_seconds}")
+    if b.weight <= 0:
+      raise LoaderError(f"task {task.name!r} bucket {i}: weight must be positive")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+  """Everything a worker needs to make any batch; pickled to Grain's worker processes."""
+  task: TaskInput
+  shard_paths: tuple[str, ...]
+  num_records: int
+  num_labels: int
+  label_names: tuple[str, ...]
+  tokenizer_path: str | None
+  batch_sizes: tuple[int, ...]  # global, per bucket
+  process_index: int
+  process_count: int
+
+  # -- which bucket and which stream positions a step takes -----------------
+
+  @functools.cached_property
+  def _weights(self) -> np.ndarray:
+    w = np.array([b.weight for b in self.task.buckets], np.float64)
+    return w / w.sum()
+
+  def _block_buckets(self, block: int) -> np.ndarray:
+    rng = np.random.default_rng([self.task.seed, 1, block])
+    return rng.choice(len(self.task.buckets), size=_BLOCK, p=self._weights)
+
+  @functools.cached_property
+  def _block_starts(self) -> list[int]:
+    return [0]  # stream position of each block's first step; grows on demand
+
+  def bucket_of(self, step: int) -> int:
+    if not self.task.train:
+      return 0
+    return int(self._block_buckets(step // _BLOCK)[step % _BLOCK])
+
+  def stream_start(self, step: int) -> int:
+    """First stream position of step `step` (global, before the process split)."""
+    if not self.task.train:
+      return step * self.batch_sizes[0]
+    block, within = divmod(step, _BLOCK)
+    starts, sizes = self._block_starts, np.array(self.batch_sizes)
+    while len(starts) <= block:
+      starts.append(starts[-1] + int(sizes[self._block_buckets(len(starts) - 1)].sum()))
+    return starts[block] + int(sizes[self._block_buckets(block)[:within]].sum())
+
+  @functools.cached_property
+  def _stream(self):
+    return grain.MapDataset.range(self.num_records).shuffle(seed=self.task.seed).repeat()
+
+  @functools.cached_property
+  def _source(self):
+    return grain.sources.ArrayRecordDataSource(list(self.shard_paths))
+
+  @functools.cached_property
+  def _tokenizer(self):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=self.tokenizer_path)
+
+  # -- one batch ------------------------------------------------------------
+
+  def shapes(self, bucket_index: int) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (per-process shape, dtype)} of a batch of this bucket."""
+    b, task = self.task.buckets[bucket_index], self.task
+    n = self.batch_sizes[bucket_index] // self.process_count
+    clips = () if task.train or task.eval_clips == 1 else (task.eval_clips,)
+    out = {}
+    if "video" in task.inputs:
+      out["video"] = ((n, *clips, *b.video, 3), "uint8")
+    if "image" in task.inputs:
+      out["image"] = ((n, *b.image, 3), "uint8")
+    if "waveform" in task.inputs:
+      out["waveform"] = ((n, int(round(b.audio_seconds * task.sample_rate))), "float32")
+    if "spectrogram" in task.inputs:
+      out["spectrogram"] = ((n, decode.spectrogram_frames(b.audio_seconds), decode.MEL_BINS),
+                            "float32")
+    if "text" in task.inputs:
+      out["text"] = ((n, task.text_length), "int32")
+      out["text_mask"] = ((n, task.text_length), "int32")
+    if "label" in task.inputs:
+      out["label"] = ((n, self.num_labels), "float32") if task.multi_label else ((n,), "int32")
+    out["valid"] = ((n,), "bool")
+    return out
+
+  def __call__(self, step: int) -> tuple[dict, list[str]]:
+    """(arrays of step `step` for this process, failure reasons of its examples)."""
+    bucket_index = self.bucket_of(step)
+    shapes = self.shapes(bucket_index)
+    batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()}
+    n = shapes["valid"][0][0]
+    first = self.stream_start(step) + self.process_index * n
+    failures = []
+    for slot in range(n):
+      position = first + slot
+      if not self.task.train and position >= self.num_records:
+        break  # evaluation's last batch: padding
+      record = int(self._stream[position]) if self.task.train else position
+      rng = np.random.default_rng([self.task.seed, 2, step, position])
+      try:
+        example = self._example(self._source[record], self.task.buckets[bucket_index], rng)
+      except Exception as e:  # noqa: BLE001 - any bad record is counted, never fatal
+        failures.append(f"record {record}: {type(e).__name__}: {e}"[:300])
+        continue
+      for key, value in example.items():
+        batch[key][slot] = value
+      batch["valid"][slot] = True
+    return batch, failures
+
+  def _example(self, record: bytes, bucket: Bucket, rng: np.random.Generator) -> dict:
+    task = self.task
+    augment = task.augment if task.train else None
+    features = decode.parse(record)
+    out, audio_start = {}, None
+    if "video" in task.inputs:
+      out["video"], starts = decode.video(features, *bucket.video, augment, rng,
+                                          clips=task.eval_clips)
+      audio_start = starts[0] if len(starts) == 1 else None
+    if "image" in task.inputs:
+      out["image"] = decode.image(features, *bucket.image, augment, rng)
+    if {"waveform", "spectrogram"} & set(task.inputs):
+      wave = decode.waveform(features, bucket.audio_seconds, augment, rng,
+                             start_seconds=audio_start, sample_rate=task.sample_rate)
+      if "waveform" in task.inputs:
+        out["waveform"] = wave
+      if "spectrogram" in task.inputs:
+        out["spectrogram"] = decode.log_mel(wave, task.sample_rate)
+    if "text" in task.inputs:
+      out["text"], out["text_mask"] = decode.pad_tokens(self._text(features, augment, rng),
+                                                        task.text_length)
+    if "label" in task.inputs:
+      out["label"] = decode.label(features, self.num_labels, task.multi_label)
+    return out
+
+  def _text(self, features: dict, augment, rng: np.random.Generator) -> list[int]:
+    options = decode.captions(features) if features.get("text/lengths") else []
+    if not options and self.task.prompt:
+      names = [n.decode() for n in features.get("label/name") or []]
+      options = [self._tokenizer.encode(self.task.prompt.format(label=n)) for n in names]
+    if not options:
+      raise decode.DecodeError("record has no captions and no labels to prompt")
+    return options[int(rng.integers(len(options)))] if augment is not None else options[0]
+
+
+class Loader:
+  """Batches of one task, from its prepared dataset. Iterate it; see the module docstring."""
+
+  def __init__(self, task: TaskInput, *, patches: Patches = Patches(), process_index: int = 0,
+               process_count: int = 1, num_workers: int = 0, prefetch: int = 2,
+               cache_dir: str | None = None):
+    self.task, self.patches = task, patches
+    self.dataset = prepared.open_dataset(task.dataset, cache_dir=cache_dir)
+    _check(task, self.dataset)
+    if not 0 <= process_index < process_count:
+      raise LoaderError(f"process_index {process_index} outside process_count {process_count}")
+    multiple = math.lcm(task.batch_multiple, process_count)
+    sizes = []
+    for b in task.buckets:
+      size = b.batch_size or task.token_budget / tokens_per_example(b, task, patches)
+      sizes.append(max(multiple, int(round(size / multiple)) * multiple))
+    num_records = self.dataset.num_records(task.split)
+    if num_records == 0:
+      raise LoaderError(f"split {task.split!r} of {self.dataset.root} has no examples")
+    if task.train and max(sizes) > num_records:
+      raise LoaderError(f"task {task.name!r}: a global batch of {max(sizes)} is larger than the "
+                        f"{num_records} examples of {self.dataset.root} split {task.split!r}; "
+                        "lower the token budget")
+    self.num_records = num_records
+    self.num_workers, self.prefetch = num_workers, prefetch
+    self._plan = _Plan(
+        task=task, shard_paths=tuple(self.dataset.shard_paths(task.split)),
+        num_records=num_records, num_labels=len(self.dataset.labels),
+        label_names=tuple(self.dataset.labels), tokenizer_path=self.dataset.tokenizer_path,
+        batch_sizes=tuple(sizes), process_index=process_index, process_count=process_count)
+
+  @property
+  def batch_sizes(self) -> tuple[int, ...]:
+    """Global batch size of each bucket."""
+    return self._plan.batch_sizes
+
+  @property
+  def labels(self) -> list[str]:
+    return self.dataset.labels
+
+  def tokens_per_batch(self, bucket_index: int) -> int:
+    b = self.task.buckets[bucket_index]
+    return self.batch_sizes[bucket_index] * tokens_per_example(b, self.task, self.patches)
+
+  def batch_shapes(self) -> list[dict[str, tuple[tuple[int, ...], str]]]:
+    """Every batch shape this process can get, one per bucket (evaluation: the first only)."""
+    buckets = range(len(self.task.buckets)) if self.task.train else [0]
+    return [self._plan.shapes(i) for i in buckets]
+
+  def bucket_of(self, step: int) -> int:
+    return self._plan.bucket_of(step)
+
+  @property
+  def num_batches(self) -> int:
+    """Batches in an evaluation pass; training never ends (sys.maxsize)."""
+    if self.task.train:
+      return sys.maxsize
+    return -(-self.num_records // self.batch_sizes[0])
+
+  def dataset_of_batches(self) -> grain.IterDataset:
+    ds = grain.MapDataset.range(self.num_batches).map(self._plan)
+    ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+    if self.num_workers:
+      # Grain reads absl flags in its worker machinery; a program that is not
+      # an absl app has not parsed them, so take their defaults.
+      from absl import flags
+      if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+          num_workers=self.num_workers, per_worker_buffer_size=self.prefetch))
+    return ds
+
+  def __iter__(self) -> "LoaderIterator":
+    return LoaderIterator(self.dataset_of_batches())
+
+
+class LoaderIterator:
+  """Yields batches; counts failed records; state is Grain's plus the counts (JSON)."""
+
+  def __init__(self, ds: grain.IterDataset):
+    self._it = iter(ds)
+    self.failed = 0
+    self.failure_reasons = collections.Counter()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch, failures = next(self._it)
+    self.failed += len(failures)
+    for reason in failures:
+      # "record 12: DecodeError: cannot decode a JPEG: ..." -> count by what went wrong
+      self.failure_reasons[reason.split(": ", 1)[-1]] += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {"grain": self._it.get_state(), "failed": self.failed,
+            "failure_reasons": dict(self.failure_reasons)}
+
+  def set_state(self, state: dict) -> None:
+    self._it.set_state(state["grain"])
+    self.failed = state["failed"]
+    self.failure_reasons = collections.Counter(state["failure_reasons"])
+
+  def close(self) -> None:
+    close = getattr(self._it, "close", None)
+    if close:
+      close()
