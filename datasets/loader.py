@@ -228,14 +228,13 @@ class _Plan:
     n = shapes["valid"][0][0]
     first = self.stream_start(step) + self.process_index * n
     failures = []
-    for slot in range(n):
-      position = first + slot
-      if not self.task.train and position >= self.num_records:
-        break  # evaluation's last batch: padding
-      record = int(self._stream[position]) if self.task.train else position
+    positions = range(first, first + n if self.task.train else min(first + n, self.num_records))
+    records = [int(self._stream[p]) for p in positions] if self.task.train else list(positions)
+    data = self._source.__getitems__(records) if records else []  # one batched read
+    for slot, (position, record) in enumerate(zip(positions, records)):
       rng = np.random.default_rng([self.task.seed, 2, step, position])
       try:
-        example = self._example(self._source[record], self.task.buckets[bucket_index], rng)
+        example = self._example(data[slot], self.task.buckets[bucket_index], rng)
       except Exception as e:  # noqa: BLE001 - any bad record is counted, never fatal
         failures.append(f"record {record}: {type(e).__name__}: {e}"[:300])
         continue

@@ -121,6 +121,46 @@ def _demo(args, beam_args):
   return demo.main(args.dir, workers=args.workers)
 
 
+def _model_parser(sub):
+  model = sub.add_parser("model", help="inspect model presets")
+  info = model.add_subparsers(metavar="COMMAND", required=True).add_parser(
+      "info", help="print a preset's parameter and FLOP counts and layer layout as JSON")
+  info.add_argument("preset", metavar="PRESET", help="tiny, S, B, L, MoE-S, MoE-B or MoE-L")
+  info.add_argument("--tokens", type=int, default=256,
+                    help="sequence length for attention FLOPs (default 256)")
+  info.set_defaults(func=_model_info)
+
+
+def _model_info(args, beam_args):
+  from impax.model import get_config, info  # JAX: imported only when asked for
+  print(json.dumps(info.info(get_config(args.preset), tokens=args.tokens), indent=2))
+  return 0
+
+
+def _train_parser(sub):
+  for name, help_text in (("train", "train a model with AGD on prepared datasets (a config file)"),
+                          ("eval", "evaluate the latest checkpoint of a run; writes WORKDIR/eval.json")):
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("config", metavar="CONFIG",
+                   help="a Python config file defining get_config(); FILE:ARG passes ARG to it")
+    p.add_argument("--workdir", required=True, help="checkpoints, metrics and plots go here")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a top-level config field, e.g. --set steps=200")
+    p.set_defaults(func=_train if name == "train" else _eval)
+
+
+def _train(args, beam_args):
+  from impax.train import trainer
+  return trainer.main(args.config, args.workdir, args.set)
+
+
+def _eval(args, beam_args):
+  from impax.train import evaluate
+  result = evaluate.main(args.config, args.workdir, args.set)
+  print(json.dumps(result, indent=2))
+  return 0
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   beam_args = []
@@ -130,13 +170,9 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="impax", description="Prepare multimodal training data and train IMP models on it.")
   sub = parser.add_subparsers(metavar="COMMAND", required=True)
-  for add in (_build_parser, _inspect_parser, _specs_parser, _demo_corpus_parser, _demo_parser):
+  for add in (_build_parser, _inspect_parser, _specs_parser, _demo_corpus_parser, _demo_parser,
+              _model_parser, _train_parser):
     add(sub)
-  try:
-    from impax.model import info as model_info
-    model_info.add_parser(sub)
-  except ImportError:
-    pass
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   # Beam warns about optional GCP client libraries on every import.

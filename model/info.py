@@ -1,7 +1,7 @@
 """Parameter and FLOP counts of a preset; the `impax model info PRESET` command.
 
     impax model info MoE-B
-    python -m impax.model.info info MoE-B --tokens 1024
+    impax model info MoE-B --tokens 1024
 
 Parameter counts come from the shapes of the real initialized parameters
 (`jax.eval_shape` of `init_params`, nothing is allocated). FLOPs are counted
@@ -25,15 +25,12 @@ Counts printed:
                            3x that (forward + backward).
 """
 
-import argparse
 import dataclasses
-import json
 import math
-import sys
 
 import jax
 
-from impax.model.config import PRESETS, Config, get_config
+from impax.model.config import Config
 
 
 def _param_shapes(config: Config):
@@ -103,35 +100,3 @@ def info(config: Config, tokens: int = 256) -> dict:
       "layers": layer_layout(config),
       "config": dataclasses.asdict(config),
   }
-
-
-def _run(args) -> int:
-  print(json.dumps(info(get_config(args.preset), tokens=args.tokens), indent=2))
-  return 0
-
-
-def _add_info(subparsers) -> None:
-  p = subparsers.add_parser(
-      "info", help="Print parameter and FLOP counts of a preset as JSON.")
-  p.add_argument("preset", choices=list(PRESETS))
-  p.add_argument("--tokens", type=int, default=256,
-                 help="Sequence length for attention FLOPs (default 256).")
-  p.set_defaults(func=_run)
-
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-  """Adds `model info PRESET` to an argparse subparsers object."""
-  model = subparsers.add_parser("model", help="Inspect model presets.")
-  _add_info(model.add_subparsers(dest="model_command", required=True))
-  return model
-
-
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m impax.model.info")
-  _add_info(parser.add_subparsers(dest="command", required=True))
-  args = parser.parse_args(argv)
-  return args.func(args)
-
-
-if __name__ == "__main__":
-  sys.exit(main())

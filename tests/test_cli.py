@@ -1,5 +1,6 @@
 """The `impax` command: subcommands and help."""
 
+import json
 import subprocess
 import sys
 
@@ -24,3 +25,12 @@ def test_specs_and_errors():
   missing = run("inspect", "/nonexistent/dataset")
   assert missing.returncode == 2 and "has no metadata.json" in missing.stderr
   assert run("nosuch").returncode == 2
+
+
+def test_model_info_prints_the_counts_of_a_preset():
+  result = run("model", "info", "B")
+  assert result.returncode == 0, result.stderr
+  counts = json.loads(result.stdout)
+  assert abs(counts["encoder_params"] / 86e6 - 1) < 0.03
+  assert counts["active_params_per_token"] <= counts["total_params"]
+  assert run("model", "info", "XL").returncode == 2

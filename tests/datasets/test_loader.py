@@ -9,25 +9,14 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from impax.datasets import decode, demo, loader
-from impax.pipelines import build
+from impax.datasets import decode, loader
 
 PATCHES = loader.Patches(tubelet=(2, 8, 8), spectrogram=(8, 8), waveform=64)
-SETTINGS = {"video_short_side": 48, "image_short_side": 48, "video_fps": 8.0, "num_shards": 2}
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-  root = tmp_path_factory.mktemp("loader")
-  manifests = demo.generate(str(root / "raw"), videos=24, images=24, audio=12, seconds=1.5,
-                            size=48, seed=3)
-  out = {}
-  for key in ("videos-train", "videos-test", "images-train", "audio-train"):
-    modality, split = key.rsplit("-", 1)
-    plan, facts = build.prepare("jsonl", manifests[key], str(root / modality), split, (SETTINGS,))
-    build.run(plan, facts, workers=2)
-    out[modality] = str(root / modality)
-  return out
+def data(demo_data):
+  return demo_data
 
 
 def video_task(data, **kw):

@@ -1,8 +1,6 @@
 """The spec registry: names, spec files a user writes, the jsonl manifest's rules."""
 
 import json
-import os
-import textwrap
 
 import pytest
 

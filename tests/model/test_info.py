@@ -1,6 +1,5 @@
 """Parameter and FLOP counts of the presets, and the `model info` command."""
 
-import argparse
 import json
 import subprocess
 import sys
@@ -65,7 +64,7 @@ def test_token_choice_counts_top_k_experts_per_token():
 
 def test_cli_module_prints_json():
   result = subprocess.run(
-      [sys.executable, "-m", "impax.model.info", "info", "tiny"],
+      [sys.executable, "-m", "impax.cli", "model", "info", "tiny", "--tokens", "1024"],
       capture_output=True, text=True, check=True, timeout=120)
   data = json.loads(result.stdout)
   for key in ("total_params", "active_params_per_token", "flops_per_token",
@@ -73,14 +72,4 @@ def test_cli_module_prints_json():
     assert key in data
   assert [layer["mlp"] for layer in data["layers"]] == [
       "dense", "dense", "moe", "moe"]
-
-
-def test_add_parser_wires_model_info(capsys):
-  parser = argparse.ArgumentParser(prog="impax")
-  info.add_parser(parser.add_subparsers(dest="command", required=True))
-  args = parser.parse_args(["model", "info", "MoE-S", "--tokens", "1024"])
-  assert args.func(args) == 0
-  data = json.loads(capsys.readouterr().out)
-  assert data["preset"] == "MoE-S" and data["tokens_per_sequence"] == 1024
-  with pytest.raises(SystemExit):
-    parser.parse_args(["model", "info", "XL"])
+  assert data["preset"] == "tiny" and data["tokens_per_sequence"] == 1024

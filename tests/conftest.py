@@ -1,0 +1,23 @@
+"""Fixtures shared across test folders: a small demo corpus built into prepared datasets."""
+
+import pytest
+
+from impax.datasets import demo
+from impax.pipelines import build
+
+SETTINGS = {"video_short_side": 48, "image_short_side": 48, "video_fps": 8.0, "num_shards": 2}
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> dict[str, str]:
+  """{"videos", "images", "audio"}: prepared datasets with a train and a test split."""
+  root = tmp_path_factory.mktemp("demo-data")
+  manifests = demo.generate(str(root / "raw"), videos=40, images=30, audio=20, seconds=1.5,
+                            size=48, seed=3)
+  out = {}
+  for key, manifest in sorted(manifests.items()):
+    modality, split = key.rsplit("-", 1)
+    plan, facts = build.prepare("jsonl", manifest, str(root / modality), split, (SETTINGS,))
+    build.run(plan, facts, workers=2)
+    out[modality] = str(root / modality)
+  return out

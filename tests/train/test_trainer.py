@@ -1,0 +1,185 @@
+"""The AGD trainer end to end on real shards: learning, compilation, resume, SIGTERM, devices."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from impax.datasets.loader import Bucket
+from impax.train import config as config_lib
+from impax.train import metrics, trainer
+from impax.train.config import ConfigError, Task, TrainConfig
+
+CONFIG_FILE = '''
+from impax.datasets.loader import Bucket
+from impax.train.config import Task, TrainConfig
+
+def get_config(data):
+  videos, audio = data + "/videos", data + "/audio"
+  return TrainConfig(
+      tasks=(Task("video_text", videos, "contrastive", ("video", "text"),
+                  buckets=(Bucket(video=(2, 16, 16)), Bucket(video=(4, 16, 16))),
+                  token_budget=288, text_length=8, eval_clips=2),
+             Task("audio_classification", audio, "classification", ("spectrogram",),
+                  buckets=(Bucket(audio_seconds=0.32),), token_budget=512, interval=2)),
+      model="tiny", steps=STEPS, warmup_steps=2, learning_rate=2e-3, log_every=1,
+      checkpoint_every=4, plots=False)
+'''
+
+
+def make_config(data_root, steps=12, **changes) -> TrainConfig:
+  namespace = {}
+  exec(CONFIG_FILE.replace("STEPS", str(steps)), namespace)
+  config = namespace["get_config"](data_root)
+  return config_lib.apply_overrides(config, [f"{k}={v}" for k, v in changes.items()])
+
+
+@pytest.fixture(scope="module")
+def root(demo_data):
+  return os.path.dirname(demo_data["videos"])
+
+
+def losses(workdir):
+  return {(r["step"], r["task"]): r["loss"] for r in metrics.read(os.path.join(workdir, "metrics.jsonl"))
+          if "loss" in r}
+
+
+def test_training_learns_compiles_each_shape_once_and_evaluates(root, tmp_path):
+  config = make_config(root, steps=40, plots=True)
+  summary = trainer.train(config, str(tmp_path), log=lambda *_: None)
+  assert summary["status"] == "finished" and summary["step"] == 40
+  # one compilation per (task, declared shape), all before the first step
+  assert summary["compilations"] == {"video_text 24x2x16x16x3": 1, "video_text 18x4x16x16x3": 1,
+                                     "audio_classification 8x32x128": 1}
+  assert summary["compilations_after_warmup"] == 0 and summary["xla_compilations_in_loop"] == 0
+  rows = [r for r in metrics.read(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  # the interval schedule: audio every second cycle
+  assert sum(r["task"] == "audio_classification" for r in rows) == 13
+  for task in ("video_text", "audio_classification"):
+    curve = [r["loss"] for r in rows if r["task"] == task]
+    assert np.mean(curve[-4:]) < np.mean(curve[:4]), (task, curve)
+  first = next(r for r in rows if r["task"] == "video_text")
+  assert first["tokens_per_second"] > 0 and len(first["experts/video/layer_2/fraction"]) == 4
+  assert set(os.listdir(tmp_path / "plots")) == {"loss.png", "accuracy.png"}
+  assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
+  result = json.loads((tmp_path / "eval.json").read_text())["results"]
+  assert {"video_to_text/R@1", "text_to_video/R@10", "zero_shot_top1"} <= set(result["video_text"])
+  assert 0 <= result["audio_classification"]["accuracy"] <= 1
+  assert result["video_text"]["examples"] == 8  # every held-out video, once
+
+
+def test_a_resumed_run_continues_exactly(root, tmp_path):
+  config = make_config(root, steps=10)
+  trainer.train(config, str(tmp_path / "whole"), log=lambda *_: None)
+  stopped = trainer.train(config, str(tmp_path / "parts"), log=lambda *_: None, stop_at=5)
+  assert stopped["step"] == 5 and "eval" not in stopped
+  resumed = trainer.train(config, str(tmp_path / "parts"), log=lambda *_: None)
+  assert resumed["step"] == 10
+  whole, parts = losses(tmp_path / "whole"), losses(tmp_path / "parts")
+  assert whole.keys() == parts.keys() and len(whole) == 10
+  for key in whole:
+    assert parts[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
+  a = json.loads((tmp_path / "whole" / "eval.json").read_text())["results"]
+  b = json.loads((tmp_path / "parts" / "eval.json").read_text())["results"]
+  assert a["audio_classification"]["accuracy"] == b["audio_classification"]["accuracy"]
+
+
+def test_mixed_batch_mode_takes_every_task_each_step(root, tmp_path):
+  config = make_config(root, steps=3, mode="mixed", eval_at_end=False)
+  summary = trainer.train(config, str(tmp_path), log=lambda *_: None)
+  assert summary["status"] == "finished"
+  rows = [r for r in metrics.read(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  assert sorted((r["step"], r["task"]) for r in rows) == [
+      (s, t) for s in (1, 2, 3) for t in ("audio_classification", "video_text")]
+  assert summary["xla_compilations_in_loop"] == 0
+
+
+def test_bad_tasks_are_refused_before_training(root, tmp_path):
+  base = make_config(root)
+  missing = Task("image_text", base.tasks[1].dataset, "contrastive", ("image", "text"),
+                 buckets=(Bucket(image=(16, 16)),))
+  with pytest.raises(ConfigError, match="task 'image_text'.*reads image but split 'train'"):
+    trainer.train(TrainConfig(tasks=(missing,)), str(tmp_path), log=lambda *_: None)
+  small = Task("video_text", base.tasks[0].dataset, "contrastive", ("video", "text"),
+               buckets=(Bucket(video=(1, 16, 16)),))
+  with pytest.raises(ConfigError, match="task 'video_text' bucket 0: video .* tubelet"):
+    trainer.train(TrainConfig(tasks=(small,)), str(tmp_path), log=lambda *_: None)
+  with pytest.raises(ConfigError, match="takes 2 distinct modalities"):
+    config_lib.check(TrainConfig(tasks=(Task("x", ".", "contrastive", ("video",),
+                                             buckets=(Bucket(video=(4, 16, 16)),)),)))
+  with pytest.raises(ConfigError, match="--set 'steps=many'"):
+    config_lib.apply_overrides(base, ["steps=many"])
+
+
+def write_config(tmp_path, steps):
+  path = tmp_path / "config.py"
+  path.write_text(CONFIG_FILE.replace("STEPS", str(steps)))
+  return str(path)
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(root, tmp_path):
+  config = write_config(tmp_path, steps=400)
+  workdir = tmp_path / "run"
+  command = [sys.executable, "-m", "impax.cli", "train", f"{config}:{root}", "--workdir",
+             str(workdir), "--set", "checkpoint_every=1000", "--set", "eval_at_end=false"]
+  proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.monotonic() + 240
+  metrics_path = workdir / "metrics.jsonl"
+  while time.monotonic() < deadline:
+    if metrics_path.exists() and len(metrics_path.read_text().splitlines()) >= 6:
+      break
+    assert proc.poll() is None, proc.stdout.read()
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 3, output
+  assert "stopped by SIGTERM" in output
+  saved = sorted(int(p) for p in os.listdir(workdir / "checkpoints") if p.isdigit())
+  assert len(saved) == 1 and 0 < saved[0] < 400  # saved where it stopped, not at a cadence
+  resumed = subprocess.run(command[:-4] + ["--set", "steps=" + str(saved[0] + 3), "--set",
+                                           "eval_at_end=false"],
+                           capture_output=True, text=True, timeout=240)
+  assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+  assert f"resumed from step {saved[0]}" in resumed.stdout
+  steps = sorted({r["step"] for r in metrics.read(str(metrics_path)) if "loss" in r})
+  assert steps == list(range(1, saved[0] + 4))  # no step lost, none twice
+
+
+EIGHT_DEVICES_CONFIG = '''
+from impax.datasets.loader import Bucket
+from impax.train.config import Task, TrainConfig
+
+def get_config(data):
+  # Batches of 16 and 8: each device holds whole routing groups (64 tokens: two
+  # videos, two captions, one spectrogram), as one device does,
+  # so the MoE groups, and so the results, are those of one device.
+  return TrainConfig(
+      tasks=(Task("video_text", data + "/videos", "contrastive", ("video", "text"),
+                  buckets=(Bucket(video=(4, 32, 32)),), token_budget=896, text_length=24),
+             Task("audio_classification", data + "/audio", "classification", ("spectrogram",),
+                  buckets=(Bucket(audio_seconds=0.32),), token_budget=512)),
+      model="tiny", steps=3, warmup_steps=1, learning_rate=1e-3, log_every=1,
+      eval_at_end=False, plots=False)
+'''
+
+
+def test_eight_simulated_devices_train_like_one(root, tmp_path):
+  config = tmp_path / "config.py"
+  config.write_text(EIGHT_DEVICES_CONFIG)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  runs = {}
+  for name, environment in (("one", dict(os.environ)), ("eight", env)):
+    result = subprocess.run(
+        [sys.executable, "-m", "impax.cli", "train", f"{config}:{root}", "--workdir",
+         str(tmp_path / name)], capture_output=True, text=True, timeout=300, env=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs[name] = losses(tmp_path / name)
+  assert "mesh {'data': 2, 'expert': 4}" in result.stdout
+  assert len(runs["one"]) == 3
+  for key, value in runs["one"].items():
+    assert runs["eight"][key] == pytest.approx(value, rel=1e-3), key

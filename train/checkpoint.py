@@ -1,0 +1,39 @@
+"""Orbax checkpoints of a run: parameters and optimizer state, step and seed, loader states.
+
+One checkpoint per saved step under WORKDIR/checkpoints/<step>/, the last N
+kept. The state goes through Orbax's StandardSave (sharded arrays restore onto
+the shardings of the target), the loaders' iterator states and the run's
+step and seed through JsonSave. The random state needs no saving of its own:
+each step's key is fold_in(key(seed), step).
+"""
+
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  def __init__(self, directory: str, keep: int):
+    self.manager = ocp.CheckpointManager(
+        directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, loader_states: dict, meta: dict) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), loaders=ocp.args.JsonSave(loader_states),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_latest(self, target):
+    """(state, loader states, meta) of the latest checkpoint, or None; `target` gives
+    the structure, shapes and shardings."""
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), loaders=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
+    return restored["state"], restored["loaders"], restored["meta"]
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()

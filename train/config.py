@@ -1,0 +1,151 @@
+"""Training configs: plain dataclasses, written in Python config files.
+
+A config file defines `get_config()` returning a `TrainConfig`; its docstring
+holds the command that runs it (see train/configs/demo.py):
+
+    impax train train/configs/demo.py --workdir /tmp/run
+    impax train train/configs/demo.py --workdir /tmp/run --set steps=200 --set seed=1
+
+Every field has a default; `--set FIELD=VALUE` overrides a top-level field.
+"""
+
+import dataclasses
+import importlib.util
+import json
+import os
+
+from impax.datasets.loader import Bucket
+
+OBJECTIVES = ("contrastive", "classification")
+MODALITIES = ("image", "video", "spectrogram", "waveform", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """One task of Alternating Gradient Descent: a dataset, its modalities, its loss, its shapes."""
+  name: str
+  dataset: str  # prepared dataset directory (or gs://, s3://)
+  objective: str  # "contrastive" (between two modalities) or "classification" (of one)
+  modalities: tuple[str, ...]  # e.g. ("video", "text"); classification: ("audio",) -> one
+  buckets: tuple[Bucket, ...]
+  token_budget: int = 4096  # patch tokens per global batch
+  text_length: int = 16
+  prompt: str | None = None  # text from label names, e.g. "a video of {label}."
+  interval: int = 1  # schedule "intervals": runs when the cycle counter is a multiple of it
+  weight: float = 1.0  # schedule "random": relative probability per step
+  loss_weight: float = 1.0
+  drop_token: float = 0.0  # fraction of each non-text modality's tokens dropped in training
+  split: str = "train"
+  eval_split: str | None = "test"  # evaluated by `impax eval` when the dataset has it
+  eval_bucket: Bucket | None = None  # default: the first bucket
+  eval_clips: int = 1
+  multi_label: bool = False
+  num_workers: int = 0  # loader processes for this task
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  tasks: tuple[Task, ...]
+  model: str = "tiny"  # preset of impax.model
+  model_overrides: tuple[tuple[str, object], ...] = ()  # (field, value) pairs
+  mode: str = "agd"  # "agd": one task per step; "mixed": every task each step, losses summed
+  schedule: str = "intervals"  # "intervals" (IMP's round robin) or "random" (seeded, by weight)
+  steps: int = 1000
+  seed: int = 0
+  # AdamW with linear warm-up and cosine decay (IMP's values, fewer steps).
+  learning_rate: float = 1e-3
+  end_learning_rate: float = 1e-6
+  warmup_steps: int = 100
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-7
+  weight_decay: float = 1e-4
+  grad_clip: float = 1.0
+  # Cadence.
+  log_every: int = 10
+  checkpoint_every: int = 200
+  keep_checkpoints: int = 3
+  eval_every: int = 0  # 0: evaluate only when asked (`impax eval`) or at the end
+  eval_at_end: bool = True
+  plots: bool = True
+
+
+class ConfigError(ValueError):
+  """A config the trainer refuses before it starts."""
+
+
+def check(config: TrainConfig) -> None:
+  if not config.tasks:
+    raise ConfigError("the config has no tasks")
+  names = [t.name for t in config.tasks]
+  if len(set(names)) != len(names):
+    raise ConfigError(f"task names must be unique: {names}")
+  if config.mode not in ("agd", "mixed"):
+    raise ConfigError(f"mode must be 'agd' or 'mixed', not {config.mode!r}")
+  if config.schedule not in ("intervals", "random"):
+    raise ConfigError(f"schedule must be 'intervals' or 'random', not {config.schedule!r}")
+  for t in config.tasks:
+    where = f"task {t.name!r}"
+    if t.objective not in OBJECTIVES:
+      raise ConfigError(f"{where}: objective must be one of {OBJECTIVES}, not {t.objective!r}")
+    if any(m not in MODALITIES for m in t.modalities):
+      raise ConfigError(f"{where}: modalities {t.modalities} must come from {MODALITIES}")
+    want = 2 if t.objective == "contrastive" else 1
+    if len(t.modalities) != want or len(set(t.modalities)) != want:
+      raise ConfigError(f"{where}: a {t.objective} task takes {want} distinct modalities, "
+                        f"got {t.modalities}")
+    if t.objective == "classification" and "text" in t.modalities:
+      raise ConfigError(f"{where}: text classification is not supported")
+    if t.interval < 1 or t.weight <= 0:
+      raise ConfigError(f"{where}: interval must be >= 1 and weight > 0")
+    if not t.buckets:
+      raise ConfigError(f"{where}: declares no buckets")
+
+
+def load(path: str, overrides: list[str] = ()) -> TrainConfig:
+  """Runs a config file's get_config() and applies `FIELD=VALUE` overrides.
+
+  `path` may end in `:ARG` (as in big_vision): get_config(ARG) is called.
+  """
+  arg = None
+  if not os.path.isfile(path) and ":" in path:
+    path, arg = path.split(":", 1)
+  if not os.path.isfile(path):
+    raise ConfigError(f"config file {path} does not exist")
+  spec = importlib.util.spec_from_file_location("impax_train_config", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:
+    raise ConfigError(f"config file {path} failed to load: {type(e).__name__}: {e}") from e
+  if not hasattr(module, "get_config"):
+    raise ConfigError(f"config file {path} defines no get_config()")
+  config = module.get_config() if arg is None else module.get_config(arg)
+  if not isinstance(config, TrainConfig):
+    raise ConfigError(f"{path}: get_config() returned a {type(config).__name__}, "
+                      "not a TrainConfig")
+  config = apply_overrides(config, overrides)
+  check(config)
+  return config
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+  fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "tasks"}
+  changes = {}
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    if not sep or key not in fields:
+      raise ConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
+                        f"{sorted(fields)}")
+    current = getattr(config, key)
+    try:
+      changes[key] = (value if isinstance(current, str) else
+                      type(current)(json.loads(value.lower() if isinstance(current, bool)
+                                               else value)))
+    except (ValueError, TypeError) as e:
+      raise ConfigError(f"--set {item!r}: {key} takes a {type(current).__name__}") from e
+  return dataclasses.replace(config, **changes)
+
+
+def to_json(config: TrainConfig) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(config), default=str))

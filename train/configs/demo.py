@@ -1,0 +1,38 @@
+"""The demo: the tiny MoE preset, AGD over four tasks of the demo corpus.
+
+    impax train train/configs/demo.py:demo-output/data --workdir demo-output/run
+    impax eval  train/configs/demo.py:demo-output/data --workdir demo-output/run
+
+The part after ':' is the folder `impax demo` built the prepared datasets in
+(videos/, images/, audio/, each with a train and a test split). Tasks:
+image-text and video-text contrastive on the captions, video-audio
+contrastive on the videos' sound, audio classification of digit sounds. The
+evaluation reports zero-shot video classification of the held-out videos
+("a video of {label}." for each digit name).
+"""
+
+import os
+
+from impax.datasets.loader import Bucket
+from impax.train.config import Task, TrainConfig
+
+
+def get_config(data: str = "demo-output/data") -> TrainConfig:
+  videos, images, audio = (os.path.join(data, d) for d in ("videos", "images", "audio"))
+  tasks = (
+      Task("image_text", images, "contrastive", ("image", "text"),
+           buckets=(Bucket(image=(32, 32)), Bucket(image=(48, 48))),
+           token_budget=1536, interval=1),
+      Task("video_text", videos, "contrastive", ("video", "text"),
+           buckets=(Bucket(video=(4, 32, 32)), Bucket(video=(8, 24, 24)),
+                    Bucket(video=(2, 48, 48))),
+           token_budget=1536, interval=1, eval_clips=2),
+      Task("video_audio", videos, "contrastive", ("video", "spectrogram"),
+           buckets=(Bucket(video=(4, 32, 32), audio_seconds=0.64),),
+           token_budget=3072, interval=2),
+      Task("audio_classification", audio, "classification", ("spectrogram",),
+           buckets=(Bucket(audio_seconds=0.64), Bucket(audio_seconds=0.96)),
+           token_budget=3072, interval=2),
+  )
+  return TrainConfig(tasks=tasks, model="tiny", steps=1200, warmup_steps=100,
+                     learning_rate=2e-3, checkpoint_every=300, log_every=20)

@@ -1,0 +1,157 @@
+"""Training metrics: WORKDIR/metrics.jsonl, TensorBoard event files, PNG curves, a progress line.
+
+metrics.jsonl has one object per (log step, task): the means since the last
+log of loss, accuracy, step time and tokens per second, the batch shapes seen,
+and expert utilization (fraction of routed tokens per expert, dropped
+fraction) per modality and MoE layer; evaluation results are lines with
+"eval". A resumed run first drops the lines past its checkpoint, so the file
+reads as if the run had never stopped.
+"""
+
+import collections
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+
+class Writer:
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.workdir = workdir
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(self.path):  # keep what the checkpoint covers
+      with open(self.path) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= resume_step]
+      with open(self.path, "w") as f:
+        f.writelines(kept)
+    self.pending = collections.defaultdict(list)
+    self.scalars = collections.defaultdict(list)
+    self._tb = None
+
+  def add(self, step: int, task: str, stats: dict, *, tokens: int, seconds: float, shape: str):
+    self.pending[task].append((stats, tokens, seconds, shape))
+
+  def add_scalar(self, step: int, name: str, value: float):
+    self.scalars[name].append(value)
+
+  def flush(self, step: int):
+    rows = []
+    for task, items in sorted(self.pending.items()):
+      row = {"step": step, "task": task, "steps": len(items)}
+      keys = items[0][0].keys()
+      for key in keys:
+        values = np.stack([np.asarray(s[key], np.float64) for s, *_ in items])
+        mean = values.mean(0)
+        row[key] = mean.tolist() if mean.ndim else float(mean)
+      seconds = sum(s for _, _, s, _ in items)
+      row["step_seconds"] = seconds / len(items)
+      row["tokens_per_second"] = sum(t for _, t, _, _ in items) / max(seconds, 1e-9)
+      row["shapes"] = dict(collections.Counter(shape for *_, shape in items))
+      rows.append(row)
+    for name, values in self.scalars.items():
+      rows.append({"step": step, "task": "_", name: float(np.mean(values))})
+    self.pending.clear()
+    self.scalars.clear()
+    self._write(rows)
+
+  def add_eval(self, step: int, results: dict):
+    self._write([{"step": step, "eval": results}])
+
+  def _write(self, rows):
+    if not rows:
+      return
+    with open(self.path, "a") as f:
+      for row in rows:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+    self._tensorboard(rows)
+
+  def _tensorboard(self, rows):
+    if self._tb is None:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+    for row in rows:
+      for key, value in _flat(row):
+        self._tb.add_scalar(key, value, global_step=row["step"])
+    self._tb.flush()
+
+  def close(self, plots: bool = True):
+    if self._tb is not None:
+      self._tb.close()
+    if plots:
+      plot(self.path, os.path.join(self.workdir, "plots"))
+
+
+def _flat(row: dict):
+  task = row.get("task")
+  if "eval" in row:
+    for name, results in row["eval"].items():
+      for key, value in results.items():
+        if isinstance(value, (int, float)):
+          yield f"eval/{name}/{key}", value
+    return
+  for key, value in row.items():
+    if key in ("step", "task", "steps", "shapes") or isinstance(value, list):
+      continue
+    yield (key if task == "_" else f"{task}/{key}"), value
+
+
+def read(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def plot(metrics_path: str, out_dir: str) -> list[str]:
+  """PNG training curves (loss and accuracy per task) from metrics.jsonl."""
+  if not os.path.exists(metrics_path):
+    return []
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  rows = [r for r in read(metrics_path) if r.get("task") not in (None, "_")]
+  os.makedirs(out_dir, exist_ok=True)
+  written = []
+  for key in ("loss", "accuracy"):
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for task in sorted({r["task"] for r in rows}):
+      points = [(r["step"], r[key]) for r in rows if r["task"] == task and key in r]
+      if points:
+        ax.plot(*zip(*points), label=task)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(f"training {key} per task")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path = os.path.join(out_dir, f"{key}.png")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    written.append(path)
+  return written
+
+
+class Progress:
+  """One line on a terminal (redrawn), a line per 5% in a log."""
+
+  def __init__(self, total: int, start: int):
+    self.total, self.start, self.t0 = total, start, time.monotonic()
+    self.tty = sys.stderr.isatty()
+    self.next_report = start
+
+  def update(self, step: int, task: str, loss: float):
+    done = step - self.start
+    rate = done / max(time.monotonic() - self.t0, 1e-9)
+    eta = (self.total - step) / max(rate, 1e-9)
+    line = (f"step {step}/{self.total} [{'#' * int(30 * step / self.total):<30}] "
+            f"{task} loss {loss:.3f}  {rate:.1f} steps/s  eta {eta:.0f} s")
+    if self.tty:
+      print("\r" + line, end="", file=sys.stderr, flush=True)
+    elif step >= self.next_report or step == self.total:
+      print(line, file=sys.stderr, flush=True)
+      self.next_report = step + max(1, self.total // 20)
+
+  def close(self):
+    if self.tty:
+      print(file=sys.stderr)

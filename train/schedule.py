@@ -1,0 +1,47 @@
+"""Which task each optimizer step takes, as a pure function of the step.
+
+"intervals" is IMP's: the loop walks the tasks in a fixed order, cycle after
+cycle, and a task with interval k takes a step in every k-th cycle (cycle
+counter a multiple of k). "random" draws the task of step s by weight from a
+generator seeded by (seed, s). Either way the task of any step is known
+without running the steps before it, so a resumed run follows the same
+schedule.
+"""
+
+import functools
+import math
+
+import numpy as np
+
+_BLOCK = 1024
+
+
+@functools.lru_cache(maxsize=16)
+def _period(intervals: tuple[int, ...]) -> tuple[int, ...]:
+  cycles = math.lcm(*intervals)
+  return tuple(i for c in range(cycles) for i, k in enumerate(intervals) if c % k == 0)
+
+
+@functools.lru_cache(maxsize=64)
+def _random_block(weights: tuple[float, ...], seed: int, block: int) -> np.ndarray:
+  p = np.asarray(weights, np.float64)
+  return np.random.default_rng([seed, 3, block]).choice(len(p), size=_BLOCK, p=p / p.sum())
+
+
+def task_of(step: int, kind: str, intervals: tuple[int, ...], weights: tuple[float, ...],
+            seed: int) -> int:
+  if kind == "intervals":
+    period = _period(intervals)
+    return period[step % len(period)]
+  if kind == "random":
+    return int(_random_block(weights, seed, step // _BLOCK)[step % _BLOCK])
+  raise ValueError(f"unknown schedule {kind!r}")
+
+
+def shares(kind: str, intervals: tuple[int, ...], weights: tuple[float, ...]) -> list[float]:
+  """The fraction of steps each task takes in the long run."""
+  if kind == "intervals":
+    period = _period(intervals)
+    return [period.count(i) / len(period) for i in range(len(intervals))]
+  total = sum(weights)
+  return [w / total for w in weights]
