@@ -221,7 +221,8 @@ def _write_video(out_dir, stem, number, digit, digit_image, rng, *, seconds,
 def _render_video(digit_image, rng, seconds, width, height):
   """(frames uint8 [T, H, W, 3], colour name, motion in words)."""
   n_frames = max(1, round(seconds * FPS))
-  sprite = round(min(width, height) * 0.4)
+  # Large enough that the digit stays legible at the loader's small buckets.
+  sprite = round(min(width, height) * 0.65)
   alpha = _upscale(digit_image, sprite)[..., None]
   colour = rng.choice(list(COLOURS))
   background = _background(rng, height, width)

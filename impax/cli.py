@@ -112,13 +112,14 @@ def _demo_corpus(args, beam_args):
 def _demo_parser(sub):
   p = sub.add_parser("demo", help="the main job end to end on the demo corpus")
   p.add_argument("dir", metavar="DIR", nargs="?", default="demo")
-  p.add_argument("--workers", type=int, default=None)
+  p.add_argument("--workers", type=int, default=None, help="build workers (default: CPUs)")
+  p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
   p.set_defaults(func=_demo)
 
 
 def _demo(args, beam_args):
-  from impax.pipelines import demo
-  return demo.main(args.dir, workers=args.workers)
+  from impax import demo
+  return demo.main(args.dir, workers=args.workers, steps=args.steps)
 
 
 def _model_parser(sub):

@@ -1,8 +1,8 @@
-"""`make demo` / `impax demo DIR`: the main job end to end on the demo corpus.
+"""The build half of `impax demo` (impax/demo.py): the demo corpus into prepared datasets.
 
 Generates the demo corpus (moving digits with sound, digit images, digit
 sounds), then builds each of its manifests, train and held-out test, into a
-prepared dataset, and prints what came out.
+prepared dataset.
 """
 
 import os
@@ -19,7 +19,7 @@ def build_all(root: str, workers: int | None = None, log=print) -> dict[str, dic
   """Generates the corpus under root/corpus and builds root/data/<modality>; returns summaries."""
   corpus = os.path.join(root, "corpus")
   start = time.monotonic()
-  manifests = demo_corpus.generate(corpus)
+  manifests = demo_corpus.generate(corpus, videos=400, images=400, audio=200)
   log(f"demo corpus: {corpus} ({time.monotonic() - start:.1f} s)")
   summaries = {}
   for key, manifest in manifests.items():
@@ -28,13 +28,3 @@ def build_all(root: str, workers: int | None = None, log=print) -> dict[str, dic
                                 (SETTINGS,))
     summaries[key] = build.run(plan, facts, workers=workers)
   return summaries
-
-
-def main(root: str, workers: int | None = None) -> int:
-  from impax.cli import print_summary
-  summaries = build_all(root, workers)
-  for summary in summaries.values():
-    print_summary(summary)
-  print(f"prepared datasets: {os.path.join(root, 'data')} (inspect one with "
-        f"`impax inspect {os.path.join(root, 'data', 'videos')} --example 0`)")
-  return 0

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 
+from impax.datasets.decode import Augment
 from impax.datasets.loader import Bucket
 
 OBJECTIVES = ("contrastive", "classification")
@@ -39,6 +40,7 @@ class Task:
   eval_split: str | None = "test"  # evaluated by `impax eval` when the dataset has it
   eval_bucket: Bucket | None = None  # default: the first bucket
   eval_clips: int = 1
+  augment: Augment = Augment()  # training augmentation (random resized crop, flip, jitter)
   multi_label: bool = False
   num_workers: int = 0  # loader processes for this task
 

@@ -68,7 +68,7 @@ def task_input(task: Task, config: TrainConfig, index: int, *, train: bool,
       name=task.name, dataset=task.dataset, inputs=loader_inputs(task), buckets=buckets,
       split=task.split if train else task.eval_split, token_budget=task.token_budget,
       text_length=task.text_length, prompt=task.prompt, multi_label=task.multi_label,
-      train=train, eval_clips=1 if train else task.eval_clips,
+      train=train, eval_clips=1 if train else task.eval_clips, augment=task.augment,
       seed=config.seed * 1000 + index, batch_multiple=batch_multiple)
 
 
@@ -329,8 +329,13 @@ class _Stop:
     self.requested = True
 
 
-def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None = None) -> dict:
-  """Trains (or resumes) in workdir; returns a summary. `stop_at`: leave after that step."""
+def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None = None,
+          iterators: dict | None = None) -> dict:
+  """Trains (or resumes) in workdir; returns a summary. `stop_at`: leave after that step.
+
+  `iterators` replaces the loaders' iterators by name (benchmarks feed batches
+  already in memory this way); they need __next__, get_state, set_state, close.
+  """
   os.makedirs(workdir, exist_ok=True)
   num_labels = num_labels_of(config)
   model_cfg = model_config(config, num_labels)
@@ -349,7 +354,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
 
   # -- resume --------------------------------------------------------------
   ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  iterators = {name: iter(data) for name, data in loaders.items()}
+  iterators = {name: iter(data) for name, data in loaders.items()} | (iterators or {})
   start_step = 0
   restored = ckpt.restore_latest(state)
   if restored is not None:
@@ -390,6 +395,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   status = "finished"
   counter = compile_counter()
   counter.count, counter.active = 0, True
+  loop_start = time.perf_counter()
   try:
     while step < end:
       if stop.requested:
@@ -441,9 +447,11 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     for it in iterators.values():
       it.close()
 
+  loop_seconds = time.perf_counter() - loop_start
   compilations = {f"{k[0]} {k[1]}": n for c in compiled.values() for k, n in c.compilations.items()}
   summary = {
       "status": status, "step": step, "steps": config.steps,
+      "loop_seconds": round(loop_seconds, 3),  # checkpoints and evaluation included
       "compilations": compilations,
       "compilations_after_warmup": sum(compilations.values()) - warm if agd else None,
       # Every XLA compilation while the loop ran its steps (checkpoint saves and
@@ -452,7 +460,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       "xla_compilations_in_loop": counter.count,
       "compile_seconds": {f"{k[0]} {k[1]}": s for c in compiled.values()
                           for k, s in c.compile_seconds.items()},
-      "failed_records": {n: it.failed for n, it in iterators.items()},
+      "failed_records": {n: getattr(it, "failed", 0) for n, it in iterators.items()},
   }
   if step == config.steps and config.eval_at_end and status == "finished":
     from impax.train import evaluate

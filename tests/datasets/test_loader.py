@@ -247,6 +247,9 @@ def test_a_remote_dataset_is_staged_with_a_message(data, tmp_path, capsys, monke
   from impax.datasets import prepared
   local = prepared.stage(data["images"], cache_dir=str(tmp_path))
   assert "staging" in capsys.readouterr().out
-  assert sorted(os.listdir(local)) == sorted(
-      [s["path"] for s in json.loads(open(os.path.join(local, "metadata.json")).read())
-       ["splits"]["train"]["shards"]] + ["metadata.json", "tokenizer.model"])
+  meta = json.loads(open(os.path.join(local, "metadata.json")).read())
+  shards = [s["path"] for split in meta["splits"].values() for s in split["shards"]]
+  assert sorted(os.listdir(local)) == sorted(shards + ["metadata.json", "tokenizer.model"])
+  assert loader.Loader(loader.TaskInput(name="x", dataset=local, inputs=("image",),
+                                        buckets=(loader.Bucket(image=(16, 16), batch_size=2),))
+                      ).num_records > 0

@@ -13,23 +13,26 @@ evaluation reports zero-shot video classification of the held-out videos
 
 import os
 
+from impax.datasets.decode import Augment
 from impax.datasets.loader import Bucket
 from impax.train.config import Task, TrainConfig
 
 
 def get_config(data: str = "demo-output/data") -> TrainConfig:
   videos, images, audio = (os.path.join(data, d) for d in ("videos", "images", "audio"))
+  # Mild crops: a digit cropped away leaves nothing to learn; digits do not flip.
+  augment = Augment(crop_area=(0.6, 1.0), flip=False)
   tasks = (
       Task("image_text", images, "contrastive", ("image", "text"),
            buckets=(Bucket(image=(32, 32)), Bucket(image=(48, 48))),
-           token_budget=1536, interval=1),
+           token_budget=1536, interval=1, augment=augment),
       Task("video_text", videos, "contrastive", ("video", "text"),
            buckets=(Bucket(video=(4, 32, 32)), Bucket(video=(8, 24, 24)),
                     Bucket(video=(2, 48, 48))),
-           token_budget=1536, interval=1, eval_clips=2),
+           token_budget=1536, interval=1, eval_clips=2, augment=augment),
       Task("video_audio", videos, "contrastive", ("video", "spectrogram"),
            buckets=(Bucket(video=(4, 32, 32), audio_seconds=0.64),),
-           token_budget=3072, interval=2),
+           token_budget=3072, interval=2, augment=augment),
       Task("audio_classification", audio, "classification", ("spectrogram",),
            buckets=(Bucket(audio_seconds=0.64), Bucket(audio_seconds=0.96)),
            token_budget=3072, interval=2),
