@@ -147,12 +147,18 @@ def _train_parser(sub):
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and plots go here")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a top-level config field, e.g. --set steps=200")
+    if name == "train":
+      p.add_argument("--coordinator", metavar="HOST:PORT",
+                     help="multi-process run: address of process 0 (jax.distributed)")
+      p.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
+      p.add_argument("--process-id", type=int, help="multi-process run: this process's index")
     p.set_defaults(func=_train if name == "train" else _eval)
 
 
 def _train(args, beam_args):
   from impax.train import trainer
-  return trainer.main(args.config, args.workdir, args.set)
+  return trainer.main(args.config, args.workdir, args.set, coordinator=args.coordinator,
+                      num_processes=args.num_processes, process_id=args.process_id)
 
 
 def _eval(args, beam_args):

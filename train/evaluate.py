@@ -139,7 +139,7 @@ def class_text_embeddings(model, params, dataset, template: str, length: int, me
   if mesh is not None:
     batch = {k: jax.device_put(v, trainer.sharding.batch_sharding(mesh)) for k, v in batch.items()}
   out = jax.jit(lambda p, x: model.apply({"params": p}, x)["text"]["embedding"])(params, batch)
-  return np.asarray(jax.device_get(out))[:len(dataset.labels)]
+  return _gather(out)[:len(dataset.labels)]
 
 
 def evaluate_state(config, model, params, model_cfg, mesh, log=print) -> dict:

@@ -18,10 +18,11 @@ import numpy as np
 
 
 class Writer:
-  def __init__(self, workdir: str, resume_step: int = 0):
-    self.workdir = workdir
+  def __init__(self, workdir: str, resume_step: int = 0, enabled: bool = True):
+    """`enabled` False (processes other than the first of a multi-host run): writes nothing."""
+    self.workdir, self.enabled = workdir, enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(self.path):  # keep what the checkpoint covers
+    if enabled and os.path.exists(self.path):  # keep what the checkpoint covers
       with open(self.path) as f:
         kept = [line for line in f if json.loads(line)["step"] <= resume_step]
       with open(self.path, "w") as f:
@@ -60,7 +61,7 @@ class Writer:
     self._write([{"step": step, "eval": results}])
 
   def _write(self, rows):
-    if not rows:
+    if not rows or not self.enabled:
       return
     with open(self.path, "a") as f:
       for row in rows:
@@ -79,7 +80,7 @@ class Writer:
   def close(self, plots: bool = True):
     if self._tb is not None:
       self._tb.close()
-    if plots:
+    if plots and self.enabled:
       plot(self.path, os.path.join(self.workdir, "plots"))
 
 
@@ -135,12 +136,14 @@ def plot(metrics_path: str, out_dir: str) -> list[str]:
 class Progress:
   """One line on a terminal (redrawn), a line per 5% in a log."""
 
-  def __init__(self, total: int, start: int):
+  def __init__(self, total: int, start: int, enabled: bool = True):
     self.total, self.start, self.t0 = total, start, time.monotonic()
-    self.tty = sys.stderr.isatty()
+    self.tty, self.enabled = sys.stderr.isatty(), enabled
     self.next_report = start
 
   def update(self, step: int, task: str, loss: float):
+    if not self.enabled:
+      return
     done = step - self.start
     rate = done / max(time.monotonic() - self.t0, 1e-9)
     eta = (self.total - step) / max(rate, 1e-9)
@@ -153,5 +156,5 @@ class Progress:
       self.next_report = step + max(1, self.total // 20)
 
   def close(self):
-    if self.tty:
+    if self.tty and self.enabled:
       print(file=sys.stderr)

@@ -363,9 +363,11 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       it.set_state(loader_states[name])
     start_step = meta["step"]
     log(f"resumed from step {start_step}")
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(to_json(config), f, indent=2)
-  writer = metrics_lib.Writer(workdir, resume_step=start_step)
+  first = jax.process_index() == 0  # the process that writes files and logs
+  if first:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(to_json(config), f, indent=2)
+  writer = metrics_lib.Writer(workdir, resume_step=start_step, enabled=first)
 
   # -- compile every (task, shape) before the first step ---------------------
   tasks = config.tasks
@@ -391,7 +393,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   weights = tuple(t.weight for t in tasks)
   end = config.steps if stop_at is None else min(config.steps, stop_at)
   step = start_step
-  progress = metrics_lib.Progress(config.steps, start_step)
+  progress = metrics_lib.Progress(config.steps, start_step, enabled=first)
   status = "finished"
   counter = compile_counter()
   counter.count, counter.active = 0, True
@@ -466,10 +468,12 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     from impax.train import evaluate
     summary["eval"] = evaluate.evaluate_state(config, model, state["params"], model_cfg, mesh,
                                               log=log)
-    evaluate.write(workdir, step, summary["eval"])
+    if first:
+      evaluate.write(workdir, step, summary["eval"])
   writer.close(plots=config.plots)
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if first:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=2)
   log(f"{status} at step {step}; {sum(compilations.values())} compilations "
       f"for {len(compilations)} (task, shape) pairs; workdir {workdir}")
   return summary
@@ -484,11 +488,29 @@ def _main_thread() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
-def main(config_path: str, workdir: str, overrides=()) -> int:
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+  """Joins a multi-process run (one process per host, or several on one machine).
+
+  With no coordinator, nothing happens: a single process, or a cluster JAX
+  detects by itself (Cloud TPU, SLURM) when jax.distributed.initialize() is
+  called with no arguments there.
+  """
+  if not coordinator:
+    return
+  # Processes on CPUs reach each other through gloo; accelerators ignore this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                             process_id=process_id)
+
+
+def main(config_path: str, workdir: str, overrides=(), *, coordinator=None, num_processes=None,
+         process_id=None) -> int:
   from impax.train import config as config_lib
+  initialize_distributed(coordinator, num_processes, process_id)
   config = config_lib.load(config_path, list(overrides))
-  summary = train(config, workdir)
-  if "eval" in summary:
+  summary = train(config, workdir, log=print if jax.process_index() == 0 else (lambda *_: None))
+  if "eval" in summary and jax.process_index() == 0:
     print(json.dumps(summary["eval"], indent=2))
   return 0 if summary["status"] == "finished" else 3
 

@@ -183,3 +183,32 @@ def test_eight_simulated_devices_train_like_one(root, tmp_path):
   assert len(runs["one"]) == 3
   for key, value in runs["one"].items():
     assert runs["eight"][key] == pytest.approx(value, rel=1e-3), key
+
+
+def test_two_processes_with_jax_distributed_train_like_one(root, tmp_path):
+  import socket
+  config = tmp_path / "config.py"
+  config.write_text(EIGHT_DEVICES_CONFIG)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  command = [sys.executable, "-m", "impax.cli", "train", f"{config}:{root}"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
+  procs = [subprocess.Popen(command + ["--workdir", str(tmp_path / "two"), "--coordinator",
+                                       f"127.0.0.1:{port}", "--num-processes", "2",
+                                       "--process-id", str(i)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+           for i in range(2)]
+  outputs = [p.communicate(timeout=400)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out
+  assert "on 2 device(s), mesh {'data': 1, 'expert': 2}" in outputs[0]
+  # the same mesh in one process: two simulated devices
+  one = subprocess.run(command + ["--workdir", str(tmp_path / "one")], capture_output=True,
+                       text=True, timeout=300,
+                       env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+  assert one.returncode == 0, one.stdout + one.stderr
+  two, single = losses(tmp_path / "two"), losses(tmp_path / "one")
+  assert two.keys() == single.keys() and len(two) == 3
+  for key, value in single.items():
+    assert two[key] == pytest.approx(value, rel=1e-4), key
