@@ -124,7 +124,7 @@ def model_inputs(batch: dict, modalities) -> dict:
   for m in modalities:
     x = batch[m]
     if m in VISION:
-      x = x.astype(jnp.float32) / 255.0
+      x = x.astype(jnp.float32) * (2 / 255.0) - 1.0  # [-1, 1], as big_vision feeds ViTs
       if x.ndim == (6 if m == "video" else 5):  # evaluation clips: [b, clips, ...] -> [b*clips, ...]
         x = x.reshape(-1, *x.shape[2:])
     out[m] = x

@@ -253,3 +253,11 @@ def test_a_remote_dataset_is_staged_with_a_message(data, tmp_path, capsys, monke
   assert loader.Loader(loader.TaskInput(name="x", dataset=local, inputs=("image",),
                                         buckets=(loader.Bucket(image=(16, 16), batch_size=2),))
                       ).num_records > 0
+
+
+def test_labels_as_index_or_multi_hot():
+  features = {"label/index": [3, 1]}
+  assert decode.label(features, 5, multi_label=False) == 3
+  np.testing.assert_array_equal(decode.label(features, 5, multi_label=True), [0, 1, 0, 1, 0])
+  with pytest.raises(decode.DecodeError, match="outside the vocabulary"):
+    decode.label({"label/index": [7]}, 5, multi_label=False)
