@@ -23,6 +23,7 @@ every processed example.
 import contextlib
 import dataclasses
 import datetime
+import glob
 import hashlib
 import json
 import logging
@@ -698,6 +699,9 @@ def finalize(plan: Plan, facts: dict, seconds: float) -> dict:
   })
   storage.write_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True).encode())
   storage.delete_tree(plan.tmp)
+  if storage.is_local(plan.output):  # shards half-written by a killed run that was resumed
+    for stale in glob.glob(os.path.join(plan.output, f".{plan.prefix}-*.partial")):
+      os.remove(stale)
   with contextlib.suppress(OSError):
     if storage.is_local(plan.output):
       os.rmdir(os.path.join(plan.output, TMP_DIR))
