@@ -374,10 +374,15 @@ def _upscale(digit_image, size):
   return np.asarray(small.resize((size, size), PIL.Image.BILINEAR)) / 255.0
 
 
+# A few dark background colours: a colour of its own per example would let a
+# model tell training examples apart by their background alone.
+BACKGROUNDS = ((20, 20, 24), (10, 24, 48), (40, 20, 36))
+
+
 def _background(rng, height, width):
-  """A dark random colour with fixed pixel noise, as floats [H, W, 3]."""
-  base = rng.uniform(0, 90, 3)
-  noise = rng.normal(0, 12, (height, width, 3))
+  """A dark colour with light pixel noise, as floats [H, W, 3]."""
+  base = np.array(BACKGROUNDS[rng.integers(len(BACKGROUNDS))], np.float64)
+  noise = rng.normal(0, 8, (height, width, 3))
   return np.clip(base + noise, 0, 255)
 
 
