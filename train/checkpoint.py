@@ -7,13 +7,16 @@ step and seed through JsonSave. The random state needs no saving of its own:
 each step's key is fold_in(key(seed), step).
 """
 
+import os
+
 import orbax.checkpoint as ocp
 
 
 class Checkpoints:
   def __init__(self, directory: str, keep: int):
-    self.manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self.manager = ocp.CheckpointManager(  # Orbax refuses relative paths
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

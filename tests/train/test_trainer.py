@@ -73,12 +73,13 @@ def test_training_learns_compiles_each_shape_once_and_evaluates(root, tmp_path):
   assert result["video_text"]["examples"] == 8  # every held-out video, once
 
 
-def test_a_resumed_run_continues_exactly(root, tmp_path):
+def test_a_resumed_run_continues_exactly(root, tmp_path, monkeypatch):
   config = make_config(root, steps=10)
-  trainer.train(config, str(tmp_path / "whole"), log=lambda *_: None)
-  stopped = trainer.train(config, str(tmp_path / "parts"), log=lambda *_: None, stop_at=5)
+  monkeypatch.chdir(tmp_path)  # workdirs relative to the current folder, as users give them
+  trainer.train(config, "whole", log=lambda *_: None)
+  stopped = trainer.train(config, "parts", log=lambda *_: None, stop_at=5)
   assert stopped["step"] == 5 and "eval" not in stopped
-  resumed = trainer.train(config, str(tmp_path / "parts"), log=lambda *_: None)
+  resumed = trainer.train(config, "parts", log=lambda *_: None)
   assert resumed["step"] == 10
   whole, parts = losses(tmp_path / "whole"), losses(tmp_path / "parts")
   assert whole.keys() == parts.keys() and len(whole) == 10
