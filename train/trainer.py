@@ -16,6 +16,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 
 import jax
@@ -297,15 +298,18 @@ def batch_tokens(batch: dict, patches: loader_lib.Patches) -> int:
 # The loop.
 
 class _CompileCounter:
-  """Counts XLA compilations (JAX's backend-compile events) while `active`."""
+  """Counts XLA compilations (JAX's backend-compile events) while `active`, in the
+  training loop's thread: Orbax's background save threads compile small copy
+  programs of their own at any time."""
 
   def __init__(self):
-    self.active, self.count = False, 0
+    self.active, self.count, self.thread = False, 0, None
     from jax import monitoring
     monitoring.register_event_duration_secs_listener(self)
 
   def __call__(self, event: str, duration: float, **kwargs):
-    if self.active and event == "/jax/core/compile/backend_compile_duration":
+    if (self.active and event == "/jax/core/compile/backend_compile_duration"
+        and threading.current_thread() is self.thread):
       self.count += 1
 
 
@@ -396,7 +400,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   progress = metrics_lib.Progress(config.steps, start_step, enabled=first)
   status = "finished"
   counter = compile_counter()
-  counter.count, counter.active = 0, True
+  counter.count, counter.active, counter.thread = 0, True, threading.current_thread()
   loop_start = time.perf_counter()
   try:
     while step < end:
@@ -416,7 +420,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
              ("mixed", tuple(_shape_text(s) for s in shapes)))
       executable = group.prepare(key, shapes)  # compiled before the loop: a lookup
       state, stats, grad_norm = executable(state, tuple(put(b, mesh) for b in batches),
-                                           jnp.int32(step))
+                                           np.int32(step))  # jnp.int32 would compile a cast
       stats = jax.device_get(stats)
       seconds = time.perf_counter() - start
       step += 1
@@ -484,7 +488,6 @@ def _loader_states(iterators) -> dict:
 
 
 def _main_thread() -> bool:
-  import threading
   return threading.current_thread() is threading.main_thread()
 
 
