@@ -1,0 +1,241 @@
+"""build_dataset: the splits of one dataset through the Beam build (pipelines/build.py).
+
+    python -m impax.flows.serve   # then run build_dataset from the UI, or:
+    prefect deployment run build_dataset/impax --params '{"spec": "jsonl", "output": "/data/videos",
+        "splits": [{"name": "train", "input": "/corpus/videos-train.jsonl"}]}'
+
+1. check: the spec, each input and the options, exactly as `impax build` checks them,
+   before anything runs; each split's cache key is the hash of its input and config.
+2. build_split, one task per split, in order (the first split built into an output
+   fixes its labels and tokenizer): retried with back-off, under a timeout. A retry
+   resumes the killed build (finished shards are kept). Its result is cached on the
+   key, so an unchanged rebuild is skipped; a split whose output is gone or stale is
+   rebuilt whatever the cache holds.
+3. publish: metadata.json (written by the build) as artifacts: a table of examples,
+   failures and shards per split, and a markdown summary of the failure reasons.
+"""
+
+import hashlib
+import json
+import os
+from typing import Annotated
+
+import pydantic
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from impax.flows import artifact_key
+from impax.pipelines import config as config_lib
+
+SPLIT_NAME = r"^[A-Za-z0-9_.-]+$"
+
+
+class Split(pydantic.BaseModel):
+  """One split of a dataset and the raw input it is built from."""
+  model_config = pydantic.ConfigDict(extra="forbid")
+  name: str = pydantic.Field("train", pattern=SPLIT_NAME, description="split name")
+  input: str = pydantic.Field(min_length=1, description="the corpus input: a manifest, CSV or "
+                              "folder (local, gs://, s3://)")
+
+
+# Every processing option of `impax build`, unset by default so that the spec's
+# settings and the config file apply (flags > file > spec > defaults, as in the CLI).
+BuildOptions = pydantic.create_model(
+    "BuildOptions", __config__=pydantic.ConfigDict(extra="forbid"),
+    __doc__="Processing options; an unset option takes the config file's, the spec's or "
+            "the default value.",
+    **{name: (type(field.default) | None,
+              pydantic.Field(None, description=f"{field.metadata['help']} [{field.default!r}]"))
+       for name, field in config_lib.FIELDS.items()})
+
+
+def _settings(options, config_file: str | None) -> tuple[dict, ...]:
+  """The CLI's layers: the config file, then the options given."""
+  layers = [config_lib.read_config_file(config_file)] if config_file else []
+  given = options.model_dump(exclude_none=True) if options is not None else {}
+  return (*layers, given)
+
+
+# -- 1: check -----------------------------------------------------------------
+
+
+@task(name="check", cache_policy=NO_CACHE)
+def check(spec: str, output: str, splits: list[Split], settings: tuple[dict, ...],
+          overwrite: bool) -> list[dict]:
+  """Refuses a build that cannot run; returns each split's cache key and whether it is built.
+
+  With overwrite, whatever the build would replace is removed here, as `impax build
+  --overwrite` does.
+  """
+  from impax.pipelines import build
+  names = [s.name for s in splits]
+  if len(set(names)) != len(names):
+    raise build.BuildError(f"splits: each split name once, got {names}")
+  checked = []
+  for split in splits:
+    plan, facts = build.prepare(spec, split.input, output, split.name, settings,
+                                overwrite=overwrite)
+    # What the built split depends on, as the build itself decides "already built".
+    key = {"output": _absolute(output), "split": split.name, "config_hash": plan.config_hash,
+           "input_sha256": facts["input_sha256"],
+           "sharding": {k: getattr(plan.config, k) for k in config_lib.SPLIT_FIELDS}}
+    checked.append({"split": split.name, "up_to_date": facts["up_to_date"],
+                    "cache_key": "impax-build-" + hashlib.sha256(
+                        json.dumps(key, sort_keys=True).encode()).hexdigest()})
+  return checked
+
+
+def _absolute(path: str) -> str:
+  return path if "://" in path else os.path.abspath(path)
+
+
+# -- 2: build -----------------------------------------------------------------
+
+
+@task(name="build_split", task_run_name="build {split}", persist_result=True,
+      cache_key_fn=lambda context, parameters: parameters["cache_key"])
+def build_split(spec: str, input: str, output: str, split: str, settings: tuple[dict, ...],
+                workers: int | None, cache_key: str) -> dict:
+  """Builds (or resumes) one split; returns the build's summary (see pipelines/build.py)."""
+  from impax.pipelines import build
+  logger = get_run_logger()
+  plan, facts = build.prepare(spec, input, output, split, settings)
+  if facts["resumed_shards"]:
+    logger.info("resuming: %d shard(s) already finished", facts["resumed_shards"])
+  summary = build.run(plan, facts, workers=workers)
+  logger.info("%s [%s]: %d examples, %d failed, %d shard(s)%s", output, split,
+              summary["num_examples"], summary["num_failed"], len(summary["shards"]),
+              f" ({summary['skipped']})" if "skipped" in summary else
+              f" in {summary['build_seconds']:.1f} s")
+  return summary
+
+
+# -- 3: publish ---------------------------------------------------------------
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(output: str, results: dict[str, tuple[dict, bool]]) -> str:
+  """Artifacts from metadata.json and the failures files; returns metadata.json's path."""
+  from impax.pipelines import storage
+  meta_path = storage.join(output, "metadata.json")
+  meta = json.loads(storage.read(meta_path))
+  rows = []
+  for split, (summary, cached) in results.items():
+    built = meta["splits"][split]
+    rows.append({
+        "split": split, "examples": built["num_examples"], "failed": built["num_failed"],
+        "shards": len(built["shards"]),
+        "MB": round(sum(s["num_bytes"] for s in built["shards"]) / 1e6, 2),
+        "build seconds": built["build_seconds"],
+        "this run": "from cache" if cached else summary.get("skipped", "built")})
+  create_table_artifact(
+      rows, key=artifact_key("build", meta["name"]),
+      description=f"Dataset {meta['name']!r} in {output} (config {meta['config_hash'][:12]}): "
+                  "examples, failures and shards per split.")
+  create_markdown_artifact(failure_report(output, meta, list(results)),
+                           key=artifact_key("build", meta["name"], "failures"),
+                           description=f"Why inputs of {meta['name']!r} failed, per split.")
+  return meta_path
+
+
+def failure_report(output: str, meta: dict, splits: list[str], examples: int = 20) -> str:
+  """Markdown: per split, failures by stage and by reason, and the first few failed inputs."""
+  from impax.pipelines import storage
+  lines = [f"# Failures of {meta['name']} ({output})", ""]
+  for split in splits:
+    built = meta["splits"][split]
+    lines.append(f"## {split}: {built['num_failed']} of "
+                 f"{built['num_examples'] + built['num_failed']} inputs failed")
+    if not built["num_failed"]:
+      lines.append("")
+      continue
+    failures = [json.loads(line) for line in
+                storage.read(storage.join(output, built["failures"])).decode().splitlines()]
+    reasons = {}
+    for f in failures:
+      reasons.setdefault((f["stage"], _reason(f)), []).append(f)
+    lines += ["", "| stage | reason | inputs |", "|---|---|---|"]
+    for (stage, reason), group in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+      lines.append(f"| {stage} | {_cell(reason)} | {len(group)} |")
+    lines += ["", "| source | id | stage | error |", "|---|---|---|---|"]
+    for f in failures[:examples]:
+      lines.append(f"| {_cell(f['source'])} | {_cell(f['id'])} | {f['stage']} | "
+                   f"{_cell(f['error'])} |")
+    if len(failures) > examples:
+      lines.append(f"\n{len(failures) - examples} more in "
+                   f"{storage.join(output, built['failures'])}")
+    lines.append("")
+  return "\n".join(lines)
+
+
+def _reason(failure: dict) -> str:
+  """The error without what names its input (media paths, id, line), so that inputs that
+  failed alike group together."""
+  reason = failure["error"].split("\n", 1)[0]
+  for key, path in failure["media"].items():
+    reason = reason.replace(path, f"<{key}>")
+  if failure["id"]:
+    reason = reason.replace(failure["id"], "<id>")
+  line = failure["source"].rsplit(":", 1)[-1]
+  if line.isdigit():
+    reason = reason.replace(f"line {line}", "line <n>")
+  return reason if len(reason) <= 160 else reason[:157] + "..."
+
+
+def _cell(text: str) -> str:
+  return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+# -- the flow -----------------------------------------------------------------
+
+
+@flow(name="build_dataset")
+def build_dataset(
+    spec: str,
+    output: str,
+    splits: Annotated[list[Split], pydantic.Field(min_length=1)],
+    options: BuildOptions | None = None,
+    config_file: str | None = None,
+    overwrite: bool = False,
+    workers: Annotated[int, pydantic.Field(ge=1)] | None = None,
+    retries: Annotated[int, pydantic.Field(ge=0)] = 2,
+    retry_delay_seconds: Annotated[float, pydantic.Field(ge=0)] = 30.0,
+    timeout_minutes: Annotated[float, pydantic.Field(gt=0)] = 360.0,
+) -> dict[str, dict]:
+  """Builds each split of one dataset into ArrayRecord shards with metadata (`impax build`).
+
+  Args:
+    spec: a registered spec (`impax specs`; `jsonl` is the generic manifest) or a spec file.
+    output: the dataset folder (local, gs://, s3://).
+    splits: the splits in build order; the first built into an output fixes its label
+      vocabulary and trained tokenizer.
+    options: processing options (see `impax build --help`).
+    config_file: a JSON or TOML file of options; the options above win over it.
+    overwrite: replace a build of another config or input in output.
+    workers: parallel Beam workers (default: the number of CPUs).
+    retries: attempts after a failed split build; each resumes the last.
+    retry_delay_seconds: wait before the first retry, doubled for each next one.
+    timeout_minutes: a split build running longer fails (and is retried).
+
+  Returns: {split: the build's summary}.
+  """
+  logger = get_run_logger()
+  settings = _settings(options, config_file)
+  checked = check(spec, output, splits, settings, overwrite)
+  results = {}
+  for split, facts in zip(splits, checked):
+    build_task = build_split.with_options(
+        retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_seconds),
+        timeout_seconds=timeout_minutes * 60,
+        # Output gone or replaced: whatever the cache says, build.
+        refresh_cache=not facts["up_to_date"])
+    state = build_task(spec, split.input, output, split.name, settings, workers,
+                       facts["cache_key"], return_state=True)
+    summary = state.result()
+    results[split.name] = (summary, state.name == "Cached")
+    if state.name == "Cached":
+      logger.info("%s [%s]: unchanged input and config, served from the cache", output, split.name)
+  publish(output, results)
+  return {split: summary for split, (summary, _) in results.items()}

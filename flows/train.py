@@ -1,0 +1,120 @@
+"""train: AGD training from prepared datasets (train/trainer.py), with artifacts.
+
+    prefect deployment run train/impax --param config=train/configs/demo.py:demo-output/data \
+        --param workdir=demo-output/run --param steps=200
+
+1. load: the config file, its overrides and its datasets, checked before anything runs.
+2. train_model: trains in workdir, retried: a retry (after a crash, a timeout, or the
+   SIGTERM of a preempted machine, which leaves a checkpoint) resumes from the last
+   checkpoint, as `impax train` run again does.
+3. evaluate: the held-out splits (the trainer evaluates at the end; otherwise the
+   latest checkpoint, as `impax eval`).
+4. publish: the training curves (metrics.jsonl as a table, the PNG curves) and the
+   evaluation results as artifacts.
+"""
+
+import base64
+import json
+import os
+from typing import Annotated
+
+import pydantic
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from impax.flows import artifact_key
+
+
+class TrainingStopped(RuntimeError):
+  """The trainer left before the last step (SIGTERM); the next attempt resumes."""
+
+
+@task(name="load_config", cache_policy=NO_CACHE)
+def load_config(config: str, overrides: list[str]):
+  """The TrainConfig, refused here (not retried) when a field, task, dataset or bucket is
+  wrong, with the same checks the trainer makes before it starts."""
+  from impax.train import config as config_lib, trainer
+  loaded = config_lib.load(config, overrides)
+  model_cfg = trainer.model_config(loaded, trainer.num_labels_of(loaded))
+  for t in loaded.tasks:
+    trainer.check_buckets(t, model_cfg)
+  return loaded
+
+
+@task(name="train_model", cache_policy=NO_CACHE)
+def train_model(config, workdir: str) -> dict:
+  """Trains, or resumes workdir's last checkpoint; returns the trainer's summary."""
+  from impax.train import trainer
+  logger = get_run_logger()
+  summary = trainer.train(config, workdir, log=logger.info)
+  if summary["status"] != "finished":
+    raise TrainingStopped(f"training {summary['status']} at step {summary['step']} of "
+                          f"{summary['steps']}; a retry resumes from its checkpoint")
+  return summary
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate(config_path: str, overrides: list[str], workdir: str, summary: dict) -> dict:
+  """{task: metrics} of the final parameters on the held-out splits."""
+  if "eval" in summary:  # evaluated by the trainer at its last step
+    return summary["eval"]
+  from impax.train import evaluate as evaluate_lib
+  return evaluate_lib.main(config_path, workdir, overrides, log=get_run_logger().info)["results"]
+
+
+@task(name="publish", cache_policy=NO_CACHE)
+def publish(workdir: str, summary: dict, results: dict) -> None:
+  from impax.train import metrics
+  name = os.path.basename(os.path.abspath(workdir))
+  rows = [{"step": r["step"], "task": r["task"], "loss": round(r["loss"], 5),
+           "accuracy": round(r["accuracy"], 5) if "accuracy" in r else None}
+          for r in metrics.read(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
+  create_table_artifact(rows, key=artifact_key("training-curves", name),
+                        description=f"Training loss and accuracy per task ({workdir}/metrics.jsonl).")
+  plots = [os.path.join(workdir, "plots", f"{k}.png") for k in ("loss", "accuracy")]
+  if all(os.path.exists(p) for p in plots):
+    # Inline, so the UI shows them without serving files from the workdir.
+    images = "\n\n".join(f"![{os.path.basename(p)}](data:image/png;base64,"
+                         f"{base64.b64encode(open(p, 'rb').read()).decode()})" for p in plots)
+    create_markdown_artifact(
+        f"# Training curves: {workdir}\n\n{summary['step']} steps, "
+        f"{summary['loop_seconds']:.0f} s\n\n{images}\n",
+        key=artifact_key("training-plots", name), description="loss.png and accuracy.png")
+  create_table_artifact(
+      [{"task": t, "metric": k, "value": v} for t, result in results.items()
+       for k, v in result.items() if isinstance(v, (int, float))],
+      key=artifact_key("evaluation", name),
+      description=f"Held-out evaluation at step {summary['step']} ({workdir}/eval.json).")
+
+
+@flow(name="train")
+def train(
+    config: str,
+    workdir: str,
+    steps: Annotated[int, pydantic.Field(ge=1)] | None = None,
+    overrides: list[Annotated[str, pydantic.Field(pattern=r"^\w+=")]] | None = None,
+    retries: Annotated[int, pydantic.Field(ge=0)] = 2,
+    retry_delay_seconds: Annotated[float, pydantic.Field(ge=0)] = 30.0,
+) -> dict:
+  """Trains an IMP model with AGD (`impax train`), evaluates it, and publishes both.
+
+  Args:
+    config: a Python config file defining get_config(); FILE:ARG passes ARG to it.
+    workdir: checkpoints, metrics and plots; an existing run there is resumed.
+    steps: training steps (default: the config's).
+    overrides: FIELD=VALUE overrides of top-level config fields, as `--set`.
+    retries: attempts after a failed training run; each resumes the last checkpoint.
+    retry_delay_seconds: wait before the first retry, doubled for each next one.
+
+  Returns: {"summary": the trainer's summary, "eval": {task: metrics}, "workdir": ...}.
+  """
+  overrides = [*(overrides or []), *([f"steps={steps}"] if steps else [])]
+  loaded = load_config(config, overrides)
+  summary = train_model.with_options(
+      retries=retries,
+      retry_delay_seconds=exponential_backoff(retry_delay_seconds))(loaded, workdir)
+  results = evaluate(config, overrides, workdir, summary)
+  publish(workdir, summary, results)
+  return {"summary": summary, "eval": results, "workdir": workdir}

@@ -1,0 +1,57 @@
+"""`python -m impax.flows.serve`: deployments on a real server, runs triggered through the API."""
+
+import os
+import sys
+import time
+
+import httpx
+
+DEPLOYMENTS = ("build_dataset/impax", "train/impax", "end_to_end/impax")
+
+
+def wait_for_deployments(api, proc, log_path, timeout=120) -> dict[str, dict]:
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      return {name: api.get(f"/deployments/name/{name}") for name in DEPLOYMENTS}
+    except httpx.HTTPStatusError:
+      if proc.poll() is not None or time.monotonic() > deadline:
+        raise AssertionError(f"deployments not served:\n{open(log_path).read()[-3000:]}")
+      time.sleep(0.5)
+
+
+def test_served_deployments_run_from_the_api(prefect_server, images, api, process_group,
+                                             tmp_path):
+  from prefect.deployments import run_deployment
+  params, _ = images
+  root = str(tmp_path / "demo")
+  log_path = str(tmp_path / "serve.log")
+  command = [sys.executable, "-m", "impax.flows.serve", "--root", root]
+  with process_group(command, prefect_server.env, log_path) as proc:
+    served = wait_for_deployments(api, proc, log_path)
+
+    # The UI's forms come from the flows' typed parameters.
+    schema = served["build_dataset/impax"]["parameter_openapi_schema"]
+    assert schema["required"] == ["spec", "output", "splits"]
+    assert "video_fps" in schema["definitions"]["BuildOptions"]["properties"]
+    assert served["train/impax"]["parameters"]["workdir"] == os.path.join(root, "run")
+    # The nightly rebuild: one schedule per demo dataset, off until turned on.
+    schedules = {s["slug"]: s for s in served["build_dataset/impax"]["schedules"]}
+    assert sorted(schedules) == ["nightly-audio", "nightly-images", "nightly-videos"]
+    videos = schedules["nightly-videos"]
+    assert videos["schedule"]["cron"] == "0 2 * * *" and not videos["active"]
+    assert videos["parameters"]["output"] == os.path.join(root, "data", "videos")
+
+    # A run with bad parameters is refused when it is created, naming the field.
+    response = api.http.post(f"/deployments/{served['build_dataset/impax']['id']}/create_flow_run",
+                             json={"parameters": {**params, "workers": 0}})
+    assert response.status_code == 409
+    assert "Validation failed for field 'workers'" in response.text
+
+    flow_run = run_deployment("build_dataset/impax", parameters=params, timeout=180,
+                              poll_interval=1)
+    assert flow_run.state.is_completed(), open(log_path).read()[-3000:]
+  # It ran in the served process, from the same cache as the build before it.
+  table = api.artifacts(flow_run.id)["build-images"]
+  assert [(r["split"], r["examples"], r["this run"]) for r in table] == [
+      ("train", 24, "from cache"), ("test", 6, "from cache")]
