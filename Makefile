@@ -11,8 +11,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh
 	VENV=$(VENV) scripts/install.sh
 	touch $@
 
+# The end_to_end Prefect flow, on Prefect's local ephemeral server (no server to start).
 demo: install
-	$(VENV)/bin/impax demo $(DEMO_DIR)
+	$(VENV)/bin/python -m impax.flows.demo $(DEMO_DIR)
 
 test: install
 	$(VENV)/bin/python -m pytest -q

@@ -9,8 +9,8 @@
 2. build_split, one task per split, in order (the first split built into an output
    fixes its labels and tokenizer): retried with back-off, under a timeout. A retry
    resumes the killed build (finished shards are kept). Its result is cached on the
-   key, so an unchanged rebuild is skipped; a split whose output is gone or stale is
-   rebuilt whatever the cache holds.
+   key, so an unchanged rebuild is skipped; a split the output does not hold as built
+   (deleted, half built) is built whatever the cache holds.
 3. publish: metadata.json (written by the build) as artifacts: a table of examples,
    failures and shards per split, and a markdown summary of the failure reasons.
 """
@@ -229,7 +229,7 @@ def build_dataset(
     build_task = build_split.with_options(
         retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_seconds),
         timeout_seconds=timeout_minutes * 60,
-        # Output gone or replaced: whatever the cache says, build.
+        # Not built in the output (deleted, half built): build, whatever the cache holds.
         refresh_cache=not facts["up_to_date"])
     state = build_task(spec, split.input, output, split.name, settings, workers,
                        facts["cache_key"], return_state=True)
