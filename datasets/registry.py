@@ -18,7 +18,16 @@ new corpus format is one small reader:
     SPEC = registry.register(registry.DatasetSpec(name="my_corpus", read=read))
 
 A reader yields `BadEntry` for an input record it cannot use (it is counted
-and listed in the failures file) and never raises for one bad record.
+and listed in the failures file) and never raises for one bad record. A reader
+may take the split being built, `read(path, split)`, when one annotation file
+holds several splits or folds.
+
+A corpus of one record per line (a manifest, CSV, TSV) is better declared as a
+`LineFormat`: the pipeline then reads the file in byte ranges on many workers,
+so no worker holds a corpus of millions of lines:
+
+    SPEC = registry.register(registry.DatasetSpec(
+        name="my_tsv", lines=registry.LineFormat(parse=parse_line)))
 """
 
 import dataclasses
@@ -27,8 +36,10 @@ import importlib
 import importlib.util
 import os
 import pkgutil
+import inspect
 import sys
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 MODALITIES = ("video", "audio", "image")
 
@@ -108,12 +119,84 @@ def default_tasks(c: Composition) -> list[Task]:
   return tasks
 
 
+# Folders that official releases keep their annotation files in, beside the media:
+# coco/annotations/captions_train2017.json, ESC-50/meta/esc50.csv, k400/annotations/train.csv.
+ANNOTATION_FOLDERS = ("annotations", "annotation", "meta")
+
+
+def folder_of(path: str) -> str:
+  """The folder holding a file, local or a URI."""
+  if "://" in path:
+    return path.rstrip("/").rsplit("/", 1)[0]
+  return os.path.dirname(os.path.abspath(path))
+
+
+def join(base: str, *parts: str) -> str:
+  return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
+
+
+def corpus_root(path: str) -> str:
+  """The folder a corpus's media lie under: the annotation file's folder, or its
+  parent when that folder is one of ANNOTATION_FOLDERS."""
+  folder = folder_of(path)
+  if folder.rstrip("/").rsplit("/", 1)[-1] in ANNOTATION_FOLDERS:
+    return folder_of(folder)
+  return folder
+
+
+def _path_context(path: str, header: list[bytes], split: str) -> str:
+  return path
+
+
+@dataclasses.dataclass(frozen=True)
+class LineFormat:
+  """A corpus file of one record per line, read in byte ranges in parallel."""
+  # (context, line number from 1, the line's bytes with its newline) -> an Entry,
+  # a BadEntry, or None for a line that holds no example (blank, a comment).
+  # Entry.index must be the line number - 1.
+  parse: Callable[[Any, int, bytes], "Entry | BadEntry | None"]
+  header_lines: int = 0  # leading lines given to `context`, never to `parse`
+  # (input path, its header lines, split) -> what `parse` gets (default: the
+  # path). Raises ValueError naming the file, line and what to do when the file
+  # is not in this format; the build is then refused before anything runs.
+  context: Callable[[str, list[bytes], str], Any] = _path_context
+
+
+def read_lines(path: str):
+  """Yields (line number, raw bytes) of a text file on any Beam filesystem."""
+  from apache_beam.io.filesystems import FileSystems
+  with FileSystems.open(path) as f:
+    for number, line in enumerate(iter(f.readline, b""), 1):
+      yield number, line
+
+
+def _line_reader(fmt: LineFormat):
+  """The sequential reader of a line format: every line of the file, in order."""
+  def read(path: str, split: str = "train"):
+    header, context = [], None
+    for number, raw in read_lines(path):
+      if number <= fmt.header_lines:
+        header.append(raw)
+        continue
+      if context is None:
+        context = fmt.context(path, header, split)
+      if (entry := fmt.parse(context, number, raw)) is not None:
+        yield entry
+  return read
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  """How a corpus is read (`read`), processed (`settings`) and trained on (`tasks`)."""
+  """How a corpus is read (`read` or `lines`), processed (`settings`) and trained on (`tasks`)."""
   name: str
-  read: Callable[[str], Iterator[Entry | BadEntry]]
+  # path -> Entries, or (path, split) -> Entries; made from `lines` when not given.
+  read: Callable[..., Iterator[Entry | BadEntry]] | None = None
   description: str = ""
+  lines: LineFormat | None = None
+  # (input path, split) -> None, or raises ValueError naming what is wrong with the
+  # input as a whole (a missing column, not this format); called before a build
+  # runs. Line formats check their header through `lines.context`.
+  check: Callable[[str, str], None] | None = None
   # Processing settings that differ from the pipeline's defaults for this
   # corpus, by BuildConfig field name, e.g. {"audio_track": "required"}.
   settings: Mapping[str, object] = dataclasses.field(default_factory=dict)
@@ -123,12 +206,39 @@ class DatasetSpec:
   # remote workers can rebuild the spec without the launcher's disk.
   source_text: str | None = None
 
+  def __post_init__(self):
+    if self.read is None:
+      if self.lines is None:
+        raise ValueError(f"dataset spec {self.name!r} needs read= or lines=")
+      object.__setattr__(self, "read", _line_reader(self.lines))
+
+  def read_entries(self, path: str, split: str = "train") -> Iterator[Entry | BadEntry]:
+    """Every entry of the input, in order, on one worker."""
+    if "split" in inspect.signature(self.read).parameters:
+      return self.read(path, split=split)
+    return self.read(path)
+
+  def check_input(self, path: str, split: str = "train"):
+    """Raises ValueError when the input as a whole cannot be read as this corpus."""
+    if self.check is not None:
+      self.check(path, split)
+    elif self.lines is not None:
+      header = []
+      if self.lines.header_lines:
+        for number, raw in read_lines(path):
+          header.append(raw)
+          if number == self.lines.header_lines:
+            break
+      self.lines.context(path, header, split)
+
 
 _REGISTRY: dict[str, DatasetSpec] = {}
 
 
 def register(spec: DatasetSpec) -> DatasetSpec:
-  if spec.name in _REGISTRY and _REGISTRY[spec.name].read is not spec.read:
+  old = _REGISTRY.get(spec.name)
+  if old is not None and old.read is not spec.read and (spec.lines is None
+                                                        or old.lines is not spec.lines):
     raise ValueError(f"a dataset spec named {spec.name!r} is already registered")
   _REGISTRY[spec.name] = spec
   return spec
@@ -141,8 +251,9 @@ def _load_builtins():
 
 
 def names() -> list[str]:
+  """The generic manifest first, then the corpus formats by name."""
   _load_builtins()
-  return sorted(_REGISTRY)
+  return sorted(_REGISTRY, key=lambda name: (name != "jsonl", name))
 
 
 def get(name_or_path: str) -> DatasetSpec:

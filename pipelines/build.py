@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import posixpath
 import re
 import subprocess
 import tempfile
@@ -39,7 +40,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 import impax
 from impax.datasets import registry
 from impax.pipelines import config as config_lib
-from impax.pipelines import media, records, stats, storage, text
+from impax.pipelines import media, read, records, stats, storage, text
 from impax.pipelines.tools import ffmpeg_binary
 
 log = logging.getLogger("impax.build")
@@ -64,6 +65,9 @@ class Plan:
   tokenizer: bytes | None  # a given tokenizer, or the one an earlier split trained
   labels: tuple[str, ...] | None  # a fixed label vocabulary
   finished: frozenset[str] = frozenset()  # names of shards already published
+  # Records name their media relative to the corpus's root folder, so the same
+  # corpus gives the same bytes wherever it is stored (a disk, gs://, s3://).
+  media_base: str = ""
 
   @property
   def prefix(self) -> str:
@@ -87,30 +91,13 @@ class Plan:
 class Layout:
   num_shards: int
   max_index: int
+  min_index: int = 0  # a spec that selects rows (one fold of a CSV) starts past 0
 
   def shard_of(self, index: int) -> int:
-    return index * self.num_shards // (self.max_index + 1)
+    return (index - self.min_index) * self.num_shards // (self.max_index - self.min_index + 1)
 
 
-# -- 1, 2: entries ----------------------------------------------------------
-
-
-def _read(input_path: str, spec_name: str, spec_source: str | None):
-  for entry in registry.resolve(spec_name, spec_source).read(input_path):
-    yield _checked(entry)
-
-
-def _checked(entry):
-  """An entry whose id or paths are not valid Unicode becomes a failure here, since
-  Beam's coders (and the record) need UTF-8."""
-  if isinstance(entry, registry.Entry):
-    try:
-      for value in (entry.id, *entry.media.values()):
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-      return registry.BadEntry(entry.index, entry.source, "id or media path is not valid "
-                               "Unicode (a lone surrogate escape?)")
-  return entry
+# -- 1, 2: entries (1 is pipelines/read.py) --------------------------------
 
 
 def _id_key(entry) -> str:
@@ -168,19 +155,21 @@ class _LayoutFn(beam.CombineFn):
     self.config = config
 
   def create_accumulator(self):
-    return 0, -1
+    return 0, -1, None
 
   def add_input(self, acc, entry):
-    return acc[0] + 1, max(acc[1], entry.index)
+    low = entry.index if acc[2] is None else min(acc[2], entry.index)
+    return acc[0] + 1, max(acc[1], entry.index), low
 
   def merge_accumulators(self, accs):
     accs = list(accs)
-    return sum(a[0] for a in accs), max(a[1] for a in accs)
+    lows = [a[2] for a in accs if a[2] is not None]
+    return sum(a[0] for a in accs), max(a[1] for a in accs), min(lows) if lows else None
 
   def extract_output(self, acc):
-    count, max_index = acc
+    count, max_index, min_index = acc
     num_shards = self.config.num_shards or max(1, -(-count // self.config.shard_size))
-    return Layout(num_shards=num_shards, max_index=max_index)
+    return Layout(num_shards=num_shards, max_index=max_index, min_index=min_index or 0)
 
 
 def _assign(entry, layout: Layout, plan: Plan):
@@ -197,8 +186,16 @@ def _failure(entry, stage: str, error: str) -> dict:
           "error": error, "media": dict(getattr(entry, "media", {}))}
 
 
+def relative_source(path: str, base: str) -> str:
+  """A media path relative to the corpus root `base`; as given when outside it."""
+  base = base.rstrip("/")
+  if base and path.startswith(base + "/"):
+    return posixpath.normpath(path[len(base) + 1:])
+  return path
+
+
 def process_entry(entry: registry.Entry, config: config_lib.BuildConfig, tokenizer_model: bytes,
-                  label_index: dict[str, int]) -> tuple[dict, bytes | None]:
+                  label_index: dict[str, int], media_base: str = "") -> tuple[dict, bytes | None]:
   """Decodes, tokenizes and serializes one example: (result, record or None)."""
   stage = "text"
   try:
@@ -250,7 +247,7 @@ def process_entry(entry: registry.Entry, config: config_lib.BuildConfig, tokeniz
 
   track = audio or (video.audio if video else None)
   primary = next(entry.media[m] for m in ("video", "image", "audio") if m in entry.media)
-  record = records.serialize(id_=entry.id, source=primary, video=video, audio=track, image=image,
+  record = records.serialize(id_=entry.id, source=relative_source(primary, media_base), video=video, audio=track, image=image,
                              captions=captions, tokens=tokens, labels=labels)
   s = {}
   if video:
@@ -300,7 +297,8 @@ class Process(beam.DoFn):
       return
     if self._labels[0] is not labels:
       self._labels = (labels, {name: i for i, name in enumerate(labels)})
-    result, record = process_entry(entry, self.plan.config, tokenizer_model, self._labels[1])
+    result, record = process_entry(entry, self.plan.config, tokenizer_model, self._labels[1],
+                                   self.plan.media_base)
     if record is not None:
       storage.write_atomic(self.plan.blob(entry.index, "tfex"), record)
     storage.write_atomic(result_path, json.dumps(result, sort_keys=True).encode())
@@ -363,8 +361,7 @@ class WriteShard(beam.DoFn):
 def build_pipeline(p: beam.Pipeline, plan: Plan):
   entries = (
       p
-      | "Input" >> beam.Create([plan.input])
-      | "Read" >> beam.FlatMap(_read, plan.spec_name, plan.spec_source)
+      | "Read" >> read.ReadEntries(plan.input, plan.spec_name, plan.spec_source, plan.split)
       | "KeyById" >> beam.Map(lambda e: (_id_key(e), e))
       | "GroupById" >> beam.GroupByKey()
       | "Dedupe" >> beam.FlatMap(_dedupe))
@@ -410,35 +407,48 @@ def build_pipeline(p: beam.Pipeline, plan: Plan):
 # -- the launcher -----------------------------------------------------------
 
 
-def pipeline_options(beam_args: list[str], workers: int) -> PipelineOptions:
-  """Beam options from the pass-through args; refuses options Beam does not know."""
+def pipeline_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:
+  """Beam options from the pass-through args; refuses options Beam does not know.
+
+  `workers` (impax build --workers) becomes the runner's own knob: the
+  DirectRunner's processes (default: the CPUs), Dataflow's worker count, Flink's
+  parallelism.
+  """
   from apache_beam.options.pipeline_options import _BeamArgumentParser
   parser = _BeamArgumentParser(allow_abbrev=False)
   for cls in PipelineOptions.__subclasses__():
     cls._add_argparse_args(parser)
-  _, unknown = parser.parse_known_args(beam_args)
+  given, unknown = parser.parse_known_args(beam_args)
   if unknown:
     raise BuildError(f"unknown Beam pipeline option(s): {' '.join(unknown)}")
   args = list(beam_args)
-  if not any(a.startswith("--runner") for a in args):
+  has = lambda name: any(a == f"--{name}" or a.startswith(f"--{name}=") for a in args)
+  runner = given.runner or "DirectRunner"
+  if not given.runner:
     args.append("--runner=DirectRunner")
-  options = PipelineOptions(args)
-  runner = options.get_all_options()["runner"] or ""
   if "Direct" in runner:
-    if not any(a.startswith("--direct_running_mode") for a in args):
+    if not has("direct_running_mode"):
       args.append("--direct_running_mode=multi_processing")
-    if not any(a.startswith("--direct_num_workers") for a in args):
-      args.append(f"--direct_num_workers={workers}")
-  if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+    if not has("direct_num_workers"):
+      args.append(f"--direct_num_workers={workers or os.cpu_count() or 1}")
+  elif "Dataflow" in runner:
+    if not (given.sdk_container_image or given.worker_harness_container_image):
+      raise BuildError("Dataflow workers need ffmpeg and impax: build the worker image from "
+                       "the Dockerfile, push it, and pass --sdk_container_image=IMAGE")
+    if workers and not has("num_workers"):
+      args.append(f"--num_workers={workers}")
+    if workers and not has("max_num_workers"):
+      args.append(f"--max_num_workers={workers}")
+  elif "Flink" in runner and workers and not has("parallelism"):
+    args.append(f"--parallelism={workers}")
+  if not has("default_sdk_harness_log_level"):
     args.append("--default_sdk_harness_log_level=WARNING")
-  elif "Dataflow" in runner and not any(a.startswith("--max_num_workers") for a in args):
-    args.append(f"--max_num_workers={workers}")
   return PipelineOptions(args)
 
 
 def input_sha256(path: str) -> str:
   """Content hash of a file input, or of a folder input's listing (names and sizes)."""
-  matches = storage.glob(storage.join(path, "**")) if _is_dir(path) else []
+  matches = storage.glob(storage.join(path, "**")) if storage.is_dir(path) else []
   if not matches:
     return config_lib.file_sha256(path)
   from apache_beam.io.filesystems import FileSystems
@@ -446,10 +456,6 @@ def input_sha256(path: str) -> str:
   for m in FileSystems.match([storage.join(path, "**")])[0].metadata_list:
     digest.update(f"{os.path.relpath(m.path, path)}\t{m.size_in_bytes}\n".encode())
   return digest.hexdigest()
-
-
-def _is_dir(path: str) -> bool:
-  return os.path.isdir(path) if storage.is_local(path) else path.endswith("/")
 
 
 def _ffmpeg_version() -> str:
@@ -475,16 +481,27 @@ def _split_files(output: str, prefix: str, split: str) -> list[str]:
 
 
 def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
-            settings: tuple[dict, ...] = (), overwrite: bool = False) -> tuple[Plan, dict]:
-  """Checks everything a build needs before it runs; returns its plan and facts."""
+            settings: tuple[dict, ...] = (), overwrite: bool = False,
+            beam_args: list[str] = ()) -> tuple[Plan, dict]:
+  """Checks everything a build needs before it runs; returns its plan and facts.
+
+  beam_args: the pipeline options `run` will get; their object-store settings
+  (e.g. --s3_endpoint_url) apply to the launcher's own reads here.
+  """
   if not re.fullmatch(r"[A-Za-z0-9_.-]+", split):
     raise BuildError(f"split name {split!r} may only hold letters, digits, '_', '.' and '-'")
   try:
     spec = registry.get(spec_name)
   except ValueError as e:
     raise BuildError(str(e)) from None
-  if not storage.exists(input_path):
+  storage.configure(pipeline_options(list(beam_args)))
+  input_is_dir = storage.is_dir(input_path)
+  if not (input_is_dir or storage.exists(input_path)):
     raise BuildError(f"input {input_path} does not exist")
+  try:
+    spec.check_input(input_path, split)
+  except ValueError as e:
+    raise BuildError(str(e)) from None
   try:
     config = config_lib.resolve(dict(spec.settings), *settings)
   except ValueError as e:
@@ -493,7 +510,9 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
   fingerprint = config_lib.fingerprint(config, spec.name)
   chash = config_lib.config_hash(fingerprint)
   in_hash = input_sha256(input_path)
-  plan = Plan(spec.name, spec.source_text, input_path, output, split, config, chash, None, None)
+  media_base = input_path.rstrip("/") if input_is_dir else registry.corpus_root(input_path)
+  plan = Plan(spec.name, spec.source_text, input_path, output, split, config, chash, None, None,
+              media_base=media_base)
 
   meta_path = storage.join(output, "metadata.json")
   meta = _read_json(meta_path)
@@ -609,7 +628,7 @@ def run(plan: Plan, facts: dict, workers: int | None = None, beam_args: list[str
     meta = _read_json(storage.join(plan.output, "metadata.json"))
     return {**meta["splits"][plan.split], "split": plan.split, "output": plan.output,
             "skipped": "already built with this config and input"}
-  options = pipeline_options(list(beam_args), workers or os.cpu_count() or 1)
+  options = pipeline_options(list(beam_args), workers)
   storage.write_atomic(storage.join(plan.tmp, "build.json"), json.dumps(_build_state(plan, facts)).encode())
   start = time.monotonic()
   with _worker_logs(quiet), beam.Pipeline(options=options) as p:

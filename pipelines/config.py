@@ -15,7 +15,7 @@ import tomllib
 
 # Bumped when the record layout or the processing changes what bytes a build
 # writes; part of the config hash so old outputs are not resumed into.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a record's source is relative to the corpus root
 
 
 def _field(default, help_):

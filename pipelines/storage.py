@@ -1,7 +1,13 @@
 """Files through Beam's FileSystems, so outputs and media may be local, gs:// or s3://.
 
 Writes are atomic: data goes to a temporary name and is renamed into place,
-so a reader never sees half a file under its final name.
+so a reader never sees half a file under its final name. ffmpeg cannot read
+gs:// or s3:// URIs, so remote media are staged to a local temporary file
+(`local_copy`) that is deleted as soon as the example is decoded.
+
+The object stores' settings (an S3 endpoint, keys; a GCP project) are Beam
+pipeline options; `configure` hands them to FileSystems in the launcher, and
+the runner hands them to every worker.
 """
 
 import contextlib
@@ -25,8 +31,21 @@ def join(base: str, *parts: str) -> str:
   return os.path.join(base, *parts) if is_local(base) else FileSystems.join(base, *parts)
 
 
+def configure(options):
+  """Sets the filesystems' options (PipelineOptions) for this process."""
+  FileSystems.set_options(options)
+
+
 def exists(path: str) -> bool:
   return FileSystems.exists(path)
+
+
+def is_dir(path: str) -> bool:
+  """A folder; on an object store, a prefix that holds files."""
+  if is_local(path):
+    return os.path.isdir(path)
+  pattern = path.rstrip("/") + "/**"
+  return bool(FileSystems.match([pattern], limits=[1])[0].metadata_list)
 
 
 def read(path: str) -> bytes:

@@ -20,14 +20,6 @@ from impax.datasets import registry
 _ANNOTATIONS = {"label": str, "labels": list, "caption": str, "captions": list}
 
 
-def read_lines(path: str):
-  """Yields (line number, raw bytes) of a text file on any Beam filesystem."""
-  from apache_beam.io.filesystems import FileSystems
-  with FileSystems.open(path) as f:
-    for number, line in enumerate(iter(f.readline, b""), 1):
-      yield number, line
-
-
 def resolve_media(manifest: str, value: str) -> str:
   """A media path as written in a manifest, made absolute against the manifest's folder."""
   if "://" in value or os.path.isabs(value):
@@ -106,13 +98,16 @@ def _is_unicode(value: str) -> bool:
     return False
 
 
+FORMAT = registry.LineFormat(parse=parse_line)
+
+
 def read(path: str):
-  for number, raw in read_lines(path):
+  for number, raw in registry.read_lines(path):
     if (entry := parse_line(path, number, raw)) is not None:
       yield entry
 
 
 SPEC = registry.register(registry.DatasetSpec(
-    name="jsonl", read=read,
+    name="jsonl", read=read, lines=FORMAT,
     description="Generic JSONL manifest: one object per line with video/audio/image, "
                 "label(s), caption(s), start, end, id."))

@@ -1,0 +1,147 @@
+"""Step 1 of the build: the corpus's input becomes Entries, spread over the workers.
+
+A line-oriented input (a spec with `lines`: a manifest, CSV or TSV) is cut into
+byte ranges of RANGE_BYTES. Each range's newlines are counted first, on the
+workers, which numbers every range's first line; then each range is parsed on
+its own. No worker holds more than the line it is parsing, and the launcher
+holds only the list of ranges: a manifest of millions of lines is read like a
+small one, and its line numbers in failure messages are exact.
+
+Any other input (a JSON file, a folder) is read by one worker as a stream;
+so is a compressed line file, which cannot be entered in the middle.
+"""
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from impax.datasets import registry
+
+RANGE_BYTES = 1 << 20  # about 10,000 manifest lines a range
+_RAW = CompressionTypes.UNCOMPRESSED
+
+
+def byte_ranges(size: int, range_bytes: int = RANGE_BYTES) -> list[tuple[int, int]]:
+  return [(start, min(start + range_bytes, size)) for start in range(0, size, range_bytes)]
+
+
+def count_newlines(path: str, start: int, end: int) -> int:
+  count = 0
+  with FileSystems.open(path, compression_type=_RAW) as f:
+    f.seek(start)
+    left = end - start
+    while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+      count += chunk.count(b"\n")
+      left -= len(chunk)
+  return count
+
+
+def range_lines(path: str, start: int, end: int, first_number: int):
+  """(number, bytes) of every line that starts in [start, end); `first_number` is
+  1 + the number of newlines before `start`."""
+  with FileSystems.open(path, compression_type=_RAW) as f:
+    number, position = first_number, start
+    if start > 0:
+      f.seek(start - 1)
+      if f.read(1) != b"\n":  # the range starts inside a line: its owner is the range before
+        position += len(f.readline())
+        number += 1
+    while position < end and (line := f.readline()):
+      yield number, line
+      number += 1
+      position += len(line)
+
+
+def header(path: str, count: int) -> list[bytes]:
+  lines = []
+  if count:
+    for number, raw in registry.read_lines(path):
+      lines.append(raw)
+      if number == count:
+        break
+  return lines
+
+
+def checked(entry):
+  """An entry whose id or paths are not valid Unicode becomes a failure here, since
+  Beam's coders (and the record) need UTF-8."""
+  if isinstance(entry, registry.Entry):
+    try:
+      for value in (entry.id, *entry.media.values()):
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+      return registry.BadEntry(entry.index, entry.source, "id or media path is not valid "
+                               "Unicode (a lone surrogate escape?)")
+  return entry
+
+
+def _read_all(input_path: str, spec_name: str, spec_source: str | None, split: str):
+  for entry in registry.resolve(spec_name, spec_source).read_entries(input_path, split):
+    yield checked(entry)
+
+
+def _first_numbers(counts: list[tuple[int, int]]) -> dict[int, int]:
+  """{range start: number of its first line} from each range's newline count."""
+  numbers, seen = {}, 0
+  for start, count in sorted(counts):
+    numbers[start] = seen + 1
+    seen += count
+  return numbers
+
+
+class _ReadRange(beam.DoFn):
+  def __init__(self, input_path: str, spec_name: str, spec_source: str | None, split: str):
+    self.input, self.spec_name, self.spec_source, self.split = (
+        input_path, spec_name, spec_source, split)
+    self._context = None
+
+  def process(self, byte_range, first_numbers: dict[int, int]):
+    fmt = registry.resolve(self.spec_name, self.spec_source).lines
+    if self._context is None:  # once per worker: the header and what it says
+      self._context = (fmt.context(self.input, header(self.input, fmt.header_lines), self.split),)
+    start, end = byte_range
+    for number, raw in range_lines(self.input, start, end, first_numbers[start]):
+      if number > fmt.header_lines:
+        if (entry := fmt.parse(self._context[0], number, raw)) is not None:
+          yield checked(entry)
+
+
+def splittable(input_path: str, spec: registry.DatasetSpec) -> int | None:
+  """The input's size when it can be read in byte ranges, else None."""
+  if spec.lines is None or CompressionTypes.detect_compression_type(input_path) != _RAW:
+    return None
+  try:
+    metadata = FileSystems.match([input_path])[0].metadata_list
+  except Exception:  # a folder, or a pattern Beam cannot match
+    return None
+  return metadata[0].size_in_bytes if len(metadata) == 1 else None
+
+
+class ReadEntries(beam.PTransform):
+  """The input's Entries and BadEntries, in no particular order (their index orders them)."""
+
+  def __init__(self, input_path: str, spec_name: str, spec_source: str | None, split: str,
+               range_bytes: int = RANGE_BYTES):
+    super().__init__()
+    self.input, self.spec_name, self.spec_source, self.split = (
+        input_path, spec_name, spec_source, split)
+    self.range_bytes = range_bytes
+
+  def expand(self, pbegin):
+    spec = registry.resolve(self.spec_name, self.spec_source)
+    size = splittable(self.input, spec)
+    if size is None:
+      return (pbegin
+              | "Input" >> beam.Create([self.input])
+              | "ReadAll" >> beam.FlatMap(_read_all, self.spec_name, self.spec_source, self.split))
+    path = self.input
+    ranges = (pbegin
+              | "Ranges" >> beam.Create(byte_ranges(size, self.range_bytes))
+              | "SpreadRanges" >> beam.Reshuffle())
+    first_numbers = (ranges
+                     | "CountLines" >> beam.Map(lambda r: (r[0], count_newlines(path, *r)))
+                     | "AllCounts" >> beam.combiners.ToList()
+                     | "FirstLines" >> beam.Map(_first_numbers))
+    return ranges | "ReadRanges" >> beam.ParDo(
+        _ReadRange(self.input, self.spec_name, self.spec_source, self.split),
+        beam.pvalue.AsSingleton(first_numbers))
