@@ -16,6 +16,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from impax.datasets import registry
+from impax.pipelines import storage
 
 RANGE_BYTES = 1 << 20  # about 10,000 manifest lines a range
 _RAW = CompressionTypes.UNCOMPRESSED
@@ -27,7 +28,7 @@ def byte_ranges(size: int, range_bytes: int = RANGE_BYTES) -> list[tuple[int, in
 
 def count_newlines(path: str, start: int, end: int) -> int:
   count = 0
-  with FileSystems.open(path, compression_type=_RAW) as f:
+  with storage.open_raw(path) as f:
     f.seek(start)
     left = end - start
     while left > 0 and (chunk := f.read(min(left, 1 << 20))):
@@ -39,7 +40,7 @@ def count_newlines(path: str, start: int, end: int) -> int:
 def range_lines(path: str, start: int, end: int, first_number: int):
   """(number, bytes) of every line that starts in [start, end); `first_number` is
   1 + the number of newlines before `start`."""
-  with FileSystems.open(path, compression_type=_RAW) as f:
+  with storage.open_raw(path) as f:
     number, position = first_number, start
     if start > 0:
       f.seek(start - 1)
@@ -121,11 +122,11 @@ class ReadEntries(beam.PTransform):
   """The input's Entries and BadEntries, in no particular order (their index orders them)."""
 
   def __init__(self, input_path: str, spec_name: str, spec_source: str | None, split: str,
-               range_bytes: int = RANGE_BYTES):
+               range_bytes: int | None = None):
     super().__init__()
     self.input, self.spec_name, self.spec_source, self.split = (
         input_path, spec_name, spec_source, split)
-    self.range_bytes = range_bytes
+    self.range_bytes = range_bytes or RANGE_BYTES
 
   def expand(self, pbegin):
     spec = registry.resolve(self.spec_name, self.spec_source)
