@@ -76,8 +76,8 @@ def publish(workdir: str, summary: dict, results: dict) -> None:
   plots = [os.path.join(workdir, "plots", f"{k}.png") for k in ("loss", "accuracy")]
   if all(os.path.exists(p) for p in plots):
     # Inline, so the UI shows them without serving files from the workdir.
-    images = "\n\n".join(f"![{os.path.basename(p)}](data:image/png;base64,"
-                         f"{base64.b64encode(open(p, 'rb').read()).decode()})" for p in plots)
+    images = "\n\n".join(f"![{os.path.basename(p)}](data:image/png;base64,{_base64(p)})"
+                         for p in plots)
     create_markdown_artifact(
         f"# Training curves: {workdir}\n\n{summary['step']} steps, "
         f"{summary['loop_seconds']:.0f} s\n\n{images}\n",
@@ -87,6 +87,11 @@ def publish(workdir: str, summary: dict, results: dict) -> None:
        for k, v in result.items() if isinstance(v, (int, float))],
       key=artifact_key("evaluation", name),
       description=f"Held-out evaluation at step {summary['step']} ({workdir}/eval.json).")
+
+
+def _base64(path: str) -> str:
+  with open(path, "rb") as f:
+    return base64.b64encode(f.read()).decode()
 
 
 @flow(name="train")
