@@ -247,8 +247,9 @@ def process_entry(entry: registry.Entry, config: config_lib.BuildConfig, tokeniz
 
   track = audio or (video.audio if video else None)
   primary = next(entry.media[m] for m in ("video", "image", "audio") if m in entry.media)
-  record = records.serialize(id_=entry.id, source=relative_source(primary, media_base), video=video, audio=track, image=image,
-                             captions=captions, tokens=tokens, labels=labels)
+  record = records.serialize(id_=entry.id, source=relative_source(primary, media_base),
+                             video=video, audio=track, image=image, captions=captions,
+                             tokens=tokens, labels=labels)
   s = {}
   if video:
     stats.add_number(s, "video/seconds", len(video.frames) / video.fps)
@@ -510,7 +511,10 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
   fingerprint = config_lib.fingerprint(config, spec.name)
   chash = config_lib.config_hash(fingerprint)
   in_hash = input_sha256(input_path)
-  media_base = input_path.rstrip("/") if input_is_dir else registry.corpus_root(input_path)
+  if input_is_dir:
+    media_base = input_path.rstrip("/") if "://" in input_path else os.path.abspath(input_path)
+  else:
+    media_base = registry.corpus_root(input_path)
   plan = Plan(spec.name, spec.source_text, input_path, output, split, config, chash, None, None,
               media_base=media_base)
 

@@ -10,7 +10,7 @@ from impax.pipelines.media import Audio, VideoClip
 
 FEATURES = {
     "id": ("bytes", "scalar", "example id, unique in the split"),
-    "source": ("bytes", "scalar", "the media path the example was built from, relative to the corpus's root folder (as given when outside it)"),
+    "source": ("bytes", "scalar", "the media path the example was built from, relative to the corpus root"),
     "video/frames": ("bytes", "list", "one JPEG per frame, in time order"),
     "video/fps": ("float", "scalar", "frames per second of the stored frames"),
     "video/num_frames": ("int64", "scalar", "number of stored frames"),

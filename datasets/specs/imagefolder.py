@@ -6,13 +6,15 @@ path. Hidden files (.DS_Store) are skipped; a file elsewhere (in ROOT itself, or
 deeper) is a failure that says where it should be.
 """
 
+import os
+
 from apache_beam.io.filesystems import FileSystems
 
 from impax.datasets import registry
 
 
 def read(path: str):
-  root = path.rstrip("/")
+  root = path.rstrip("/") if "://" in path else os.path.abspath(path)
   files = sorted(m.path for m in FileSystems.match([registry.join(root, "**")])[0].metadata_list)
   index = 0
   for file in files:

@@ -1,5 +1,7 @@
 """Media read from, and shards and metadata written to, s3:// through Beam's FileSystems,
-against moto's S3 server on loopback: the same shard bytes as a build of the same corpus on disk."""
+against moto's S3 server on loopback: the same shard bytes as a build of the same corpus on disk.
+gs:// likewise against a GCS emulator, where Beam's GCP extras and gcp-storage-emulator are
+installed (they are not in impax's environment: that test is skipped there)."""
 
 import json
 import os
@@ -13,32 +15,40 @@ import pytest
 
 from impax.pipelines import build, read
 
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto")
 
 SMALL = {"video_short_side": 32, "image_short_side": 32, "video_fps": 5.0}  # as conftest's builds
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
         "region_name": "us-east-1"}
 
 
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-  """(beam args, boto3 client) of a moto S3 server on a free loopback port."""
+def serve(command: list[str], log_path) -> tuple[subprocess.Popen, int]:
+  """Starts a server on a free loopback port ({port} in the command); waits until it listens."""
   with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-  log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
-  server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
+  with open(log_path, "wb") as log:
+    server = subprocess.Popen([c.format(port=port) for c in command], stdout=log,
+                              stderr=subprocess.STDOUT)
+  for _ in range(300):
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      return server, port
+    except OSError:
+      assert server.poll() is None, f"{command[2]} exited: see {log_path}"
+      time.sleep(0.1)
+  server.terminate()
+  raise AssertionError(f"{command[2]} did not listen on port {port}")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+  """(beam args, boto3 client) of a moto S3 server on a free loopback port."""
+  boto3 = pytest.importorskip("boto3")
+  pytest.importorskip("moto")
+  server, port = serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
+                       tmp_path_factory.mktemp("moto") / "moto.log")
   endpoint = f"http://127.0.0.1:{port}"
   try:
-    for _ in range(200):
-      try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        break
-      except OSError:
-        assert server.poll() is None, "moto's server exited"
-        time.sleep(0.1)
     client = boto3.client("s3", endpoint_url=endpoint, **KEYS)
     args = [f"--s3_endpoint_url={endpoint}", "--s3_access_key_id=testing",
             "--s3_secret_access_key=testing", "--s3_region_name=us-east-1"]
@@ -46,7 +56,6 @@ def s3(tmp_path_factory):
   finally:
     server.terminate()
     server.wait(timeout=30)
-    log.close()
 
 
 def upload(client, folder, bucket, prefix):
@@ -80,10 +89,17 @@ def mixed_corpus(corpus, tmp_path_factory):
   return root
 
 
-def test_build_from_and_to_s3_gives_the_local_bytes(s3, mixed_corpus, tmp_path, helpers, monkeypatch):
-  args, client = s3
-  local = tmp_path / "local" / "mixed"
+@pytest.fixture(scope="module")
+def local_build(mixed_corpus, tmp_path_factory, helpers):
+  local = tmp_path_factory.mktemp("local") / "mixed"
   helpers.build(mixed_corpus / "mixed.jsonl", local, num_shards=2)
+  return local
+
+
+def test_build_from_and_to_s3_gives_the_local_bytes(s3, mixed_corpus, local_build, tmp_path, helpers,
+                                                    monkeypatch):
+  args, client = s3
+  local = local_build
 
   upload(client, mixed_corpus, "corpus", "demo")
   client.create_bucket(Bucket="data")
@@ -127,3 +143,38 @@ def test_a_spec_reads_its_annotations_and_media_from_s3(s3, tmp_path, helpers):
   summary = build.run(plan, facts, workers=1, beam_args=args)
   assert (summary["num_examples"], summary["num_failed"]) == (2, 0)
   assert helpers.metadata(tmp_path / "out")["labels"] == ["cat", "dog"]
+
+
+def test_build_from_and_to_gs_gives_the_local_bytes(mixed_corpus, local_build, tmp_path, helpers,
+                                                    monkeypatch):
+  storage = pytest.importorskip("google.cloud.storage")
+  pytest.importorskip("gcp_storage_emulator")
+  pytest.importorskip("apache_beam.io.gcp.gcsfilesystem")
+  server, port = serve([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
+                        "--port={port}", "--in-memory"], tmp_path / "gcs.log")
+  try:
+    # The GCS client library, in this process and in the workers it starts, talks to the emulator.
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")
+    client = storage.Client.create_anonymous_client()
+    client.project = "test"
+    bucket = client.create_bucket("corpus")
+    client.create_bucket("data")
+    for dirpath, _, files in os.walk(mixed_corpus):
+      for name in files:
+        path = os.path.join(dirpath, name)
+        bucket.blob(f"demo/{os.path.relpath(path, mixed_corpus)}").upload_from_filename(path)
+    monkeypatch.setattr(read, "RANGE_BYTES", 300)
+    plan, facts = build.prepare("jsonl", "gs://corpus/demo/mixed.jsonl", "gs://data/sets/mixed",
+                                "train", ({**SMALL, "num_shards": 2},))
+    summary = build.run(plan, facts, workers=2)
+    assert (summary["num_examples"], summary["num_failed"]) == (6, 1)
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for blob in client.list_blobs("data", prefix="sets/mixed/"):
+      blob.download_to_filename(str(remote / blob.name.rsplit("/", 1)[1]))
+    assert sorted(os.listdir(remote)) == sorted(
+        [*helpers.hashes(local_build), "metadata.json", "tokenizer.model", "failures-train.jsonl"])
+    assert helpers.hashes(remote) == helpers.hashes(local_build)
+  finally:
+    server.terminate()
+    server.wait(timeout=30)
