@@ -1,6 +1,7 @@
 """`python -m impax.flows.serve`: deployments on a real server, runs triggered through the API."""
 
 import os
+import subprocess
 import sys
 import time
 
@@ -51,6 +52,15 @@ def test_served_deployments_run_from_the_api(prefect_server, images, api, proces
     flow_run = run_deployment("build_dataset/impax", parameters=params, timeout=180,
                               poll_interval=1)
     assert flow_run.state.is_completed(), open(log_path).read()[-3000:]
+  # The command line lists what the server holds (FastAPI >= 0.151 answered these with 422).
+  listings = {}
+  for what in ("deployment", "artifact"):
+    listing = subprocess.run([sys.executable, "-m", "prefect", what, "ls"], capture_output=True,
+                             env={**prefect_server.env, "COLUMNS": "250"}, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stdout + listing.stderr
+    listings[what] = listing.stdout
+  assert all(name in listings["deployment"] for name in DEPLOYMENTS), listings["deployment"]
+  assert "build-images" in listings["artifact"], listings["artifact"]
   # It ran in the served process, from the same cache as the build before it.
   table = api.artifacts(flow_run.id)["build-images"]
   assert [(r["split"], r["examples"], r["this run"]) for r in table] == [
