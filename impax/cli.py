@@ -42,7 +42,7 @@ def _build(args, beam_args):
   if args.workers is not None and args.workers < 1:
     raise build.BuildError("--workers must be at least 1")
   plan, facts = build.prepare(args.spec, args.input, args.output, args.split, tuple(settings),
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, beam_args=beam_args)
   if facts["resumed_shards"]:
     print(f"resuming: {facts['resumed_shards']} shard(s) already finished", file=sys.stderr)
   summary = build.run(plan, facts, workers=args.workers, beam_args=beam_args,
