@@ -19,6 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from impax.flows import artifact_key
+from impax.pipelines import demo as demo_pipelines
 from impax.flows.build import BuildOptions, Split, build_dataset
 from impax.flows.train import train
 
@@ -26,9 +27,9 @@ from impax.flows.train import train
 class DemoCorpus(pydantic.BaseModel):
   """Sizes of the generated demo corpus (train and test together); `impax demo`'s by default."""
   model_config = pydantic.ConfigDict(extra="forbid")
-  videos: int = pydantic.Field(400, ge=10)
-  images: int = pydantic.Field(400, ge=10)
-  audio: int = pydantic.Field(200, ge=10)
+  videos: int = pydantic.Field(demo_pipelines.SIZES["videos"], ge=10)
+  images: int = pydantic.Field(demo_pipelines.SIZES["images"], ge=10)
+  audio: int = pydantic.Field(demo_pipelines.SIZES["audio"], ge=10)
   seed: int = 0
 
 

@@ -13,13 +13,16 @@ from impax.pipelines import build
 
 # The demo's media are small (64 px, 10 fps); storing them larger is waste.
 SETTINGS = {"video_short_side": 64, "image_short_side": 64, "video_fps": 10.0}
+# Examples per modality, train and test together. Images are cheap to make and
+# teach the shared vision tower and the text tower the digits' names.
+SIZES = {"videos": 400, "images": 1000, "audio": 200}
 
 
 def build_all(root: str, workers: int | None = None, log=print) -> dict[str, dict]:
   """Generates the corpus under root/corpus and builds root/data/<modality>; returns summaries."""
   corpus = os.path.join(root, "corpus")
   start = time.monotonic()
-  manifests = demo_corpus.generate(corpus, videos=400, images=400, audio=200)
+  manifests = demo_corpus.generate(corpus, **SIZES)
   log(f"demo corpus: {corpus} ({time.monotonic() - start:.1f} s)")
   summaries = {}
   for key, manifest in manifests.items():
