@@ -73,6 +73,26 @@ def _share_s3_clients():
 _share_s3_clients()
 
 
+def _no_credential_search_for_a_gcs_emulator():
+  """With STORAGE_EMULATOR_HOST set, google-cloud-storage talks to that emulator
+  anonymously, but Beam first looks for Google's default credentials, retrying
+  with backoff: about 25 s in every process before its first gs:// call. Beam
+  connects anonymously then anyway, so it does so at once."""
+  try:
+    from apache_beam.internal.gcp import auth
+  except ImportError:
+    return
+  search = auth._Credentials._get_service_credentials
+
+  def credentials(options):
+    return None if os.environ.get("STORAGE_EMULATOR_HOST") else search(options)
+
+  auth._Credentials._get_service_credentials = staticmethod(credentials)
+
+
+_no_credential_search_for_a_gcs_emulator()
+
+
 def open_raw(path: str):
   """A binary, seekable reader of a file on any filesystem."""
   return FileSystems.open(path, compression_type=_RAW)

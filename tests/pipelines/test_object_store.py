@@ -1,7 +1,6 @@
 """Media read from, and shards and metadata written to, s3:// through Beam's FileSystems,
 against moto's S3 server on loopback: the same shard bytes as a build of the same corpus on disk.
-gs:// likewise against a GCS emulator, where Beam's GCP extras and gcp-storage-emulator are
-installed (they are not in impax's environment: that test is skipped there)."""
+gs:// likewise against gcp-storage-emulator on loopback (impax[test] installs it)."""
 
 import json
 import os
@@ -150,9 +149,8 @@ def test_a_spec_reads_its_annotations_and_media_from_s3(s3, tmp_path, helpers):
 
 def test_build_from_and_to_gs_gives_the_local_bytes(mixed_corpus, local_build, tmp_path, helpers,
                                                     monkeypatch):
-  storage = pytest.importorskip("google.cloud.storage")
-  pytest.importorskip("gcp_storage_emulator")
-  pytest.importorskip("apache_beam.io.gcp.gcsfilesystem")
+  from google.cloud import storage  # an impax dependency, as gs:// in Beam needs it
+  pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator comes with impax[test]")
   server, port = serve([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
                         "--port={port}", "--in-memory"], tmp_path / "gcs.log")
   try:
