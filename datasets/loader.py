@@ -23,7 +23,8 @@ time to the bucket's shape with a generator seeded by (seed, step, position),
 so a batch depends on nothing but its step: not on the worker count, not on
 what ran before. That makes the batches a Grain `MapDataset` over step
 indices, whose iterator state (the next step per worker) is exact resume for
-free, with multiprocess prefetch from `mp_prefetch`.
+free, with prefetch in a thread (num_workers=0) or in worker processes
+(`mp_prefetch`).
 
 Evaluation (`train=False`) reads every example of the split once, in order,
 with deterministic preprocessing (centre crop, uniformly spaced clips) at the
@@ -339,6 +340,12 @@ class Loader:
 
   def dataset_of_batches(self) -> grain.IterDataset:
     ds = grain.MapDataset.range(self.num_batches).map(self._plan)
+    if not self.num_workers:
+      # In this process: one thread prepares the next batches while the
+      # trainer runs its step (decoding in numpy, OpenCV and simplejpeg, and
+      # XLA, release the GIL). Its state still counts consumed batches only.
+      return ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
+                                                  prefetch_buffer_size=self.prefetch))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
     if self.num_workers:
       # Grain reads absl flags in its worker machinery; a program that is not

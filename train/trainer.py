@@ -402,6 +402,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   counter = compile_counter()
   counter.count, counter.active, counter.thread = 0, True, threading.current_thread()
   loop_start = time.perf_counter()
+  data_wait = 0.0  # seconds the loop waited for batches: an input-bound run shows here
   try:
     while step < end:
       if stop.requested:
@@ -412,8 +413,10 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
         names = (name,)
       else:
         names = tuple(t.name for t in tasks)
+      waited = time.perf_counter()
       batches = tuple(next(iterators[n]) for n in names)
       start = time.perf_counter()
+      data_wait += start - waited
       shapes = tuple(shapes_of(b) for b in batches)
       group = compiled[names[0]] if agd else compiled["mixed"]
       key = ((names[0], _shape_text(shapes[0])) if agd else
@@ -458,6 +461,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   summary = {
       "status": status, "step": step, "steps": config.steps,
       "loop_seconds": round(loop_seconds, 3),  # checkpoints and evaluation included
+      "data_wait_seconds": round(data_wait, 3),
       "compilations": compilations,
       "compilations_after_warmup": sum(compilations.values()) - warm if agd else None,
       # Every XLA compilation while the loop ran its steps (checkpoint saves and
