@@ -347,15 +347,13 @@ class Loader:
       return ds.to_iter_dataset(grain.ReadOptions(num_threads=1,
                                                   prefetch_buffer_size=self.prefetch))
     ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
-    if self.num_workers:
-      # Grain reads absl flags in its worker machinery; a program that is not
-      # an absl app has not parsed them, so take their defaults.
-      from absl import flags
-      if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-      ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=self.num_workers, per_worker_buffer_size=self.prefetch))
-    return ds
+    # Grain reads absl flags in its worker machinery; a program that is not an
+    # absl app has not parsed them, so take their defaults.
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    return ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=self.num_workers, per_worker_buffer_size=self.prefetch))
 
   def __iter__(self) -> "LoaderIterator":
     return LoaderIterator(self.dataset_of_batches())

@@ -24,6 +24,16 @@ def fields(number: int, raw: bytes, **dialect) -> list[str]:
     raise LineError(f"line {number} is not valid CSV: {e}") from None
 
 
+def row(number: int, raw: bytes, columns: dict[str, int], hint: str = "") -> list[str] | None:
+  """A data line's fields, one per header column; None for a blank line."""
+  values = fields(number, raw)
+  if not values or not "".join(values).strip():
+    return None
+  if len(values) != len(columns):
+    raise LineError(f"line {number} has {len(values)} fields, the header {len(columns)}" + hint)
+  return values
+
+
 def columns(path: str, header: list[bytes], required: tuple[str, ...], example: str) -> dict[str, int]:
   """{column name: position} from a CSV's header line; refuses a header that lacks one."""
   if not header:

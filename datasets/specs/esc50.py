@@ -33,11 +33,9 @@ def context(path: str, header: list[bytes], split: str) -> dict:
 def parse(ctx: dict, number: int, raw: bytes) -> registry.Entry | registry.BadEntry | None:
   path, columns = ctx["path"], ctx["columns"]
   try:
-    row = _csv.fields(number, raw)
-    if not row or not "".join(row).strip():
+    row = _csv.row(number, raw, columns)
+    if row is None:
       return None
-    if len(row) != len(columns):
-      raise _csv.LineError(f"line {number} has {len(row)} fields, the header {len(columns)}")
     filename, fold, category = (row[columns[k]].strip() for k in ("filename", "fold", "category"))
     if not fold.isdigit():
       raise _csv.LineError(f"line {number}: fold must be a fold number (1-5), got {fold!r}")

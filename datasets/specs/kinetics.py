@@ -43,12 +43,9 @@ def _seconds(value: str, field: str, number: int) -> int:
 def parse(ctx: dict, number: int, raw: bytes) -> registry.Entry | registry.BadEntry | None:
   path, columns = ctx["path"], ctx["columns"]
   try:
-    row = _csv.fields(number, raw)
-    if not row or not "".join(row).strip():
+    row = _csv.row(number, raw, columns, hint=": quote a label that holds a comma")
+    if row is None:
       return None
-    if len(row) != len(columns):
-      raise _csv.LineError(f"line {number} has {len(row)} fields, the header {len(columns)}: "
-                           "quote a label that holds a comma")
     value = lambda name: row[columns[name]].strip() if name in columns else ""
     youtube_id = value("youtube_id")
     if not re.fullmatch(r"[A-Za-z0-9_-]+", youtube_id):
