@@ -45,6 +45,12 @@ class Config:
   # Modality embedders. Positional tables are looked up from normalized
   # coordinates, so the bucket counts set their resolution, not a max shape.
   tubelet: tuple[int, int, int] = (4, 16, 16)  # time x height x width.
+  # Convolutional stem: output channels of 3x3 stride-2 convolutions run on
+  # every frame before the tubelet embedding (Xiao et al. 2021, "Early
+  # convolutions help transformers see better"). Each halves the frame, so the
+  # tubelet's height and width must be divisible by 2 ** len(vision_stem); the
+  # token count stays that of the plain tubelet. () is IMP's linear patching.
+  vision_stem: tuple[int, ...] = ()
   vision_pos_buckets: tuple[int, int, int] = (8, 16, 16)
   spectrogram_patch: tuple[int, int] = (16, 16)  # time frames x mel bins.
   spectrogram_pos_buckets: tuple[int, int] = (32, 16)
@@ -119,5 +125,10 @@ def validate(config: Config) -> None:
   if config.router == "token_choice" and not 1 <= config.top_k <= max(
       1, config.num_experts):
     raise ValueError("top_k must be in [1, num_experts].")
+  stride = 2 ** len(config.vision_stem)
+  if config.tubelet[1] % stride or config.tubelet[2] % stride:
+    raise ValueError(f"tubelet {config.tubelet}: height and width must be "
+                     f"divisible by {stride} for a {len(config.vision_stem)}-"
+                     f"layer vision_stem.")
   if config.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype must be float32 or bfloat16, not {config.dtype}.")

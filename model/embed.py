@@ -113,18 +113,44 @@ class VisionEmbed(nn.Module):
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     t, p, q = cfg.tubelet
-    kernel = self.param("kernel", _patch_init, (t * p * q * 3, cfg.width))
+    if cfg.vision_stem:
+      x, (p, q) = self._stem(x, p, q, dtype)
+    channels = x.shape[-1]
+    kernel = self.param("kernel", _patch_init,
+                        (t * p * q * channels, cfg.width))
     if is_image:
       patches, (gh, gw) = patchify(x, (p, q))
       grid = (1, gh, gw)
-      # A clip of t copies of the image, folded into the kernel.
-      kernel = kernel.reshape(t, p * q * 3, cfg.width).sum(axis=0)
+      # A clip of t copies of the image, folded into the kernel (the stem
+      # works frame by frame, so its output is t copies too).
+      kernel = kernel.reshape(t, p * q * channels, cfg.width).sum(axis=0)
     else:
       patches, grid = patchify(x, (t, p, q))
     tokens = _embed_patches(self, patches, None, cfg, dtype, kernel=kernel)
     pos = FactorizedPosEmbed(cfg.vision_pos_buckets, ("time", "height", "width"),
                              cfg.width, name="pos")(grid_coordinates(grid))
     return tokens + pos.astype(dtype), grid
+
+  def _stem(self, x, p, q, dtype):
+    """Frames [..., h, w, 3] -> features [..., h / s, w / s, c] and the patch
+    (p / s, q / s) that covers a tubelet's pixels, s = 2 ** layers.
+
+    Frames are first cropped to whole patches, as patchify would, so the
+    convolutions' padding adds no token.
+    """
+    cfg = self.config
+    (h, w), lead = x.shape[-3:-1], x.shape[:-3]
+    if h < p or w < q:
+      raise ValueError(f"Input of shape {x.shape[1:-1]} is smaller than one "
+                       f"patch {(p, q)}.")
+    x = x[..., :h // p * p, :w // q * q, :]
+    y = x.reshape((-1,) + x.shape[-3:]).astype(dtype)
+    for i, channels in enumerate(cfg.vision_stem):
+      y = nn.Conv(channels, (3, 3), strides=(2, 2), padding="SAME",
+                  use_bias=cfg.use_bias, dtype=dtype, name=f"stem_{i}")(y)
+      y = nn.gelu(y)
+    s = 2 ** len(cfg.vision_stem)
+    return y.reshape(lead + y.shape[1:]), (p // s, q // s)
 
 
 class SpectrogramEmbed(nn.Module):

@@ -78,7 +78,15 @@ def info(config: Config, tokens: int = 256) -> dict:
   active = vision_kernel + _size(encoder) - experts + active_experts
 
   w, f = config.width, config.mlp_dim
-  flops = 2 * math.prod(config.tubelet) * 3 * w
+  # Patch embedding, after the convolutional stem if there is one: each stem
+  # layer quarters the positions a token's pixels cover.
+  positions, channels = math.prod(config.tubelet), 3
+  flops = 0
+  for out in config.vision_stem:
+    positions //= 4
+    flops += 2 * positions * 9 * channels * out
+    channels = out
+  flops += 2 * positions * channels * w
   for i in range(config.depth):
     flops += 2 * 4 * w * w + 2 * 2 * tokens * w  # Projections; QK^T and AV.
     if i in config.moe_layers:

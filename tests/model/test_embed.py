@@ -25,16 +25,41 @@ def test_patchify_drops_incomplete_patches_and_rejects_tiny_inputs():
     embed.patchify(jnp.zeros((2, 8, 1)), (16,))
 
 
-def test_image_is_a_clip_of_identical_frames(tiny):
+@pytest.mark.parametrize("stem", [(), (8, 16)])
+def test_image_is_a_clip_of_identical_frames(stem):
+  config = get_config("tiny", vision_stem=stem)
   rng = np.random.default_rng(0)
-  image = rng.random((2, 32, 48, 3), dtype=np.float32)
-  clip = np.repeat(image[:, None], tiny.tubelet[0], axis=1)
-  module = embed.VisionEmbed(tiny)
+  # 37 x 52 is not a whole number of 8 x 8 patches: the remainder is dropped,
+  # with or without the stem.
+  image = rng.random((2, 37, 52, 3), dtype=np.float32)
+  clip = np.repeat(image[:, None], config.tubelet[0], axis=1)
+  module = embed.VisionEmbed(config)
   params = module.init(jax.random.key(0), clip, is_image=False)
   from_image, grid_i = module.apply(params, image, is_image=True)
   from_clip, grid_c = module.apply(params, clip, is_image=False)
   assert grid_i == grid_c == (1, 4, 6)
+  assert from_image.shape == (2, 24, config.width)
   np.testing.assert_allclose(from_image, from_clip, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_stem_sees_pixels_across_patch_borders():
+  # Without a stem a token is a function of its own patch only; the stem's
+  # 3x3 convolutions let a token see its neighbours' edge pixels.
+  x = np.zeros((1, 2, 16, 16, 3), np.float32)
+  changed = x.copy()
+  changed[0, :, 8, 8] = 1.0  # the corner pixel of the bottom-right patch
+  for stem, moved in (((), [3]), ((4, 8), [0, 1, 2, 3])):
+    module = embed.VisionEmbed(get_config("tiny", vision_stem=stem))
+    params = module.init(jax.random.key(0), x, is_image=False)
+    a, _ = module.apply(params, x, is_image=False)
+    b, _ = module.apply(params, changed, is_image=False)
+    differs = np.abs(np.asarray(a - b)).max(axis=-1)[0] > 1e-6
+    assert list(np.flatnonzero(differs)) == moved, stem
+
+
+def test_conv_stem_needs_patches_divisible_by_its_stride():
+  with pytest.raises(ValueError, match="divisible by 8 for a 3-layer vision_stem"):
+    get_config("tiny", vision_stem=(4, 8, 16), tubelet=(2, 4, 4))
 
 
 def test_positions_are_looked_up_from_normalized_coordinates():

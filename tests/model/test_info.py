@@ -73,3 +73,16 @@ def test_cli_module_prints_json():
   assert [layer["mlp"] for layer in data["layers"]] == [
       "dense", "dense", "moe", "moe"]
   assert data["preset"] == "tiny" and data["tokens_per_sequence"] == 1024
+
+
+def test_conv_stem_flops_are_counted_per_token():
+  plain = info.info(get_config("tiny"))
+  stem = info.info(get_config("tiny", vision_stem=(16, 32)))
+  # A token covers 2 x 8 x 8 = 128 pixels: 32 positions after the first
+  # stride-2 layer (3 -> 16 channels), 8 after the second (16 -> 32), then the
+  # patch kernel takes 8 x 32 values to the width (64).
+  conv = 2 * 32 * 9 * 3 * 16 + 2 * 8 * 9 * 16 * 32
+  assert stem["flops_per_token"] - plain["flops_per_token"] == (
+      conv + 2 * 8 * 32 * 64 - 2 * 128 * 3 * 64)
+  assert stem["params_by_module"]["vision_embed"] - plain["params_by_module"][
+      "vision_embed"] == 9 * 3 * 16 + 9 * 16 * 32 + 8 * 32 * 64 - 128 * 3 * 64
