@@ -54,14 +54,17 @@ def generate_demo_corpus(root: str, demo: DemoCorpus) -> list[Corpus]:
   """Writes the demo corpus under root/corpus; returns its datasets to build under root/data."""
   from impax.datasets import demo as demo_corpus
   from impax.pipelines import demo as demo_pipelines
-  manifests = demo_corpus.generate(os.path.join(root, "corpus"), videos=demo.videos,
-                                   images=demo.images, audio=demo.audio, seed=demo.seed)
+  corpus = os.path.join(root, "corpus")
+  manifests = demo_corpus.generate(corpus, videos=demo.videos, images=demo.images,
+                                   audio=demo.audio, seed=demo.seed)
+  settings = demo_pipelines.settings(corpus)
+  demo_pipelines.shared_tokenizer(manifests, settings["tokenizer"])
   splits = {}
   for key, manifest in manifests.items():  # train before test: train fixes the vocabularies
     modality, split = key.rsplit("-", 1)
     splits.setdefault(modality, []).append(Split(name=split, input=manifest))
   return [Corpus(spec="jsonl", output=os.path.join(root, "data", modality), splits=s,
-                 options=BuildOptions(**demo_pipelines.SETTINGS))
+                 options=BuildOptions(**settings))
           for modality, s in splits.items()]
 
 

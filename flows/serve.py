@@ -33,7 +33,7 @@ def nightly_rebuilds(root: str, active: bool) -> list:
               "splits": [{"name": split, "input": os.path.join(root, "corpus",
                                                                f"{modality}-{split}.jsonl")}
                          for split in ("train", "test")],
-              "options": dict(demo_pipelines.SETTINGS)})
+              "options": demo_pipelines.settings(os.path.join(root, "corpus"))})
           for modality in ("videos", "images", "audio")]
 
 

@@ -107,13 +107,25 @@ def open_loaders(config: TrainConfig, model_cfg, *, batch_multiple: int
 
 
 def num_labels_of(config: TrainConfig) -> dict[str, int]:
+  """Each task's number of labels; refuses datasets the tasks cannot train on together."""
   from impax.datasets import prepared
-  out = {}
+  out, tokenizers = {}, {}
   for task in config.tasks:
-    labels = prepared.open_dataset(task.dataset).labels
-    if task.objective == "classification" and not labels:
+    dataset = prepared.open_dataset(task.dataset)
+    if task.objective == "classification" and not dataset.labels:
       raise ConfigError(f"task {task.name!r} is a classification but {task.dataset} has no labels")
-    out[task.name] = len(labels)
+    out[task.name] = len(dataset.labels)
+    if "text" in task.modalities:
+      digest = (dataset.metadata.get("tokenizer") or {}).get("sha256")
+      tokenizers.setdefault(digest, []).append(f"{task.name!r} ({task.dataset})")
+  if len(tokenizers) > 1:
+    # One text embedding table: the same id must mean the same piece in every task.
+    found = "; ".join(f"{', '.join(tasks)} by tokenizer {(digest or 'none')[:12]}"
+                      for digest, tasks in tokenizers.items())
+    raise ConfigError(
+        f"the tasks' text is tokenized by different tokenizers ({found}), but the model has "
+        "one text embedding table. Build these datasets with one tokenizer: "
+        "`impax build ... --tokenizer PATH` with the same SentencePiece model for each.")
   return out
 
 

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 from impax.datasets.loader import Bucket
+from impax.pipelines import build
 from impax.train import config as config_lib
 from impax.train import metrics, trainer
 from impax.train.config import ConfigError, Task, TrainConfig
+
 
 CONFIG_FILE = '''
 from impax.datasets.loader import Bucket
@@ -111,6 +113,16 @@ def test_bad_tasks_are_refused_before_training(root, tmp_path):
                buckets=(Bucket(video=(1, 16, 16)),))
   with pytest.raises(ConfigError, match="task 'video_text' bucket 0: video .* tubelet"):
     trainer.train(TrainConfig(tasks=(small,)), str(tmp_path), log=lambda *_: None)
+  # Images tokenized by their own tokenizer next to videos tokenized by the shared one.
+  images = str(tmp_path / "images")
+  plan, facts = build.prepare("jsonl", os.path.join(root, "raw", "images-train.jsonl"), images,
+                              "train", ({"image_short_side": 48},))
+  build.run(plan, facts, workers=1)
+  own = Task("image_text", images, "contrastive", ("image", "text"),
+             buckets=(Bucket(image=(16, 16)),))
+  with pytest.raises(ConfigError, match=r"different tokenizers \('video_text' .*; 'image_text' "
+                                        r".*--tokenizer PATH"):
+    trainer.train(TrainConfig(tasks=(base.tasks[0], own)), str(tmp_path), log=lambda *_: None)
   with pytest.raises(ConfigError, match="takes 2 distinct modalities"):
     config_lib.check(TrainConfig(tasks=(Task("x", ".", "contrastive", ("video",),
                                              buckets=(Bucket(video=(4, 16, 16)),)),)))
