@@ -140,6 +140,12 @@ def model_inputs(batch: dict, modalities) -> dict:
       x = x.astype(jnp.float32) * (2 / 255.0) - 1.0  # [-1, 1], as big_vision feeds ViTs
       if x.ndim == (6 if m == "video" else 5):  # evaluation clips: [b, clips, ...] -> [b*clips, ...]
         x = x.reshape(-1, *x.shape[2:])
+    elif m == "spectrogram":
+      # Log-mel sits far from zero (silence is log(1e-6) = -13.8, the demo's mean is -9.3
+      # with a spread of 2.4), so every patch token would share one large component.
+      # Standardized per example, as audio transformers normalize their input.
+      mean = x.mean(axis=(-2, -1), keepdims=True)
+      x = (x - mean) / (x.std(axis=(-2, -1), keepdims=True) + 1e-5)
     out[m] = x
   if "text" in modalities:
     out["text_mask"] = batch["text_mask"]
