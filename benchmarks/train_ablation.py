@@ -5,7 +5,10 @@
 Trains the demo config (train/configs/demo.py) in four variants, each with
 every seed, at equal steps, and evaluates each on the held-out splits:
   agd             the demo config as it is (tiny MoE, AGD, several buckets per task);
-  mixed           every task in every step, losses summed (the baseline of AGD);
+  mixed           every task in every step, losses summed (the baseline of AGD),
+                  at equal steps: as many task updates per task as AGD has steps;
+  mixed_equal_compute  the same with steps / tasks steps: AGD's number of task
+                  updates in all, about its compute;
   dense           the tiny preset without experts: the same active parameters per token;
   one_resolution  each task only at its first bucket.
 Reports per variant the mean and standard deviation over seeds of zero-shot
@@ -34,8 +37,15 @@ METRICS = (("zero-shot video top-1", "video_text", "zero_shot_top1"),
 def variant(config, name):
   if name == "mixed":
     return dataclasses.replace(config, mode="mixed")
+  if name == "mixed_equal_compute":
+    # A mixed step runs every task: as many task updates (and about as much
+    # compute) as AGD's steps when it takes steps / tasks of them.
+    steps = max(1, round(config.steps / len(config.tasks)))
+    return dataclasses.replace(config, mode="mixed", steps=steps,
+                               warmup_steps=min(config.warmup_steps, steps // 4))
   if name == "dense":
-    return dataclasses.replace(config, model_overrides=(("moe_layers", ()), ("num_experts", 0)))
+    return dataclasses.replace(config, model_overrides=config.model_overrides + (
+        ("moe_layers", ()), ("num_experts", 0)))
   if name == "one_resolution":
     return dataclasses.replace(config, tasks=tuple(dataclasses.replace(t, buckets=t.buckets[:1])
                                                    for t in config.tasks))
@@ -47,7 +57,7 @@ def main():
   parser.add_argument("--data", required=True)
   parser.add_argument("--steps", type=int, default=600)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-  parser.add_argument("--variants", nargs="+", default=["agd", "mixed", "dense", "one_resolution"])
+  parser.add_argument("--variants", nargs="+", default=["agd", "mixed", "mixed_equal_compute", "dense", "one_resolution"])
   args = parser.parse_args()
   from absl import flags
   flags.FLAGS.mark_as_parsed()
