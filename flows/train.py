@@ -14,7 +14,6 @@
 """
 
 import base64
-import json
 import os
 from typing import Annotated
 
