@@ -7,8 +7,6 @@ or a URI (gs://, s3://); CC3M's released TSV holds URLs, so download the images
 first (img2dataset writes such paths). The example's id is the path as written.
 """
 
-import os
-
 from impax.datasets import registry
 from impax.datasets.specs import _csv, jsonl
 
