@@ -102,10 +102,14 @@ def _demo_corpus_parser(sub):
 
 def _demo_corpus(args, beam_args):
   from impax.datasets import demo
+  from impax.pipelines import demo as demo_pipelines
   manifests = demo.generate(args.dir, videos=args.videos, images=args.images, audio=args.audio,
                             seed=args.seed)
   for name, path in manifests.items():
     print(f"{name:14s} {path}")
+  # One model trains on all of them: build each with this one (impax build ... --tokenizer).
+  tokenizer = demo_pipelines.shared_tokenizer(manifests, os.path.join(args.dir, "tokenizer.model"))
+  print(f"{'tokenizer':14s} {tokenizer}  (build each with --tokenizer {tokenizer})")
   return 0
 
 

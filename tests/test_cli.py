@@ -34,3 +34,12 @@ def test_model_info_prints_the_counts_of_a_preset():
   assert abs(counts["encoder_params"] / 86e6 - 1) < 0.03
   assert counts["active_params_per_token"] <= counts["total_params"]
   assert run("model", "info", "XL").returncode == 2
+
+
+def test_demo_corpus_writes_the_manifests_and_one_tokenizer_for_them(tmp_path):
+  result = run("demo-corpus", str(tmp_path), "--videos", "10", "--images", "10", "--audio", "10")
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "videos-train.jsonl").exists() and (tmp_path / "images-test.jsonl").exists()
+  tokenizer = tmp_path / "tokenizer.model"
+  assert tokenizer.stat().st_size > 0
+  assert f"--tokenizer {tokenizer}" in result.stdout
