@@ -30,8 +30,11 @@ Evaluation (`train=False`) reads every example of the split once, in order,
 with deterministic preprocessing (centre crop, uniformly spaced clips) at the
 first bucket's shape; the last batch is padded and its padding marked invalid.
 
-A record that fails to decode is not fatal: its slot in the batch is zeros
-with `valid` False, and the iterator counts it with its reason.
+A task reads only the records that have every modality it needs: a video
+without a sound track is never drawn for a video-audio task (the build lists
+such records in metadata.json, "lacking"). `Loader.left_out` counts them per
+modality. A record that fails to decode is not fatal: its slot in the batch is
+zeros with `valid` False, and the iterator counts it with its reason.
 """
 
 import collections
@@ -111,19 +114,23 @@ def tokens_per_example(bucket: Bucket, task: TaskInput, patches: Patches) -> int
   return n
 
 
+# The modality of a record each input reads (the build's "lacking" keys).
+_NEEDS = {"video": "video", "image": "image", "waveform": "audio", "spectrogram": "audio",
+          "text": "captions", "label": "labels"}
+
+
 def _check(task: TaskInput, dataset: prepared.PreparedDataset) -> None:
   unknown = set(task.inputs) - set(INPUTS)
   if unknown:
     raise LoaderError(f"task {task.name!r}: unknown inputs {sorted(unknown)}; choose from {INPUTS}")
   if not task.buckets:
     raise LoaderError(f"task {task.name!r} declares no buckets")
-  needs = {"video": "video", "image": "image", "waveform": "audio", "spectrogram": "audio"}
   composition = dataset.split(task.split).get("composition", {})
   for name in task.inputs:
-    if name in needs and not (composition.get(needs[name]) or
-                              needs[name] == "audio" and composition.get("video_with_audio")):
+    if name in ("video", "image", "waveform", "spectrogram") and not _has(composition,
+                                                                         _NEEDS[name]):
       raise LoaderError(f"task {task.name!r} reads {name} but split {task.split!r} of "
-                        f"{dataset.root} has no {needs[name]}")
+                        f"{dataset.root} has no {_NEEDS[name]}")
   if "text" in task.inputs and not composition.get("captions") and not task.prompt:
     raise LoaderError(f"task {task.name!r} reads text but {dataset.root} has no captions: "
                       "set a prompt to make text from the labels")
@@ -140,12 +147,56 @@ def _check(task: TaskInput, dataset: prepared.PreparedDataset) -> None:
       raise LoaderError(f"task {task.name!r} bucket {i}: weight must be positive")
 
 
+def _has(composition: dict, modality: str) -> bool:
+  """Whether some record of a split (its metadata "composition") has the modality."""
+  if modality == "audio":  # an audio file's, or a video's sound track
+    return bool(composition.get("audio") or composition.get("video_with_audio"))
+  return bool(composition.get(modality))
+
+
+def _usable(task: TaskInput, dataset: prepared.PreparedDataset
+            ) -> tuple[np.ndarray | None, dict[str, int]]:
+  """(split positions of the records with every modality the task reads, None if
+  all; how many records lack each such modality). A dataset built before the
+  build listed them gives (None, {}): its records without a modality fail to
+  decode and are counted."""
+  split = dataset.split(task.split)
+  lacking = split.get("lacking")
+  if lacking is None:
+    return None, {}
+  n = dataset.num_records(task.split)
+  composition = split.get("composition", {})
+
+  def missing(modality: str) -> np.ndarray:
+    if not _has(composition, modality):
+      return np.ones(n, bool)
+    out = np.zeros(n, bool)
+    out[np.asarray(lacking.get(modality, []), np.int64)] = True
+    return out
+
+  keep, left_out = np.ones(n, bool), {}
+  for name in task.inputs:
+    modality = _NEEDS.get(name)
+    if modality is None:
+      continue
+    miss = missing(modality)
+    if name == "text" and task.prompt:
+      miss &= missing("labels")  # text from the labels where there is no caption
+    if miss.any():
+      left_out[modality] = int(miss.sum())
+    keep &= ~miss
+  if keep.all():
+    return None, left_out
+  return np.flatnonzero(keep), left_out
+
+
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """Everything a worker needs to make any batch; pickled to Grain's worker processes."""
   task: TaskInput
   shard_paths: tuple[str, ...]
-  num_records: int
+  num_records: int  # the task's records: `records` if given, else the split's
+  records: np.ndarray | None = dataclasses.field(compare=False)  # split positions; None: all
   num_labels: int
   label_names: tuple[str, ...]
   tokenizer_path: str | None
@@ -231,6 +282,8 @@ class _Plan:
     failures = []
     positions = range(first, first + n if self.task.train else min(first + n, self.num_records))
     records = [int(self._stream[p]) for p in positions] if self.task.train else list(positions)
+    if self.records is not None:
+      records = [int(self.records[r]) for r in records]
     data = self._source.__getitems__(records) if records else []  # one batched read
     for slot, (position, record) in enumerate(zip(positions, records)):
       rng = np.random.default_rng([self.task.seed, 2, step, position])
@@ -295,18 +348,21 @@ class Loader:
     for b in task.buckets:
       size = b.batch_size or task.token_budget / tokens_per_example(b, task, patches)
       sizes.append(max(multiple, int(round(size / multiple)) * multiple))
-    num_records = self.dataset.num_records(task.split)
+    records, self.left_out = _usable(task, self.dataset)
+    num_records = self.dataset.num_records(task.split) if records is None else len(records)
+    without = "".join(f", {n} without {m}" for m, n in self.left_out.items())
     if num_records == 0:
-      raise LoaderError(f"split {task.split!r} of {self.dataset.root} has no examples")
+      raise LoaderError(f"task {task.name!r}: split {task.split!r} of {self.dataset.root} has "
+                        f"no examples it can read{without}")
     if task.train and max(sizes) > num_records:
       raise LoaderError(f"task {task.name!r}: a global batch of {max(sizes)} is larger than the "
-                        f"{num_records} examples of {self.dataset.root} split {task.split!r}; "
-                        "lower the token budget")
-    self.num_records = num_records
+                        f"{num_records} examples it can read in {self.dataset.root} split "
+                        f"{task.split!r}{without}; lower the token budget")
+    self.num_records = num_records  # the records this task reads
     self.num_workers, self.prefetch = num_workers, prefetch
     self._plan = _Plan(
         task=task, shard_paths=tuple(self.dataset.shard_paths(task.split)),
-        num_records=num_records, num_labels=len(self.dataset.labels),
+        num_records=num_records, records=records, num_labels=len(self.dataset.labels),
         label_names=tuple(self.dataset.labels), tokenizer_path=self.dataset.tokenizer_path,
         batch_sizes=tuple(sizes), process_index=process_index, process_count=process_count)
 

@@ -308,6 +308,32 @@ class Process(beam.DoFn):
 
 # -- 6: shards --------------------------------------------------------------
 
+# What a record can lack while others of its split have it (a video without a
+# sound track, an entry without a caption): metadata lists such records by
+# position so that a reader can skip them for the tasks that need the modality.
+MODALITIES = ("video", "image", "audio", "captions", "labels")
+
+
+def _has(composition: dict, modality: str) -> bool:
+  if modality == "audio":
+    return bool(composition.get("audio") or composition.get("video_with_audio"))
+  return bool(composition.get(modality))
+
+
+def _lacking(infos: list[dict], composition: dict) -> dict | None:
+  """{modality: split positions of the records without it}, for the modalities
+  some of the split's records have; None if a shard's sidecar predates the field."""
+  if any("lacking" not in i for i in infos):
+    return None
+  out, offset = {}, 0
+  for info in infos:
+    for m, positions in info["lacking"].items():
+      if _has(composition, m) and positions:
+        out.setdefault(m, []).extend(offset + p for p in positions)
+    offset += info["num_records"]
+  return out
+
+
 
 class WriteShard(beam.DoFn):
   """Step 6: a shard's records in index order into one ArrayRecord file, then published."""
@@ -326,7 +352,7 @@ class WriteShard(beam.DoFn):
       return
     results = sorted((r for r in results if r is not None), key=lambda r: r["index"])
     info = {"shard": shard, "path": name, "num_records": 0, "failures": [], "stats": {},
-            "composition": {}, "media_sha256": []}
+            "composition": {}, "media_sha256": [], "lacking": {m: [] for m in MODALITIES}}
     fd, local = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial",
                                  dir=storage.local_dir_for(final))
     os.close(fd)
@@ -337,6 +363,9 @@ class WriteShard(beam.DoFn):
           info["failures"].append(r)
           continue
         writer.write(storage.read(plan.blob(r["index"], "tfex")))
+        for m in MODALITIES:
+          if not _has(r["composition"], m):
+            info["lacking"][m].append(info["num_records"])
         info["num_records"] += 1
         stats.merge(info["stats"], r["stats"])
         for key, n in r["composition"].items():
@@ -658,6 +687,7 @@ def finalize(plan: Plan, facts: dict, seconds: float) -> dict:
     stats.merge(split_stats, info["stats"])
     for key, n in info["composition"].items():
       composition[key] = composition.get(key, 0) + n
+  lacking = _lacking(infos, composition)
   media_hashes = sorted(m for i in infos for m in i["media_sha256"])
   by_stage = {}
   for f in failures:
@@ -687,6 +717,7 @@ def finalize(plan: Plan, facts: dict, seconds: float) -> dict:
       "shards": [{"path": i["path"], "num_records": i["num_records"], "num_bytes": i["num_bytes"]}
                  for i in infos],
       "composition": composition,
+      **({"lacking": lacking} if lacking is not None else {}),
       "statistics": stats.summary(split_stats),
       "build_seconds": round(seconds, 3),
       "ffmpeg": _ffmpeg_version(),

@@ -98,6 +98,8 @@ def evaluate_task(task: Task, index: int, config, model, params, model_cfg, mesh
   result = {"examples": int(len(next(iter(arrays.values())))), "split": task.eval_split}
   if data.num_records != result["examples"]:
     result["failed_records"] = data.num_records - result["examples"]
+  if data.left_out:  # records without a modality the task reads: not evaluated
+    result["records_left_out"] = data.left_out
 
   if task.objective == "classification":
     labels = arrays["label"]

@@ -367,6 +367,10 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   model = Model(model_cfg, mesh=mesh)
   multiple = sharding.batch_shards(mesh)
   loaders = open_loaders(config, model_cfg, batch_multiple=multiple)
+  for name, data in loaders.items():
+    if data.left_out:
+      without = ", ".join(f"{n} without {m}" for m, n in data.left_out.items())
+      log(f"{name} reads {data.num_records} records of {data.dataset.root}; left out: {without}")
   patches = patches_of(model_cfg)
   tx = make_optimizer(config)
   state = init_state(config, model_cfg, tx, mesh)
@@ -489,6 +493,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       "compile_seconds": {f"{k[0]} {k[1]}": s for c in compiled.values()
                           for k, s in c.compile_seconds.items()},
       "failed_records": {n: getattr(it, "failed", 0) for n, it in iterators.items()},
+      # Records a task never draws: they lack a modality it reads.
+      "records_left_out": {n: data.left_out for n, data in loaders.items() if data.left_out},
   }
   if step == config.steps and config.eval_at_end and status == "finished":
     from impax.train import evaluate

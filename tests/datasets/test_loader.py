@@ -170,22 +170,68 @@ def test_log_mel_puts_a_tone_in_the_right_bins():
   assert low.mean(0).argmax() < high.mean(0).argmax()
 
 
-def test_video_with_its_audio_track(data):
-  task = loader.TaskInput(name="video_audio", dataset=data["videos"],
-                          inputs=("video", "spectrogram"),
+def video_audio_task(dataset, **kw):
+  return loader.TaskInput(name="video_audio", dataset=dataset, inputs=("video", "spectrogram"),
                           buckets=(loader.Bucket(video=(4, 32, 32), audio_seconds=0.5,
-                                                 batch_size=4),))
-  data_loader = loader.Loader(task, patches=PATCHES)
+                                                 batch_size=4),), **kw)
+
+
+def records_with_audio(dataset, split):
+  meta = json.loads(open(os.path.join(dataset, "metadata.json")).read())
+  out, position = [], 0
+  for shard in meta["splits"][split]["shards"]:
+    reader = array_record_module.ArrayRecordReader(os.path.join(dataset, shard["path"]))
+    for record in reader.read_all():
+      if "audio/pcm_s16le" in decode.parse(record):
+        out.append(position)
+      position += 1
+    reader.close()
+  return out, position
+
+
+def test_video_with_its_audio_track(data):
+  # The demo corpus holds a few videos without sound: a video-audio task never
+  # draws them, so every slot of every batch is a real pair.
+  with_audio, total = records_with_audio(data["videos"], "train")
+  assert 0 < len(with_audio) < total
+  data_loader = loader.Loader(video_audio_task(data["videos"]), patches=PATCHES)
+  assert data_loader.num_records == len(with_audio)
+  assert data_loader.left_out == {"audio": total - len(with_audio)}
+  assert data_loader._plan.records.tolist() == with_audio
   it = iter(data_loader)
-  batches = take(it, data_loader.num_records // 4)
+  batches = take(it, data_loader.num_records // 4 + 2)  # past one epoch
   assert batches[0]["video"].shape == (4, 4, 32, 32, 3)
   assert batches[0]["spectrogram"].shape == (4, 50, 128)
-  silent = sum(int((~b["valid"]).sum()) for b in batches)
-  # The demo corpus holds a few videos without sound: skipped and counted, with the reason.
-  assert it.failed == silent
-  assert set(it.failure_reasons) <= {"DecodeError: record has no 'audio/pcm_s16le'"}
+  assert it.failed == 0 and all(b["valid"].all() for b in batches)
   for b in batches:
-    assert (b["spectrogram"][b["valid"]].std(axis=(1, 2)) > 0).all()
+    assert (b["spectrogram"].std(axis=(1, 2)) > 0).all()
+  # A task that does not read audio reads every record.
+  video_only = loader.Loader(video_task(data), patches=PATCHES)
+  assert video_only.num_records == total and video_only.left_out == {}
+  # Evaluation reads each record with sound once.
+  evaluation = loader.Loader(video_audio_task(data["videos"], split="test", train=False),
+                             patches=PATCHES)
+  it = iter(evaluation)
+  valid = sum(int(b["valid"].sum()) for b in it)
+  assert valid == evaluation.num_records == len(records_with_audio(data["videos"], "test")[0])
+  assert it.failed == 0
+
+
+def test_a_dataset_without_the_list_of_lacking_records_counts_them_as_failures(data, tmp_path):
+  # Built before metadata listed them: those records fail to decode, are skipped and counted.
+  target = tmp_path / "videos"
+  shutil.copytree(data["videos"], target)
+  meta = json.loads((target / "metadata.json").read_text())
+  for split in meta["splits"].values():
+    del split["lacking"]
+  (target / "metadata.json").write_text(json.dumps(meta))
+  data_loader = loader.Loader(video_audio_task(str(target)), patches=PATCHES)
+  assert data_loader.left_out == {}
+  it = iter(data_loader)
+  batches = take(it, data_loader.num_records // 4)
+  silent = sum(int((~b["valid"]).sum()) for b in batches)
+  assert silent > 0 and it.failed == silent
+  assert set(it.failure_reasons) == {"DecodeError: record has no 'audio/pcm_s16le'"}
 
 
 def test_text_from_label_prompts(data):

@@ -1,5 +1,6 @@
 """The AGD trainer end to end on real shards: learning, compilation, resume, SIGTERM, devices."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -95,12 +96,23 @@ def test_a_resumed_run_continues_exactly(root, tmp_path, monkeypatch):
 
 def test_mixed_batch_mode_takes_every_task_each_step(root, tmp_path):
   config = make_config(root, steps=3, mode="mixed", eval_at_end=False)
-  summary = trainer.train(config, str(tmp_path), log=lambda *_: None)
+  # Video-audio reads the videos with a sound track only; the silent ones are left out, not failed.
+  config = dataclasses.replace(config, tasks=config.tasks + (
+      Task("video_audio", config.tasks[0].dataset, "contrastive", ("video", "spectrogram"),
+           buckets=(Bucket(video=(2, 16, 16), audio_seconds=0.32),), token_budget=256),))
+  logged = []
+  summary = trainer.train(config, str(tmp_path), log=logged.append)
   assert summary["status"] == "finished"
   rows = [r for r in metrics.read(str(tmp_path / "metrics.jsonl")) if "loss" in r]
   assert sorted((r["step"], r["task"]) for r in rows) == [
-      (s, t) for s in (1, 2, 3) for t in ("audio_classification", "video_text")]
+      (s, t) for s in (1, 2, 3) for t in ("audio_classification", "video_audio", "video_text")]
   assert summary["xla_compilations_in_loop"] == 0
+  meta = json.loads(open(os.path.join(root, "videos", "metadata.json")).read())
+  silent = len(meta["splits"]["train"]["lacking"]["audio"])
+  assert summary["records_left_out"] == {"video_audio": {"audio": silent}}
+  assert summary["failed_records"]["video_audio"] == 0
+  assert any(line.startswith("video_audio reads") and f"{silent} without audio" in line
+             for line in logged)
 
 
 def test_bad_tasks_are_refused_before_training(root, tmp_path):
