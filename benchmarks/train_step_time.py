@@ -69,7 +69,7 @@ def main():
 
   # The batches the loader run will read, step by step, read beforehand.
   from impax.train import schedule
-  model_cfg = trainer.model_config(config, trainer.num_labels_of(config))
+  model_cfg = trainer.model_config(config, trainer.check_datasets(config))
   loaders = trainer.open_loaders(config, model_cfg, batch_multiple=1)
   counts = {t.name: 0 for t in config.tasks}
   intervals, weights = tuple(t.interval for t in config.tasks), tuple(t.weight for t in config.tasks)

@@ -36,7 +36,7 @@ def load_config(config: str, overrides: list[str]):
   wrong, with the same checks the trainer makes before it starts."""
   from impax.train import config as config_lib, trainer
   loaded = config_lib.load(config, overrides)
-  model_cfg = trainer.model_config(loaded, trainer.num_labels_of(loaded))
+  model_cfg = trainer.model_config(loaded, trainer.check_datasets(loaded))
   for t in loaded.tasks:
     trainer.check_buckets(t, model_cfg)
   return loaded

@@ -167,7 +167,7 @@ def main(config_path: str, workdir: str, overrides=(), log=print) -> dict:
   from impax.model import Model
   from impax.train import checkpoint, config as config_lib
   config = config_lib.load(config_path, list(overrides))
-  model_cfg = trainer.model_config(config, trainer.num_labels_of(config))
+  model_cfg = trainer.model_config(config, trainer.check_datasets(config))
   mesh = trainer.make_mesh(model_cfg)
   model = Model(model_cfg, mesh=mesh)
   tx = trainer.make_optimizer(config)

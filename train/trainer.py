@@ -106,8 +106,9 @@ def open_loaders(config: TrainConfig, model_cfg, *, batch_multiple: int
   return out
 
 
-def num_labels_of(config: TrainConfig) -> dict[str, int]:
-  """Each task's number of labels; refuses datasets the tasks cannot train on together."""
+def check_datasets(config: TrainConfig) -> dict[str, int]:
+  """Opens each task's dataset; refuses a classification without labels and text tasks
+  whose datasets' tokenizers differ. Returns each task's number of labels."""
   from impax.datasets import prepared
   out, tokenizers = {}, {}
   for task in config.tasks:
@@ -359,7 +360,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   already in memory this way); they need __next__, get_state, set_state, close.
   """
   os.makedirs(workdir, exist_ok=True)
-  num_labels = num_labels_of(config)
+  num_labels = check_datasets(config)
   model_cfg = model_config(config, num_labels)
   for task in config.tasks:
     check_buckets(task, model_cfg)
