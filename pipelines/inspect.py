@@ -67,6 +67,8 @@ def main(directory: str, split: str | None = None, example: int | None = None,
     size = sum(x["num_bytes"] for x in s["shards"])
     print(f"  split {name}: {s['num_examples']} examples, {s['num_failed']} failed, "
           f"{len(s['shards'])} shards, {size / 1e6:.1f} MB, from {s['input']}")
+    for modality, positions in s.get("lacking", {}).items():
+      print(f"    without {modality}: {len(positions)} examples (tasks that read it skip them)")
     for key, value in s["statistics"].items():
       print(f"    {key}: {json.dumps(value)}")
   tok = meta.get("tokenizer")

@@ -159,11 +159,13 @@ def test_held_out_split_shares_labels_and_tokenizer(built, corpus, helpers):
   assert not {values(e, "id")[0] for e in train} & {values(e, "id")[0] for e in test}
 
 
-def test_inspect_writes_frames(built, tmp_path, capsys):
+def test_inspect_writes_frames(built, tmp_path, capsys, helpers):
   from impax.cli import main
   assert main(["inspect", built["videos"], "--example", "1", "--frames-to", str(tmp_path)]) == 0
   out = capsys.readouterr().out
   assert "split train: 10 examples" in out and "video-train-00001" in out
+  silent = len(helpers.metadata(built["videos"])["splits"]["train"]["lacking"]["audio"])
+  assert f"without audio: {silent} examples" in out
   pngs = sorted(os.listdir(tmp_path))
   assert pngs == [f"frame-{i:04d}.png" for i in range(5)]
   assert Image.open(tmp_path / pngs[0]).format == "PNG"
