@@ -334,7 +334,6 @@ def _lacking(infos: list[dict], composition: dict) -> dict | None:
   return out
 
 
-
 class WriteShard(beam.DoFn):
   """Step 6: a shard's records in index order into one ArrayRecord file, then published."""
 
