@@ -170,6 +170,18 @@ def test_log_mel_puts_a_tone_in_the_right_bins():
   assert low.mean(0).argmax() < high.mean(0).argmax()
 
 
+def test_log_mel_is_the_mel_filterbank_of_the_power_spectrum():
+  import librosa
+  wave = np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32)
+  windows = np.lib.stride_tricks.sliding_window_view(wave, 400)[::160]  # 48 whole windows
+  power = np.abs(np.fft.rfft(windows * np.hanning(400), axis=-1)) ** 2
+  mel = librosa.filters.mel(sr=16000, n_fft=400, n_mels=128, fmin=80.0, fmax=7600.0)
+  expected = np.log(power @ mel.T + 1e-6)
+  got = decode.log_mel(wave)
+  assert got.shape == (50, 128) and got.dtype == np.float32
+  np.testing.assert_allclose(got[:48], expected, rtol=1e-4, atol=1e-4)  # the last 2 are padded
+
+
 def video_audio_task(dataset, **kw):
   return loader.TaskInput(name="video_audio", dataset=dataset, inputs=("video", "spectrogram"),
                           buckets=(loader.Bucket(video=(4, 32, 32), audio_seconds=0.5,
