@@ -1,6 +1,6 @@
 """IMP's claims at small scale: AGD vs mixed batches, MoE vs dense, several resolutions vs one.
 
-    .venv/bin/python benchmarks/train_ablation.py --data demo-output/data [--steps 600] [--seeds 0 1 2]
+    .venv/bin/python benchmarks/train_ablation.py --data demo-output/data [--steps 1000] [--seeds 0 1 2]
 
 Trains the demo config (train/configs/demo.py) in four variants, each with
 every seed, at equal steps, and evaluates each on the held-out splits:
@@ -55,7 +55,7 @@ def variant(config, name):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--data", required=True)
-  parser.add_argument("--steps", type=int, default=600)
+  parser.add_argument("--steps", type=int, default=1000)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--variants", nargs="+", default=["agd", "mixed", "mixed_equal_compute", "dense", "one_resolution"])
   args = parser.parse_args()
