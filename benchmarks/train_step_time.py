@@ -51,6 +51,8 @@ def main():
   parser.add_argument("--data", default=None)
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--workers", type=int, default=0)
+  parser.add_argument("--nice", type=int, default=None,
+                      help="the loader's nice increment (default: the config's, 10)")
   args = parser.parse_args()
   from absl import flags
   flags.FLAGS.mark_as_parsed()  # Grain's multiprocessing reads absl flags
@@ -63,8 +65,9 @@ def main():
   config = config_lib.load(f"{DEMO_CONFIG}:{data}")
   config = dataclasses.replace(
       config, steps=args.steps, checkpoint_every=10**9, eval_at_end=False, plots=False,
-      log_every=50, tasks=tuple(dataclasses.replace(t, num_workers=args.workers)
-                                for t in config.tasks))
+      log_every=50, tasks=tuple(dataclasses.replace(
+          t, num_workers=args.workers,
+          loader_nice=t.loader_nice if args.nice is None else args.nice) for t in config.tasks))
   quiet = lambda *_: None
 
   # The batches the loader run will read, step by step, read beforehand.

@@ -24,7 +24,7 @@ so a batch depends on nothing but its step: not on the worker count, not on
 what ran before. That makes the batches a Grain `MapDataset` over step
 indices, whose iterator state (the next step per worker) is exact resume for
 free, with prefetch in a thread (num_workers=0) or in worker processes
-(`mp_prefetch`).
+(`mp_prefetch`), both at a lower priority than the caller (`nice`).
 
 Evaluation (`train=False`) reads every example of the split once, in order,
 with deterministic preprocessing (centre crop, uniformly spaced clips) at the
@@ -41,7 +41,10 @@ import collections
 import dataclasses
 import functools
 import math
+import multiprocessing
+import os
 import sys
+import threading
 
 import grain
 import numpy as np
@@ -203,6 +206,7 @@ class _Plan:
   batch_sizes: tuple[int, ...]  # global, per bucket
   process_index: int
   process_count: int
+  nice: int = 0  # added to the nice value of the threads and processes that make batches
 
   # -- which bucket and which stream positions a step takes -----------------
 
@@ -274,6 +278,7 @@ class _Plan:
 
   def __call__(self, step: int) -> tuple[dict, list[str]]:
     """(arrays of step `step` for this process, failure reasons of its examples)."""
+    _lower_priority(self.nice)
     bucket_index = self.bucket_of(step)
     shapes = self.shapes(bucket_index)
     batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()}
@@ -332,12 +337,38 @@ class _Plan:
     return options[int(rng.integers(len(options)))] if augment is not None else options[0]
 
 
+_priority = threading.local()
+
+
+def _lower_priority(nice: int) -> None:
+  """Adds `nice` to the nice value of the calling thread, once per thread (Linux).
+
+  Batches are made in a prefetch thread or in worker processes beside the
+  training step. When both want the same cores (a CPU host, or a GPU host with
+  few cores), the kernel then gives the step's threads the cores first and
+  the batch maker the idle time between and inside steps, instead of an equal
+  share that slows every step. The main thread of the main process is never
+  changed: there the caller makes its own batches.
+  """
+  if not nice or getattr(_priority, "lowered", False) or not sys.platform.startswith("linux"):
+    return
+  _priority.lowered = True
+  if (threading.current_thread() is threading.main_thread()
+      and multiprocessing.parent_process() is None):
+    return
+  try:  # on Linux a thread id names just that thread
+    tid = threading.get_native_id()
+    os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+  except OSError:
+    pass  # not allowed here: batches are made at the same priority
+
+
 class Loader:
   """Batches of one task, from its prepared dataset. Iterate it; see the module docstring."""
 
   def __init__(self, task: TaskInput, *, patches: Patches = Patches(), process_index: int = 0,
                process_count: int = 1, num_workers: int = 0, prefetch: int = 2,
-               cache_dir: str | None = None):
+               cache_dir: str | None = None, nice: int = 10):
     self.task, self.patches = task, patches
     self.dataset = prepared.open_dataset(task.dataset, cache_dir=cache_dir)
     _check(task, self.dataset)
@@ -364,7 +395,8 @@ class Loader:
         task=task, shard_paths=tuple(self.dataset.shard_paths(task.split)),
         num_records=num_records, records=records, num_labels=len(self.dataset.labels),
         label_names=tuple(self.dataset.labels), tokenizer_path=self.dataset.tokenizer_path,
-        batch_sizes=tuple(sizes), process_index=process_index, process_count=process_count)
+        batch_sizes=tuple(sizes), process_index=process_index, process_count=process_count,
+        nice=nice)
 
   @property
   def batch_sizes(self) -> tuple[int, ...]:

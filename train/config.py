@@ -43,6 +43,7 @@ class Task:
   augment: Augment = Augment()  # training augmentation (random resized crop, flip, jitter)
   multi_label: bool = False
   num_workers: int = 0  # loader processes for this task
+  loader_nice: int = 10  # added to the nice value of its loader thread or processes (Linux)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -100,7 +100,8 @@ def open_loaders(config: TrainConfig, model_cfg, *, batch_multiple: int
       out[task.name] = loader_lib.Loader(
           task_input(task, config, i, train=True, batch_multiple=batch_multiple),
           patches=patches_of(model_cfg), process_index=jax.process_index(),
-          process_count=jax.process_count(), num_workers=task.num_workers)
+          process_count=jax.process_count(), num_workers=task.num_workers,
+          nice=task.loader_nice)
     except (loader_lib.LoaderError, ValueError) as e:
       raise ConfigError(str(e)) from e  # the loader's messages name the task
   return out

@@ -4,6 +4,8 @@ import collections
 import json
 import os
 import shutil
+import sys
+import threading
 
 import numpy as np
 import pytest
@@ -150,6 +152,35 @@ def test_evaluation_is_deterministic_covers_the_split_and_pads(data):
     assert not batches[-1]["video"][n % 4:].any()
   again = list(iter(loader.Loader(task, patches=PATCHES)))
   assert_batches_equal(batches, again)
+
+
+def thread_nice_values() -> list[int]:
+  """The nice value of each thread of this process (field 19 of /proc/self/task/TID/stat)."""
+  out = []
+  for tid in os.listdir("/proc/self/task"):
+    try:
+      stat = open(f"/proc/self/task/{tid}/stat").read()
+    except FileNotFoundError:  # the thread ended
+      continue
+    out.append(int(stat.rsplit(")", 1)[1].split()[16]))
+  return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+def test_batches_are_made_at_a_lower_priority_than_the_caller(data):
+  own = os.getpriority(os.PRIO_PROCESS, 0)
+  if own > 14:
+    pytest.skip("this process already runs at the lowest priorities")
+  before = thread_nice_values()
+  it = iter(loader.Loader(video_task(data), patches=PATCHES, nice=5))
+  next(it)
+  assert own + 5 not in before and own + 5 in thread_nice_values()  # the prefetch thread
+  assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # not the caller
+  it.close()
+  unchanged = iter(loader.Loader(video_task(data), patches=PATCHES, nice=0))
+  next(unchanged)
+  assert set(thread_nice_values()) <= set(before) | {own + 5}
+  unchanged.close()
 
 
 def test_audio_as_waveform_and_log_mel(data):
