@@ -228,7 +228,7 @@ def log_mel(wave: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
   padded[:len(wave)] = wave[:len(padded)]
   windows = np.lib.stride_tricks.sliding_window_view(padded, STFT_WINDOW)[::STFT_HOP][:frames]
   power = np.abs(np.fft.rfft(windows * np.hanning(STFT_WINDOW).astype(np.float32))) ** 2
-  mel = (_mel_filters(sample_rate) @ power.astype(np.float32).T).T
+  mel = (_mel_filters(sample_rate) @ power.T).T  # rfft of float32 is complex64: power is float32
   return np.log(mel + np.float32(1e-6))
 
 
