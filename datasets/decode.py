@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from impax.pipelines import example_proto
+from impax.datasets import records
 
 cv2.setNumThreads(1)  # parallelism comes from the loader's worker processes
 
@@ -51,7 +51,7 @@ class Augment:
 
 def parse(record: bytes) -> dict:
   try:
-    return example_proto.parse_example(record)
+    return records.parse_example(record)
   except Exception as e:  # protobuf's DecodeError and friends
     raise DecodeError(f"not a tf.train.Example: {e}") from e
 

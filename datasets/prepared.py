@@ -1,6 +1,6 @@
 """Opens a prepared dataset by its metadata.json and checks it before training.
 
-A prepared dataset is what `impax.pipelines.build` writes: ArrayRecord shards
+A prepared dataset is what `impax build` writes: ArrayRecord shards
 plus DIR/metadata.json listing every shard of every split. The loader calls
 
   dataset = prepared.open_dataset(path_or_uri)
@@ -14,10 +14,10 @@ first copied to a local cache directory.
 
 import dataclasses
 import hashlib
-import json
 import os
 
-from impax.pipelines import records
+from impax.datasets import metadata as metadata_lib
+from impax.datasets import records
 
 REMOTE_SCHEMES = ("gs://", "s3://")
 
@@ -29,42 +29,28 @@ class DatasetError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class PreparedDataset:
   root: str  # local directory holding metadata.json and the shards
-  metadata: dict
+  metadata: metadata_lib.Metadata
 
   @property
-  def labels(self) -> list[str]:
-    return list(self.metadata.get("labels", []))
+  def labels(self) -> tuple[str, ...]:
+    return self.metadata.labels
 
-  @property
-  def tasks(self) -> list[dict]:
-    return list(self.metadata.get("tasks", []))
-
-  def task(self, name: str) -> dict:
-    for task in self.tasks:
-      if task.get("name") == name:
-        return task
-    known = [t.get("name") for t in self.tasks]
-    raise DatasetError(f"{self.root}/metadata.json has no task {name!r}; it has {known}")
-
-  def split(self, name: str) -> dict:
-    splits = self.metadata.get("splits", {})
-    if name not in splits:
-      raise DatasetError(
-          f"{self.root}/metadata.json has no split {name!r}; it has {sorted(splits)}")
-    return splits[name]
+  def split(self, name: str) -> metadata_lib.Split:
+    if name not in self.metadata.splits:
+      raise DatasetError(f"{self.root}/metadata.json has no split {name!r}; it has "
+                         f"{sorted(self.metadata.splits)}")
+    return self.metadata.splits[name]
 
   def shard_paths(self, split: str) -> list[str]:
-    return [os.path.join(self.root, s["path"]) for s in self.split(split)["shards"]]
+    return [os.path.join(self.root, s.path) for s in self.split(split).shards]
 
   def num_records(self, split: str) -> int:
-    return sum(s["num_records"] for s in self.split(split)["shards"])
+    return sum(s.num_records for s in self.split(split).shards)
 
   @property
   def tokenizer_path(self) -> str | None:
-    tokenizer = self.metadata.get("tokenizer") or {}
-    if not tokenizer.get("path"):
-      return None
-    return os.path.join(self.root, tokenizer["path"])
+    tokenizer = self.metadata.tokenizer
+    return os.path.join(self.root, tokenizer.path) if tokenizer else None
 
 
 def stage(uri: str, cache_dir: str | None = None) -> str:
@@ -78,10 +64,10 @@ def stage(uri: str, cache_dir: str | None = None) -> str:
   os.makedirs(local, exist_ok=True)
   with FileSystems.open(uri.rstrip("/") + "/metadata.json") as f:
     metadata_bytes = f.read()
-  metadata = json.loads(metadata_bytes)
-  names = [s["path"] for split in metadata.get("splits", {}).values() for s in split["shards"]]
-  if (metadata.get("tokenizer") or {}).get("path"):
-    names.append(metadata["tokenizer"]["path"])
+  meta = metadata_lib.loads(metadata_bytes, where=f"{uri}/metadata.json")
+  names = [s.path for split in meta.splits.values() for s in split.shards]
+  if meta.tokenizer:
+    names.append(meta.tokenizer.path)
   for name in names:
     target = os.path.join(local, name)
     if os.path.exists(target):
@@ -104,29 +90,29 @@ def open_dataset(path: str, *, cache_dir: str | None = None, check_counts: bool 
   meta_path = os.path.join(path, "metadata.json")
   if not os.path.exists(meta_path):
     raise DatasetError(f"{meta_path} does not exist: is {path} a prepared dataset?")
-  with open(meta_path) as f:
-    metadata = json.load(f)
-  dataset = PreparedDataset(root=path, metadata=metadata)
+  with open(meta_path, "rb") as f:
+    meta = metadata_lib.loads(f.read(), where=meta_path)
+  dataset = PreparedDataset(root=path, metadata=meta)
   validate(dataset, check_counts=check_counts)
   return dataset
 
 
 def validate(dataset: PreparedDataset, *, check_counts: bool = True) -> None:
   meta_path = os.path.join(dataset.root, "metadata.json")
-  unknown = sorted(set(dataset.metadata.get("features", {})) - set(records.FEATURES))
+  unknown = sorted(set(dataset.metadata.features) - set(records.FEATURES))
   if unknown:
     raise DatasetError(f"{meta_path} declares unknown feature keys {unknown}; "
                        "this impax cannot decode them")
-  for split_name, split in dataset.metadata.get("splits", {}).items():
-    for shard in split["shards"]:
-      path = os.path.join(dataset.root, shard["path"])
+  for split_name, split in dataset.metadata.splits.items():
+    for shard in split.shards:
+      path = os.path.join(dataset.root, shard.path)
       if not os.path.exists(path):
         raise DatasetError(f"shard {path} of split {split_name!r} listed in {meta_path} is missing")
       if check_counts:
         found = count_records(path)
-        if found != shard["num_records"]:
+        if found != shard.num_records:
           raise DatasetError(f"shard {path} holds {found} records but {meta_path} says "
-                             f"{shard['num_records']}")
+                             f"{shard.num_records}")
 
 
 def count_records(path: str) -> int:

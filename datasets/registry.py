@@ -41,8 +41,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-MODALITIES = ("video", "audio", "image")
-
+from impax.datasets import modalities, specs
+from impax.datasets.metadata import Composition, TaskInfo
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
@@ -67,29 +67,6 @@ class BadEntry:
   stage: str = "manifest"  # where it failed: manifest, read, duplicate, ...
 
 
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """A training task a prepared dataset yields."""
-  name: str  # e.g. "video_text"
-  modalities: tuple[str, ...]  # e.g. ("video", "text")
-  objective: str  # "contrastive" | "classification"
-  prompt: str | None = None  # text for labels, e.g. "a video of {label}."
-  multi_label: bool = False
-
-
-@dataclasses.dataclass(frozen=True)
-class Composition:
-  """What a built split holds: example counts by modality and annotation."""
-  examples: int = 0
-  video: int = 0
-  video_with_audio: int = 0
-  audio: int = 0
-  image: int = 0
-  captions: int = 0
-  labels: int = 0
-  multi_label: int = 0
-
-
 # Label prompts, per modality; label names go through them into text when a
 # corpus has labels but no captions (IMP's zero-shot recipe).
 PROMPTS = {
@@ -99,23 +76,23 @@ PROMPTS = {
 }
 
 
-def default_tasks(c: Composition) -> list[Task]:
+def default_tasks(c: Composition) -> list[TaskInfo]:
   """The tasks a corpus yields, from what it holds (most corpora want these)."""
   tasks = []
   multi = c.multi_label > 0
-  for modality in MODALITIES:
+  for modality in modalities.MEDIA:
     if not getattr(c, modality):
       continue
     if c.labels:
-      tasks.append(Task(f"{modality}_classification", (modality,), "classification",
+      tasks.append(TaskInfo(f"{modality}_classification", (modality,), "classification",
                         multi_label=multi))
     if c.captions:
-      tasks.append(Task(f"{modality}_text", (modality, "text"), "contrastive"))
+      tasks.append(TaskInfo(f"{modality}_text", (modality, "text"), "contrastive"))
     elif c.labels:
-      tasks.append(Task(f"{modality}_text", (modality, "text"), "contrastive",
+      tasks.append(TaskInfo(f"{modality}_text", (modality, "text"), "contrastive",
                         prompt=PROMPTS[modality]))
   if c.video_with_audio:
-    tasks.append(Task("video_audio", ("video", "audio"), "contrastive"))
+    tasks.append(TaskInfo("video_audio", ("video", "audio"), "contrastive"))
   return tasks
 
 
@@ -200,7 +177,7 @@ class DatasetSpec:
   # Processing settings that differ from the pipeline's defaults for this
   # corpus, by BuildConfig field name, e.g. {"audio_track": "required"}.
   settings: Mapping[str, object] = dataclasses.field(default_factory=dict)
-  tasks: Callable[[Composition], list[Task]] = default_tasks
+  tasks: Callable[[Composition], list[TaskInfo]] = default_tasks
   prompts: Mapping[str, str] = dataclasses.field(default_factory=lambda: dict(PROMPTS))
   # The spec file's source text when it was loaded from a file, so that
   # remote workers can rebuild the spec without the launcher's disk.
@@ -245,7 +222,6 @@ def register(spec: DatasetSpec) -> DatasetSpec:
 
 
 def _load_builtins():
-  from impax.datasets import specs
   for module in pkgutil.iter_modules(specs.__path__):
     importlib.import_module(f"{specs.__name__}.{module.name}")
 

@@ -15,7 +15,7 @@ import json
 import os
 import posixpath
 
-from impax.datasets import registry
+from impax.datasets import modalities, registry
 
 _ANNOTATIONS = {"label": str, "labels": list, "caption": str, "captions": list}
 
@@ -44,7 +44,7 @@ def parse_line(manifest: str, number: int, raw: bytes) -> registry.Entry | regis
     return bad(f"line {number} is not valid JSON: {e.msg} at column {e.colno}")
   if not isinstance(obj, dict):
     return bad(f"line {number} is a JSON {type(obj).__name__}, expected an object")
-  for key in ("id", *registry.MODALITIES):
+  for key in ("id", *modalities.MEDIA):
     if isinstance(obj.get(key), str) and not _is_unicode(obj[key]):
       return bad(f"line {number}: '{key}' is not valid Unicode (a lone surrogate escape?)")
   id_ = obj.get("id")
@@ -53,7 +53,7 @@ def parse_line(manifest: str, number: int, raw: bytes) -> registry.Entry | regis
   id_ = "" if id_ is None else str(id_)
 
   media = {}
-  for key in registry.MODALITIES:
+  for key in modalities.MEDIA:
     if key in obj:
       value = obj[key]
       if not isinstance(value, str) or not value:
@@ -61,7 +61,7 @@ def parse_line(manifest: str, number: int, raw: bytes) -> registry.Entry | regis
       media[key] = resolve_media(manifest, value)
   if not media:
     return bad(f"line {number} has no media key: add one of "
-               f"{', '.join(registry.MODALITIES)}", id_)
+               f"{', '.join(modalities.MEDIA)}", id_)
 
   for key, type_ in _ANNOTATIONS.items():
     if key in obj and not isinstance(obj[key], type_):
@@ -81,7 +81,7 @@ def parse_line(manifest: str, number: int, raw: bytes) -> registry.Entry | regis
     return bad(f"line {number}: 'end' ({end}) must be after 'start' ({start})", id_)
 
   if not id_:
-    id_ = obj[next(k for k in registry.MODALITIES if k in obj)]
+    id_ = obj[next(k for k in modalities.MEDIA if k in obj)]
     if start is not None or end is not None:
       id_ += f"@{start or 0:g}-{'' if end is None else f'{end:g}'}"
   return registry.Entry(

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from impax.datasets import demo, prepared
+from impax import demo
+from impax.datasets import prepared
 from impax.pipelines import build
 
 
@@ -15,10 +16,10 @@ def built(tmp_path_factory):
   root = tmp_path_factory.mktemp("prepared")
   manifests = demo.generate(str(root / "raw"), videos=6, images=4, audio=4, seconds=1.0, seed=1)
   out = root / "videos"
-  plan, facts = build.prepare("jsonl", manifests["videos-train"], str(out), "train",
-                              ({"video_short_side": 32, "image_short_side": 32,
-                                "video_fps": 5.0, "num_shards": 2},))
-  build.run(plan, facts, workers=2)
+  plan = build.prepare("jsonl", manifests["videos-train"], str(out), "train",
+                       ({"video_short_side": 32, "image_short_side": 32,
+                         "video_fps": 5.0, "num_shards": 2},))
+  build.run(plan, workers=2)
   return out
 
 

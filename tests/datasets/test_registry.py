@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from impax.datasets import registry
+from impax.datasets import metadata, registry
 from impax.datasets.specs import jsonl
 from impax.pipelines import build
 
@@ -42,11 +42,11 @@ def test_jsonl_lines():
 
 
 def test_default_tasks_follow_what_the_corpus_holds():
-  names = lambda **c: [t.name for t in registry.default_tasks(registry.Composition(**c))]
+  names = lambda **c: [t.name for t in registry.default_tasks(metadata.Composition(**c))]
   assert names(video=5, video_with_audio=3, labels=5) == [
       "video_classification", "video_text", "video_audio"]
   assert names(image=4, captions=4) == ["image_text"]
-  tasks = registry.default_tasks(registry.Composition(audio=4, labels=4, multi_label=2))
+  tasks = registry.default_tasks(metadata.Composition(audio=4, labels=4, multi_label=2))
   assert tasks[0].multi_label and tasks[1].prompt == "the sound of {label}."
 
 
@@ -78,8 +78,8 @@ def test_a_spec_file_builds_on_multiprocess_workers(tmp_path):
     rows.append(f"k{i},{tmp_path / colour}.png,{colour}")
   rows.append("k3,,none")
   (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
-  plan, facts = build.prepare(str(spec), str(tmp_path / "index.csv"), str(tmp_path / "out"))
-  summary = build.run(plan, facts, workers=2)
+  plan = build.prepare(str(spec), str(tmp_path / "index.csv"), str(tmp_path / "out"))
+  summary = build.run(plan, workers=2)
   assert (summary["num_examples"], summary["num_failed"]) == (3, 1)
   with open(tmp_path / "out" / "metadata.json") as f:
     meta = json.load(f)
