@@ -69,10 +69,10 @@ def measure(manifest_line: dict, workdir: str, name: str, settings: dict) -> dic
     f.write(json.dumps(manifest_line) + "\n")
   sampler = Sampler()
   sampler.start()
-  plan, facts = build.prepare("jsonl", manifest, os.path.join(workdir, "out", name), "train",
-                              (settings,), overwrite=True)
+  plan = build.prepare("jsonl", manifest, os.path.join(workdir, "out", name), "train",
+                       (settings,), overwrite=True)
   start = time.perf_counter()
-  summary = build.run(plan, facts, workers=1)
+  summary = build.run(plan, workers=1)
   sampler.stop.set()
   sampler.join()
   assert summary["num_examples"] == 1, summary

@@ -55,8 +55,8 @@ def manifest(folder: str, sources: list[str], count: int) -> str:
 def timed_build(manifest_path: str, output: str, workers: int) -> float:
   shutil.rmtree(output, ignore_errors=True)
   start = time.monotonic()
-  plan, facts = build.prepare("jsonl", manifest_path, output, "train", (SETTINGS,))
-  summary = build.run(plan, facts, workers=workers)
+  plan = build.prepare("jsonl", manifest_path, output, "train", (SETTINGS,))
+  summary = build.run(plan, workers=workers)
   seconds = time.monotonic() - start
   assert summary["num_failed"] == 0, summary["failures_by_stage"]
   return seconds

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 
-from impax.pipelines import build
+from impax.pipelines import build, publish
 from impax.pipelines.tools import ffmpeg_binary
 
 SETTINGS = {"video_fps": 8.0, "video_short_side": 256, "video_max_frames": 128, "num_shards": 4}
@@ -91,8 +91,8 @@ def first_video(manifest: str, folder: str) -> str:
 
 def pipeline(manifest: str, out: str, workers: int) -> float:
   start = time.perf_counter()
-  plan, facts = build.prepare("jsonl", manifest, out, "train", (SETTINGS,))
-  summary = build.run(plan, facts, workers=workers)
+  plan = build.prepare("jsonl", manifest, out, "train", (SETTINGS,))
+  summary = build.run(plan, workers=workers)
   elapsed = time.perf_counter() - start
   assert summary["num_failed"] == 0, summary
   return elapsed
@@ -106,7 +106,7 @@ def main():
   args = parser.parse_args()
   manifest = make_videos(os.path.join(args.workdir, "videos"), args.videos, args.seconds)
   results = {"videos": args.videos, "seconds_per_video": args.seconds, "cpus": os.cpu_count(),
-             "settings": SETTINGS, "ffmpeg": build._ffmpeg_version()}
+             "settings": SETTINGS, "ffmpeg": publish.ffmpeg_version()}
   for n in (1, 2):
     out = os.path.join(args.workdir, f"out{n}")
     shutil.rmtree(out, ignore_errors=True)

@@ -26,7 +26,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from impax.datasets import metadata
 from impax.flows import artifact_key
+from impax.pipelines import build, storage
 from impax.pipelines import config as config_lib
 
 SPLIT_NAME = r"^[A-Za-z0-9_.-]+$"
@@ -69,19 +71,18 @@ def check(spec: str, output: str, splits: list[Split], settings: tuple[dict, ...
   With overwrite, whatever the build would replace is removed here, as `impax build
   --overwrite` does.
   """
-  from impax.pipelines import build
   names = [s.name for s in splits]
   if len(set(names)) != len(names):
     raise build.BuildError(f"splits: each split name once, got {names}")
   checked = []
   for split in splits:
-    plan, facts = build.prepare(spec, split.input, output, split.name, settings,
-                                overwrite=overwrite)
+    plan = build.prepare(spec, split.input, output, split.name, settings,
+                         overwrite=overwrite)
     # What the built split depends on, as the build itself decides "already built".
     key = {"output": _absolute(output), "split": split.name, "config_hash": plan.config_hash,
-           "input_sha256": facts["input_sha256"],
+           "input_sha256": plan.input_sha256,
            "sharding": {k: getattr(plan.config, k) for k in config_lib.SPLIT_FIELDS}}
-    checked.append({"split": split.name, "up_to_date": facts["up_to_date"],
+    checked.append({"split": split.name, "up_to_date": plan.up_to_date,
                     "cache_key": "impax-build-" + hashlib.sha256(
                         json.dumps(key, sort_keys=True).encode()).hexdigest()})
   return checked
@@ -99,12 +100,11 @@ def _absolute(path: str) -> str:
 def build_split(spec: str, input: str, output: str, split: str, settings: tuple[dict, ...],
                 workers: int | None, cache_key: str) -> dict:
   """Builds (or resumes) one split; returns the build's summary (see pipelines/build.py)."""
-  from impax.pipelines import build
   logger = get_run_logger()
-  plan, facts = build.prepare(spec, input, output, split, settings)
-  if facts["resumed_shards"]:
-    logger.info("resuming: %d shard(s) already finished", facts["resumed_shards"])
-  summary = build.run(plan, facts, workers=workers)
+  plan = build.prepare(spec, input, output, split, settings)
+  if plan.resumed_shards:
+    logger.info("resuming: %d shard(s) already finished", plan.resumed_shards)
+  summary = build.run(plan, workers=workers)
   logger.info("%s [%s]: %d examples, %d failed, %d shard(s)%s", output, split,
               summary["num_examples"], summary["num_failed"], len(summary["shards"]),
               f" ({summary['skipped']})" if "skipped" in summary else
@@ -118,41 +118,39 @@ def build_split(spec: str, input: str, output: str, split: str, settings: tuple[
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(output: str, results: dict[str, tuple[dict, bool]]) -> str:
   """Artifacts from metadata.json and the failures files; returns metadata.json's path."""
-  from impax.pipelines import storage
   meta_path = storage.join(output, "metadata.json")
-  meta = json.loads(storage.read(meta_path))
+  meta = metadata.loads(storage.read(meta_path), where=meta_path)
   rows = []
   for split, (summary, cached) in results.items():
-    built = meta["splits"][split]
+    built = meta.split(split)
     rows.append({
-        "split": split, "examples": built["num_examples"], "failed": built["num_failed"],
-        "shards": len(built["shards"]),
-        "MB": round(sum(s["num_bytes"] for s in built["shards"]) / 1e6, 2),
-        "build seconds": built["build_seconds"],
+        "split": split, "examples": built.num_examples, "failed": built.num_failed,
+        "shards": len(built.shards), "MB": round(built.num_bytes / 1e6, 2),
+        "build seconds": built.build_seconds,
         "this run": "from cache" if cached else summary.get("skipped", "built")})
   create_table_artifact(
-      rows, key=artifact_key("build", meta["name"]),
-      description=f"Dataset {meta['name']!r} in {output} (config {meta['config_hash'][:12]}): "
+      rows, key=artifact_key("build", meta.name),
+      description=f"Dataset {meta.name!r} in {output} (config {meta.config_hash[:12]}): "
                   "examples, failures and shards per split.")
   create_markdown_artifact(failure_report(output, meta, list(results)),
-                           key=artifact_key("build", meta["name"], "failures"),
-                           description=f"Why inputs of {meta['name']!r} failed, per split.")
+                           key=artifact_key("build", meta.name, "failures"),
+                           description=f"Why inputs of {meta.name!r} failed, per split.")
   return meta_path
 
 
-def failure_report(output: str, meta: dict, splits: list[str], examples: int = 20) -> str:
+def failure_report(output: str, meta: metadata.Metadata, splits: list[str],
+                   examples: int = 20) -> str:
   """Markdown: per split, failures by stage and by reason, and the first few failed inputs."""
-  from impax.pipelines import storage
-  lines = [f"# Failures of {meta['name']} ({output})", ""]
+  lines = [f"# Failures of {meta.name} ({output})", ""]
   for split in splits:
-    built = meta["splits"][split]
-    lines.append(f"## {split}: {built['num_failed']} of "
-                 f"{built['num_examples'] + built['num_failed']} inputs failed")
-    if not built["num_failed"]:
+    built = meta.split(split)
+    lines.append(f"## {split}: {built.num_failed} of "
+                 f"{built.num_examples + built.num_failed} inputs failed")
+    if not built.num_failed:
       lines.append("")
       continue
     failures = [json.loads(line) for line in
-                storage.read(storage.join(output, built["failures"])).decode().splitlines()]
+                storage.read(storage.join(output, built.failures)).decode().splitlines()]
     reasons = {}
     for f in failures:
       reasons.setdefault((f["stage"], _reason(f)), []).append(f)
@@ -165,7 +163,7 @@ def failure_report(output: str, meta: dict, splits: list[str], examples: int = 2
                    f"{_cell(f['error'])} |")
     if len(failures) > examples:
       lines.append(f"\n{len(failures) - examples} more in "
-                   f"{storage.join(output, built['failures'])}")
+                   f"{storage.join(output, built.failures)}")
     lines.append("")
   return "\n".join(lines)
 

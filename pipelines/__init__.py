@@ -1,1 +1,8 @@
-"""Apache Beam pipelines that turn raw corpora into ArrayRecord shards with metadata."""
+"""impax.pipelines: Apache Beam pipelines that write prepared datasets.
+
+A raw corpus (read by a spec of impax.datasets) becomes ArrayRecord shards of
+the record contract (impax.datasets.records) and a metadata.json
+(impax.datasets.metadata): build.py launches it on any Beam runner.
+
+May import: impax.datasets.
+"""

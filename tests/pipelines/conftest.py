@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from impax.datasets import demo
+from impax import demo
 from impax.pipelines import build
 
 SMALL = {"video_short_side": 32, "image_short_side": 32, "video_fps": 5.0}
@@ -20,9 +20,9 @@ def corpus(tmp_path_factory):
 
 
 def run_build(manifest, output, split="train", workers=2, overwrite=False, spec="jsonl", **settings):
-  plan, facts = build.prepare(spec, str(manifest), str(output), split, ({**SMALL, **settings},),
-                              overwrite=overwrite)
-  return build.run(plan, facts, workers=workers)
+  plan = build.prepare(spec, str(manifest), str(output), split, ({**SMALL, **settings},),
+                       overwrite=overwrite)
+  return build.run(plan, workers=workers)
 
 
 def shard_hashes(output) -> dict[str, str]:

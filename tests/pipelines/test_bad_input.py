@@ -12,7 +12,7 @@ from PIL import Image
 
 from impax.cli import main as cli
 from impax.datasets import registry
-from impax.pipelines import build, config as config_lib, media
+from impax.pipelines import config as config_lib, example, media
 from impax.pipelines.tools import ffmpeg_binary
 
 
@@ -150,11 +150,11 @@ def _entry(media_dir, **kw):
 
 def test_required_audio_track_and_timeouts(media_dir):
   cfg = config_lib.resolve({"audio_track": "required"})
-  result, record = build.process_entry(_entry(media_dir, media={"video": "silent.mp4"}), cfg, b"", {})
-  assert record is None and result["stage"] == "video"
-  assert "no audio stream" in result["error"] and "silent.mp4" in result["error"]
-  result, record = build.process_entry(_entry(media_dir, media={"video": "clip.mp4"}), cfg, b"", {})
-  assert record is not None and result["composition"]["video_with_audio"] == 1
+  result, record = example.process_entry(_entry(media_dir, media={"video": "silent.mp4"}), cfg, b"", {})
+  assert record is None and result.stage == "video"
+  assert "no audio stream" in result.error and "silent.mp4" in result.error
+  result, record = example.process_entry(_entry(media_dir, media={"video": "clip.mp4"}), cfg, b"", {})
+  assert record is not None and result.composition.video_with_audio == 1
   with pytest.raises(media.MediaError, match="timed out"):
     media.decode_video(str(media_dir / "clip.mp4"), start=None, end=None, fps=10, max_frames=20,
                        short_side=64, jpeg_quality=90, audio_track="optional", sample_rate=16000,

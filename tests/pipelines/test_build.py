@@ -9,7 +9,7 @@ import pytest
 import sentencepiece as spm
 from PIL import Image
 
-from impax.datasets import demo
+from impax import demo
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,8 @@
 
 import pytest
 
-from impax.pipelines import config as config_lib, example_proto, records
+from impax.datasets import records
+from impax.pipelines import config as config_lib
 
 
 def test_settings_layers_and_hash(tmp_path):
@@ -38,5 +39,5 @@ def test_records_parse_as_tf_train_example():
   assert f["label/name"].bytes_list.value == [b"dog", b"ant"]
   # Deterministic bytes: TensorFlow's own deterministic serialization agrees.
   assert example.SerializeToString(deterministic=True) == data
-  assert example_proto.parse_example(data)["id"] == [b"x"]
-  assert set(example_proto.parse_example(data)) <= set(records.FEATURES)
+  assert records.parse_example(data)["id"] == [b"x"]
+  assert set(records.parse_example(data)) <= set(records.FEATURES)

@@ -29,9 +29,9 @@ def test_worker_count_and_runner_mode_do_not_change_bytes(corpus, reference, tmp
   one, mem = tmp_path / "one" / "videos", tmp_path / "mem" / "videos"
   helpers.build(corpus["videos-train"], one, workers=1, num_shards=3)
   assert helpers.hashes(one) == expected
-  plan, facts = build.prepare("jsonl", corpus["videos-train"], str(mem), "train",
-                              ({**SMALL, "num_shards": 3},))
-  build.run(plan, facts, beam_args=["--direct_running_mode=in_memory"])
+  plan = build.prepare("jsonl", corpus["videos-train"], str(mem), "train",
+                       ({**SMALL, "num_shards": 3},))
+  build.run(plan, beam_args=["--direct_running_mode=in_memory"])
   assert helpers.hashes(mem) == expected
   for other in (one, mem):
     with open(other / "tokenizer.model", "rb") as a, open(reference / "tokenizer.model", "rb") as b:
@@ -105,13 +105,13 @@ def test_killed_after_a_shard_finishes_only_the_missing_shards(corpus, reference
   _kill_when(proc, lambda: _published(out))
   _check_nothing_half_written(out)
   done = {p: os.stat(p) for p in _published(out)}
-  plan, facts = build.prepare("jsonl", corpus["videos-train"], str(out), "train",
-                              ({**SMALL, "num_shards": 3},))
-  assert facts["resumed_shards"] == len(done) >= 1
+  plan = build.prepare("jsonl", corpus["videos-train"], str(out), "train",
+                       ({**SMALL, "num_shards": 3},))
+  assert plan.resumed_shards == len(done) >= 1
   # A kill while a shard was being written leaves its temporary file; make sure
   # there is one, whenever the kill came: the finished build removes it.
   (out / ".videos-train.array_record-00002-of-00003.k1ll3d.partial").write_bytes(b"half")
-  build.run(plan, facts, workers=2)
+  build.run(plan, workers=2)
   for path, before in done.items():  # not rewritten
     after = os.stat(path)
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)

@@ -103,9 +103,9 @@ def test_build_from_and_to_s3_gives_the_local_bytes(s3, mixed_corpus, local_buil
   upload(client, mixed_corpus, "corpus", "demo")
   client.create_bucket(Bucket="data")
   monkeypatch.setattr(read, "RANGE_BYTES", 300)  # the manifest is read in several ranges
-  plan, facts = build.prepare("jsonl", "s3://corpus/demo/mixed.jsonl", "s3://data/sets/mixed",
-                              "train", ({**SMALL, "num_shards": 2},), beam_args=args)
-  summary = build.run(plan, facts, workers=2, beam_args=args)
+  plan = build.prepare("jsonl", "s3://corpus/demo/mixed.jsonl", "s3://data/sets/mixed",
+                       "train", ({**SMALL, "num_shards": 2},), beam_args=args)
+  summary = build.run(plan, workers=2, beam_args=args)
   assert (summary["num_examples"], summary["num_failed"]) == (6, 1)
 
   expected = helpers.hashes(local)
@@ -124,9 +124,9 @@ def test_build_from_and_to_s3_gives_the_local_bytes(s3, mixed_corpus, local_buil
   assert "s3://corpus/demo/videos/gone.mp4" in failure["error"] and "Not found" in failure["error"]
 
   # Built again: already up to date, read from the object store's metadata.
-  plan, facts = build.prepare("jsonl", "s3://corpus/demo/mixed.jsonl", "s3://data/sets/mixed",
-                              "train", ({**SMALL, "num_shards": 2},), beam_args=args)
-  assert facts["up_to_date"]
+  plan = build.prepare("jsonl", "s3://corpus/demo/mixed.jsonl", "s3://data/sets/mixed",
+                       "train", ({**SMALL, "num_shards": 2},), beam_args=args)
+  assert plan.up_to_date
 
 
 def test_a_spec_reads_its_annotations_and_media_from_s3(s3, tmp_path, helpers):
@@ -165,9 +165,9 @@ def test_build_from_and_to_gs_gives_the_local_bytes(mixed_corpus, local_build, t
         path = os.path.join(dirpath, name)
         bucket.blob(f"demo/{os.path.relpath(path, mixed_corpus)}").upload_from_filename(path)
     monkeypatch.setattr(read, "RANGE_BYTES", 300)
-    plan, facts = build.prepare("jsonl", "gs://corpus/demo/mixed.jsonl", "gs://data/sets/mixed",
-                                "train", ({**SMALL, "num_shards": 2},))
-    summary = build.run(plan, facts, workers=2)
+    plan = build.prepare("jsonl", "gs://corpus/demo/mixed.jsonl", "gs://data/sets/mixed",
+                         "train", ({**SMALL, "num_shards": 2},))
+    summary = build.run(plan, workers=2)
     assert (summary["num_examples"], summary["num_failed"]) == (6, 1)
     remote = tmp_path / "remote"
     remote.mkdir()

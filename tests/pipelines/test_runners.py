@@ -14,7 +14,7 @@ from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOp
                                                   StandardOptions, WorkerOptions)
 
 from impax.cli import main as cli
-from impax.pipelines import build
+from impax.pipelines import build, graph
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = "europe-west4-docker.pkg.dev/my-project/impax/worker:0.1.0"
@@ -103,15 +103,15 @@ def test_the_pipeline_unpickles_in_a_fresh_interpreter(tmp_path):
   """What a remote worker does with the launcher's pickles; the test module is not importable
   there, so nothing may refer to it."""
   (tmp_path / "m.jsonl").write_text('{"image": "a.png", "caption": "a"}\n')
-  plan, _ = build.prepare("jsonl", str(tmp_path / "m.jsonl"), str(tmp_path / "out"))
+  plan = build.prepare("jsonl", str(tmp_path / "m.jsonl"), str(tmp_path / "out"))
   p = beam.Pipeline(options=PipelineOptions(["--runner=DirectRunner"]))
-  build.build_pipeline(p, plan)
+  graph.build_pipeline(p, plan)
   (tmp_path / "pipeline.pb").write_bytes(p.to_runner_api().SerializeToString())
   result = subprocess.run([sys.executable, "-c", UNPICKLE, str(tmp_path / "pipeline.pb")],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": ""})
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "impax.pipelines.build" in result.stdout and "impax.pipelines.read" in result.stdout
+  assert "impax.pipelines.graph" in result.stdout and "impax.pipelines.read" in result.stdout
 
 
 def test_the_worker_image_has_the_pinned_beam_ffmpeg_and_the_boot_entrypoint():

@@ -40,8 +40,8 @@ def place(src, *dest):
 
 
 def run_build(spec, input_path, output, split="train", **settings):
-  plan, facts = build.prepare(spec, str(input_path), str(output), split, ({**SMALL, **settings},))
-  summary = build.run(plan, facts, workers=2)
+  plan = build.prepare(spec, str(input_path), str(output), split, ({**SMALL, **settings},))
+  summary = build.run(plan, workers=2)
   with open(os.path.join(output, "metadata.json")) as f:
     meta = json.load(f)
   with open(os.path.join(output, f"failures-{split}.jsonl")) as f:
@@ -55,12 +55,12 @@ def task_names(meta):
 
 def read_ids(output, meta, split="train"):
   from array_record.python.array_record_module import ArrayRecordReader
-  from impax.pipelines import example_proto
+  from impax.datasets import records
   ids = []
   for shard in meta["splits"][split]["shards"]:
     reader = ArrayRecordReader(os.path.join(output, shard["path"]))
     for record in reader.read_all():
-      ids.append(example_proto.Example.FromString(record).features.feature["id"].bytes_list.value[0].decode())
+      ids.append(records.Example.FromString(record).features.feature["id"].bytes_list.value[0].decode())
     reader.close()
   return ids
 

@@ -1,0 +1,282 @@
+"""The Beam graph of a build, steps 1 to 6 (pipelines/build.py tells the whole story).
+
+Every transform gets the Plan (pipelines/plan.py); what an example becomes is
+pipelines/example.py's job. The graph only moves entries and results around:
+which record lands in which shard depends on the input alone, never on the
+runner or the number of workers.
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import Any
+
+import apache_beam as beam
+from array_record.python.array_record_module import ArrayRecordWriter
+
+from impax.datasets import metadata, modalities, registry
+from impax.pipelines import config as config_lib
+from impax.pipelines import example, read, stats, storage, text
+from impax.pipelines.plan import Plan
+
+# -- 2: dedupe ----------------------------------------------------------------
+
+
+def _id_key(entry) -> str:
+  return entry.id if isinstance(entry, registry.Entry) else f"\x00{entry.index}"
+
+
+def _dedupe(keyed):
+  _, entries = keyed
+  good = sorted((e for e in entries if isinstance(e, registry.Entry)), key=lambda e: e.index)
+  yield from (e for e in entries if isinstance(e, registry.BadEntry))
+  if good:
+    yield good[0]
+  for e in good[1:]:
+    yield registry.BadEntry(e.index, e.source, f"duplicate id {e.id!r}: first used at "
+                            f"{good[0].source}", e.id, stage="duplicate")
+
+
+# -- 3: vocabularies ----------------------------------------------------------
+
+
+def _label_names(entry):
+  if isinstance(entry, registry.Entry):
+    for label in entry.labels:
+      with contextlib.suppress(text.TextError):
+        yield text.normalize(label)
+
+
+def _captions(entry):
+  if isinstance(entry, registry.Entry):
+    for caption in entry.captions:
+      with contextlib.suppress(text.TextError):  # reported when its example is processed
+        yield text.normalize(caption)
+
+
+def _save_labels(labels: list[str], plan: Plan) -> list[str]:
+  storage.patch_beam()  # a Map step: no DoFn.setup runs before it on a worker
+  storage.write_atomic(storage.join(plan.tmp, "labels.json"), json.dumps(labels).encode())
+  return labels
+
+
+def _train_tokenizer(captions: list[tuple[str, int]], labels: list[str], plan: Plan) -> bytes:
+  storage.patch_beam()  # a Map step, as _save_labels
+  spec = registry.resolve(plan.spec_name, plan.spec_source)
+  texts = text.corpus_texts(captions, labels, sorted(spec.prompts.values()))
+  model = text.train_tokenizer(texts, plan.config.vocab_size, plan.config.tokenizer_type) if texts else b""
+  storage.write_atomic(storage.join(plan.tmp, "tokenizer.model"), model)
+  return model
+
+
+# -- 4: layout ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  num_shards: int
+  max_index: int
+  min_index: int = 0  # a spec that selects rows (one fold of a CSV) starts past 0
+
+  def shard_of(self, index: int) -> int:
+    return (index - self.min_index) * self.num_shards // (self.max_index - self.min_index + 1)
+
+
+class _LayoutFn(beam.CombineFn):
+  """Counts the entries and finds the largest index, then sizes the shards."""
+
+  def __init__(self, config: config_lib.BuildConfig):
+    self.config = config
+
+  def create_accumulator(self):
+    return 0, -1, None
+
+  def add_input(self, acc, entry):
+    low = entry.index if acc[2] is None else min(acc[2], entry.index)
+    return acc[0] + 1, max(acc[1], entry.index), low
+
+  def merge_accumulators(self, accs):
+    accs = list(accs)
+    lows = [a[2] for a in accs if a[2] is not None]
+    return sum(a[0] for a in accs), max(a[1] for a in accs), min(lows) if lows else None
+
+  def extract_output(self, acc):
+    count, max_index, min_index = acc
+    num_shards = self.config.num_shards or max(1, -(-count // self.config.shard_size))
+    return Layout(num_shards=num_shards, max_index=max_index, min_index=min_index or 0)
+
+
+def _assign(entry, layout: Layout, plan: Plan):
+  shard = layout.shard_of(entry.index)
+  if plan.shard_name(shard, layout.num_shards) not in plan.finished:
+    yield shard, entry
+
+
+# -- 5: process ---------------------------------------------------------------
+
+
+class Process(beam.DoFn):
+  """Step 5: one example in, its result out; the record goes to a blob file."""
+
+  def __init__(self, plan: Plan):
+    self.plan = plan
+    self._labels = (None, {})
+
+  def setup(self):
+    storage.patch_beam()
+
+  def process(self, item, tokenizer_model: bytes, labels: list[str]):
+    shard, entry = item
+    if isinstance(entry, registry.BadEntry):
+      yield shard, example.Failure.of(entry, entry.stage, entry.error)
+      return
+    result_path = self.plan.result_blob(entry.index)
+    if storage.exists(result_path):  # processed by a build that was killed
+      yield shard, example.result_from_json(json.loads(storage.read(result_path)))
+      return
+    if self._labels[0] is not labels:
+      self._labels = (labels, {name: i for i, name in enumerate(labels)})
+    result, record = example.process_entry(entry, self.plan.config, tokenizer_model,
+                                           self._labels[1], self.plan.media_base)
+    if record is not None:
+      storage.write_atomic(self.plan.record_blob(entry.index), record)
+    storage.write_atomic(result_path, json.dumps(result.to_json(), sort_keys=True).encode())
+    yield shard, result
+
+
+# -- 6: shards ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+  """A written shard's sidecar: what step 7 merges into metadata.json."""
+  shard: int
+  path: str  # the shard's file name
+  num_records: int
+  num_bytes: int
+  failures: tuple[example.Failure, ...]
+  stats: Mapping[str, Any]  # in stats.py's mergeable form
+  composition: metadata.Composition
+  media_sha256: tuple[tuple[int, Mapping[str, str]], ...]  # (index, {medium: sha256}) per record
+  # {part: positions in the shard of the records without it}, for every part a
+  # record can lack (modalities.PARTS); None in a sidecar that predates the field.
+  lacking: Mapping[str, tuple[int, ...]] | None
+
+  def to_json(self) -> dict:
+    return {"shard": self.shard, "path": self.path, "num_records": self.num_records,
+            "num_bytes": self.num_bytes, "failures": [f.to_json() for f in self.failures],
+            "stats": self.stats, "composition": dataclasses.asdict(self.composition),
+            "media_sha256": [[i, dict(m)] for i, m in self.media_sha256],
+            **({"lacking": {k: list(v) for k, v in self.lacking.items()}}
+               if self.lacking is not None else {})}
+
+  @classmethod
+  def from_json(cls, obj: Mapping) -> "ShardInfo":
+    lacking = obj.get("lacking")
+    return cls(obj["shard"], obj["path"], obj["num_records"], obj["num_bytes"],
+               tuple(example.Failure.from_json(f) for f in obj["failures"]), obj["stats"],
+               metadata.Composition(**obj["composition"]),
+               tuple((i, m) for i, m in obj["media_sha256"]),
+               None if lacking is None else {k: tuple(v) for k, v in lacking.items()})
+
+
+class WriteShard(beam.DoFn):
+  """Step 6: a shard's records in index order into one ArrayRecord file, then published."""
+
+  def __init__(self, plan: Plan):
+    self.plan = plan
+
+  def setup(self):
+    storage.patch_beam()
+
+  def process(self, item, layout: Layout):
+    shard, results = item
+    plan = self.plan
+    name = plan.shard_name(shard, layout.num_shards)
+    final = storage.join(plan.output, name)
+    if name in plan.finished and storage.exists(plan.sidecar(shard)):
+      yield ShardInfo.from_json(json.loads(storage.read(plan.sidecar(shard))))
+      return
+    results = sorted((r for r in results if r is not None), key=lambda r: r.index)
+    written = [r for r in results if isinstance(r, example.Processed)]
+    shard_stats, composition = {}, metadata.Composition()
+    lacking = {part: [] for part in modalities.PARTS}
+    fd, local = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial",
+                                 dir=storage.local_dir_for(final))
+    os.close(fd)
+    try:
+      writer = ArrayRecordWriter(local, plan.config.array_record_options())
+      for position, r in enumerate(written):
+        writer.write(storage.read(plan.record_blob(r.index)))
+        for part in modalities.PARTS:
+          if not r.composition.has(part):
+            lacking[part].append(position)
+        stats.merge(shard_stats, r.stats)
+        composition += r.composition
+      writer.close()
+      os.chmod(local, 0o644)  # mkstemp makes it private; shards are for every reader
+      info = ShardInfo(
+          shard, name, len(written), os.path.getsize(local),
+          tuple(r for r in results if isinstance(r, example.Failure)), shard_stats, composition,
+          tuple((r.index, r.media_sha256) for r in written),
+          {part: tuple(positions) for part, positions in lacking.items()})
+      # The sidecar lands before the shard: a published shard always has one.
+      storage.write_atomic(plan.sidecar(shard), json.dumps(info.to_json(), sort_keys=True).encode())
+      storage.publish(local, final)
+    finally:
+      if os.path.exists(local):
+        os.remove(local)
+    storage.delete([plan.record_blob(r.index) for r in written])
+    yield info
+
+
+# -- the pipeline -------------------------------------------------------------
+
+
+def build_pipeline(p: beam.Pipeline, plan: Plan):
+  entries = (
+      p
+      | "Read" >> read.ReadEntries(plan.input, plan.spec_name, plan.spec_source, plan.split)
+      | "KeyById" >> beam.Map(lambda e: (_id_key(e), e))
+      | "GroupById" >> beam.GroupByKey()
+      | "Dedupe" >> beam.FlatMap(_dedupe))
+
+  if plan.labels is None:
+    labels = (entries
+              | "LabelNames" >> beam.FlatMap(_label_names)
+              | "DistinctLabels" >> beam.Distinct()
+              | "LabelList" >> beam.combiners.ToList()
+              | "SortLabels" >> beam.Map(sorted)
+              | "SaveLabels" >> beam.Map(_save_labels, plan))
+  else:
+    labels = p | "FixedLabels" >> beam.Create([list(plan.labels)])
+
+  if plan.tokenizer is None:
+    tokenizer = (entries
+                 | "Captions" >> beam.FlatMap(_captions)
+                 | "CountCaptions" >> beam.combiners.Count.PerElement()
+                 | "CaptionList" >> beam.combiners.ToList()
+                 | "TrainTokenizer" >> beam.Map(
+                     _train_tokenizer, beam.pvalue.AsSingleton(labels), plan))
+  else:
+    tokenizer = p | "GivenTokenizer" >> beam.Create([plan.tokenizer])
+
+  layout = entries | "Layout" >> beam.CombineGlobally(_LayoutFn(plan.config))
+  layout_side = beam.pvalue.AsSingleton(layout)
+  results = (
+      entries
+      | "AssignShard" >> beam.FlatMap(_assign, layout_side, plan)
+      | "Spread" >> beam.Reshuffle()
+      | "Process" >> beam.ParDo(Process(plan), beam.pvalue.AsSingleton(tokenizer),
+                                beam.pvalue.AsSingleton(labels)))
+  # Every shard gets a group, even one whose entries all failed or were skipped.
+  markers = layout | "ShardMarkers" >> beam.FlatMap(
+      lambda l: [(s, None) for s in range(l.num_shards)])
+  return (
+      (results, markers)
+      | "Together" >> beam.Flatten()
+      | "GroupByShard" >> beam.GroupByKey()
+      | "WriteShard" >> beam.ParDo(WriteShard(plan), layout_side))

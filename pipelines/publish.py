@@ -1,0 +1,129 @@
+"""Step 7 of the build: the shards' sidecars become metadata.json and failures-<split>.jsonl.
+
+metadata.json is a datasets.metadata.Metadata, read with `metadata.loads` and
+written with `metadata.dumps`: the reading side owns its format.
+"""
+
+import collections
+import contextlib
+import datetime
+import glob
+import hashlib
+import importlib.metadata
+import json
+import os
+import subprocess
+
+from impax.datasets import metadata, records, registry
+from impax.pipelines import example, stats, storage, text
+from impax.pipelines.graph import ShardInfo
+from impax.pipelines.plan import TMP_DIR, BuildError, Plan, read_metadata
+from impax.pipelines.tools import ffmpeg_binary
+
+
+def finalize(plan: Plan, seconds: float) -> metadata.Metadata:
+  """Merges the shard sidecars into metadata.json and the failures file; removes the
+  temporary files. Returns the dataset's metadata, with this split."""
+  infos = [ShardInfo.from_json(json.loads(storage.read(p)))
+           for p in storage.glob(storage.join(plan.tmp, "shards", "*.json"))]
+  infos.sort(key=lambda i: i.shard)
+  if [i.shard for i in infos] != list(range(len(infos))) or not infos:
+    raise BuildError(f"the pipeline finished without writing every shard of {plan.split!r}")
+  failures = sorted((f for i in infos for f in i.failures), key=lambda f: f.index)
+  failures_name = f"failures-{plan.split}.jsonl"
+  storage.write_atomic(storage.join(plan.output, failures_name),
+                       "".join(f.line() + "\n" for f in failures).encode())
+
+  tokenizer = plan.tokenizer
+  if tokenizer is None:
+    tokenizer = storage.read(storage.join(plan.tmp, "tokenizer.model"))
+  labels = plan.labels if plan.labels is not None else tuple(json.loads(
+      storage.read(storage.join(plan.tmp, "labels.json"))))
+  existing = read_metadata(plan.output)
+  tokenizer_path = storage.join(plan.output, "tokenizer.model")
+  if tokenizer and not storage.exists(tokenizer_path):
+    storage.write_atomic(tokenizer_path, tokenizer)
+
+  now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  splits = {**(existing.splits if existing else {}),
+            plan.split: _split(plan, infos, failures, failures_name, seconds, now)}
+  total = sum((s.composition for s in splits.values()), metadata.Composition())
+  spec = registry.resolve(plan.spec_name, plan.spec_source)
+  meta = metadata.Metadata(
+      name=plan.config.name,
+      version=plan.config.version,
+      impax_version=importlib.metadata.version("impax"),
+      created=now,
+      spec=plan.spec_name,
+      config=plan.fingerprint["config"],
+      config_hash=plan.config_hash,
+      fingerprint=plan.fingerprint,
+      array_record_options=plan.config.array_record_options(),
+      features=records.feature_spec(),
+      labels=tuple(labels),
+      tokenizer=metadata.Tokenizer(
+          path="tokenizer.model", sha256=hashlib.sha256(tokenizer).hexdigest(),
+          trained=not plan.config.tokenizer, **text.tokenizer_info(tokenizer))
+      if tokenizer else None,
+      tasks=tuple(spec.tasks(total)),
+      splits=splits)
+  storage.write_atomic(storage.join(plan.output, "metadata.json"), metadata.dumps(meta))
+
+  storage.delete_tree(plan.tmp)
+  if storage.is_local(plan.output):  # shards half-written by a killed run that was resumed
+    for stale in glob.glob(os.path.join(plan.output, f".{plan.prefix}-*.partial")):
+      os.remove(stale)
+  with contextlib.suppress(OSError):
+    if storage.is_local(plan.output):
+      os.rmdir(os.path.join(plan.output, TMP_DIR))
+  return meta
+
+
+def _split(plan: Plan, infos: list[ShardInfo], failures: list[example.Failure], failures_name: str,
+           seconds: float, now: str) -> metadata.Split:
+  split_stats, composition = {}, metadata.Composition()
+  for info in infos:
+    stats.merge(split_stats, info.stats)
+    composition += info.composition
+  media_hashes = sorted((m for i in infos for m in i.media_sha256), key=lambda m: m[0])
+  by_stage = collections.Counter(f.stage for f in failures)
+  return metadata.Split(
+      input=plan.input,
+      input_sha256=plan.input_sha256,
+      media_sha256=hashlib.sha256(json.dumps(
+          [[index, dict(shas)] for index, shas in media_hashes], sort_keys=True).encode()).hexdigest(),
+      num_examples=sum(i.num_records for i in infos),
+      num_failed=len(failures),
+      sharding=plan.sharding,
+      failures=failures_name,
+      failures_by_stage=dict(sorted(by_stage.items())),
+      shards=tuple(metadata.Shard(i.path, i.num_records, i.num_bytes) for i in infos),
+      composition=composition,
+      statistics=stats.summary(split_stats),
+      build_seconds=round(seconds, 3),
+      ffmpeg=ffmpeg_version(),
+      created=now,
+      lacking=_lacking(infos, composition))
+
+
+def _lacking(infos: list[ShardInfo], composition: metadata.Composition
+             ) -> dict[str, tuple[int, ...]] | None:
+  """{part: split positions of the records without it}, for the parts some of the
+  split's records have; None if a shard's sidecar predates the field."""
+  if any(i.lacking is None for i in infos):
+    return None
+  out, offset = {}, 0
+  for info in infos:
+    for part, positions in info.lacking.items():
+      if composition.has(part) and positions:
+        out.setdefault(part, []).extend(offset + p for p in positions)
+    offset += info.num_records
+  return {part: tuple(positions) for part, positions in out.items()}
+
+
+def ffmpeg_version() -> str:
+  try:
+    out = subprocess.run([ffmpeg_binary(), "-version"], capture_output=True, timeout=30).stdout
+    return out.decode(errors="replace").splitlines()[0]
+  except Exception as e:
+    return f"unknown ({e})"
