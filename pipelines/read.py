@@ -27,6 +27,7 @@ def byte_ranges(size: int, range_bytes: int = RANGE_BYTES) -> list[tuple[int, in
 
 
 def count_newlines(path: str, start: int, end: int) -> int:
+  storage.patch_beam()  # runs on a worker (the CountLines step)
   count = 0
   with storage.open_raw(path) as f:
     f.seek(start)
@@ -77,6 +78,7 @@ def checked(entry):
 
 
 def _read_all(input_path: str, spec_name: str, spec_source: str | None, split: str):
+  storage.patch_beam()  # runs on a worker (the ReadAll step)
   for entry in registry.resolve(spec_name, spec_source).read_entries(input_path, split):
     yield checked(entry)
 
@@ -95,6 +97,9 @@ class _ReadRange(beam.DoFn):
     self.input, self.spec_name, self.spec_source, self.split = (
         input_path, spec_name, spec_source, split)
     self._context = None
+
+  def setup(self):
+    storage.patch_beam()
 
   def process(self, byte_range, first_numbers: dict[int, int]):
     fmt = registry.resolve(self.spec_name, self.spec_source).lines

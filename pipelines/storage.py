@@ -11,6 +11,7 @@ the runner hands them to every worker.
 """
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -20,6 +21,17 @@ import uuid
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions, S3Options
+
+# The object stores' clients come with Beam's optional extras (aws, gcp).
+try:
+  from apache_beam.io.aws.clients.s3 import boto3_client
+except ImportError:
+  boto3_client = None
+try:
+  from apache_beam.internal.gcp import auth
+except ImportError:
+  auth = None
 
 _RAW = CompressionTypes.UNCOMPRESSED  # never guess compression from a file name
 
@@ -32,15 +44,27 @@ def join(base: str, *parts: str) -> str:
   return os.path.join(base, *parts) if is_local(base) else FileSystems.join(base, *parts)
 
 
+_patch_lock = threading.Lock()
+
+
+def patch_beam():
+  """Makes Beam's object-store clients cheap to start (the two patches below).
+
+  Idempotent and cheap: `configure` calls it in the launcher, and every DoFn or
+  function that reaches an object store on a worker calls it first, since a
+  worker is a fresh process that imports this module but never calls `configure`.
+  """
+  with _patch_lock:  # DoFns of one worker may set up on several threads at once
+    _share_s3_clients()
+    _no_credential_search_for_a_gcs_emulator()
+
+
 def _share_s3_clients():
   """Beam's S3 filesystem makes a new boto3 session and client for every call:
   about 0.2 s of CPU each (botocore parses its service model anew), several
   times per example. Each of Beam's clients (which keep per-download state)
   gets a boto3 client shared by all with the same settings instead."""
-  try:
-    from apache_beam.io.aws.clients.s3 import boto3_client
-    from apache_beam.options.pipeline_options import PipelineOptions, S3Options
-  except ImportError:
+  if boto3_client is None:
     return
   base = boto3_client.Client
   if boto3_client.boto3 is None or getattr(base, "shared", False):
@@ -70,27 +94,23 @@ def _share_s3_clients():
   boto3_client.Client = SharedClient
 
 
-_share_s3_clients()
-
-
 def _no_credential_search_for_a_gcs_emulator():
   """With STORAGE_EMULATOR_HOST set, google-cloud-storage talks to that emulator
   anonymously, but Beam first looks for Google's default credentials, retrying
   with backoff: about 25 s in every process before its first gs:// call. Beam
   connects anonymously then anyway, so it does so at once."""
-  try:
-    from apache_beam.internal.gcp import auth
-  except ImportError:
+  if auth is None:
     return
   search = auth._Credentials._get_service_credentials
+  if getattr(search, "emulator_aware", False):
+    return
 
+  @functools.wraps(search)
   def credentials(options):
     return None if os.environ.get("STORAGE_EMULATOR_HOST") else search(options)
 
+  credentials.emulator_aware = True
   auth._Credentials._get_service_credentials = staticmethod(credentials)
-
-
-_no_credential_search_for_a_gcs_emulator()
 
 
 def open_raw(path: str):
@@ -100,6 +120,7 @@ def open_raw(path: str):
 
 def configure(options):
   """Sets the filesystems' options (PipelineOptions) for this process."""
+  patch_beam()
   FileSystems.set_options(options)
 
 
