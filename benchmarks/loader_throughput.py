@@ -36,8 +36,10 @@ import time
 import grain
 import numpy as np
 
-from impax.datasets import decode, demo, loader
-from impax.pipelines import build, example_proto
+from impax import demo
+from impax.datasets import decode, loader
+from impax.datasets import records as records_lib
+from impax.pipelines import build
 
 FRAMES, SIZE, BATCH = 8, 112, 16
 BUCKETS = (loader.Bucket(video=(8, 112, 112)), loader.Bucket(video=(16, 80, 80)),
@@ -50,15 +52,15 @@ def build_dataset(root: str, videos: int) -> str:
     return out
   manifests = demo.generate(os.path.join(root, "raw"), videos=videos, images=2, audio=2,
                             seconds=2.0, size=160, test_fraction=0.1, seed=0)
-  plan, facts = build.prepare("jsonl", manifests["videos-train"], out, "train",
-                              ({"video_short_side": 160, "video_fps": 8.0},))
-  build.run(plan, facts, workers=2)
+  plan = build.prepare("jsonl", manifests["videos-train"], out, "train",
+                       ({"video_short_side": 160, "video_fps": 8.0},))
+  build.run(plan, workers=2)
   return out
 
 
 def plain_decode(record: bytes) -> np.ndarray:
   """The middle 8 frames, centre crop, 112x112: the loader's JPEG decoding, no buckets."""
-  f = example_proto.parse_example(record)
+  f = records_lib.parse_example(record)
   frames = f["video/frames"]
   h, w = f["video/height"][0], f["video/width"][0]
   s = min(w, h)
@@ -117,9 +119,8 @@ def tf_data(paths, workers):
 
 
 def impax_loader(path, workers, buckets=BUCKETS[:1]):
-  task = loader.TaskInput(name="video", dataset=path, inputs=("video",), buckets=buckets,
-                          token_budget=1600, seed=0)
-  return iter(loader.Loader(task, num_workers=workers))
+  task = loader.Task("video", path, "contrastive", ("video",), buckets=buckets, token_budget=1600)
+  return iter(loader.Loader(task, seed=0, num_workers=workers))
 
 
 def video_of(batch):
@@ -165,9 +166,8 @@ def trainer_appetite(path: str, steps: int = 10) -> dict:
     updates, state = opt.update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
 
-  task = loader.TaskInput(name="video", dataset=path, inputs=("video",), buckets=BUCKETS,
-                          token_budget=1600, seed=0)
-  data = loader.Loader(task)  # the loader's own batches, as the benchmark reads them
+  task = loader.Task("video", path, "contrastive", ("video",), buckets=BUCKETS, token_budget=1600)
+  data = loader.Loader(task, seed=0)  # the loader's own batches, as the benchmark reads them
   shapes = [s["video"][0] for s in data.batch_shapes()]
   times = []
   for shape in shapes:  # compile each bucket once, then time it

@@ -25,10 +25,10 @@ import os
 import statistics
 import tempfile
 
+from impax.demo import DEMO_CONFIG
 from impax.train import config as config_lib
 from impax.train import trainer
 
-DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "..", "train", "configs", "demo.py")
 METRICS = (("zero-shot video top-1", "video_text", "zero_shot_top1"),
            ("video->text R@1", "video_text", "video_to_text/R@1"),
            ("audio classification", "audio_classification", "accuracy"))

@@ -19,10 +19,10 @@ import json
 import os
 import tempfile
 
+from impax import demo
 from impax.train import config as config_lib
-from impax.train import trainer
-
-DEMO_CONFIG = os.path.join(os.path.dirname(__file__), "..", "train", "configs", "demo.py")
+from impax.train import inputs, schedule, trainer
+from impax.train import step as step_lib
 
 
 class InMemory:
@@ -59,10 +59,9 @@ def main():
   root = tempfile.mkdtemp(prefix="impax-bench-train-")
   data = args.data
   if data is None:
-    from impax.pipelines import demo
     demo.build_all(root)
     data = os.path.join(root, "data")
-  config = config_lib.load(f"{DEMO_CONFIG}:{data}")
+  config = config_lib.load(f"{demo.DEMO_CONFIG}:{data}")
   config = dataclasses.replace(
       config, steps=args.steps, checkpoint_every=10**9, eval_at_end=False, plots=False,
       log_every=50, tasks=tuple(dataclasses.replace(
@@ -71,9 +70,8 @@ def main():
   quiet = lambda *_: None
 
   # The batches the loader run will read, step by step, read beforehand.
-  from impax.train import schedule
-  model_cfg = trainer.model_config(config, trainer.check_datasets(config))
-  loaders = trainer.open_loaders(config, model_cfg, batch_multiple=1)
+  model_cfg = step_lib.model_config(config, inputs.check_datasets(config))
+  loaders = inputs.open_loaders(config, model_cfg, batch_multiple=1)
   counts = {t.name: 0 for t in config.tasks}
   intervals, weights = tuple(t.interval for t in config.tasks), tuple(t.weight for t in config.tasks)
   for step in range(config.steps):

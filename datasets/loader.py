@@ -1,10 +1,10 @@
 """The resolution-bucketed loader: prepared shards -> batches of a small, known set of shapes.
 
-    task = loader.TaskInput(
-        name="video_text", dataset="demo-output/data/videos", inputs=("video", "text"),
+    task = loader.Task(
+        "video_text", "demo-output/data/videos", "contrastive", ("video", "text"),
         buckets=(loader.Bucket(video=(8, 64, 64)), loader.Bucket(video=(4, 96, 96))),
         token_budget=8192)
-    data = loader.Loader(task, patches=loader.Patches(tubelet=(2, 8, 8)))
+    data = loader.Loader(task, seed=0, patches=loader.Patches(tubelet=(2, 8, 8)))
     data.batch_shapes()      # every shape a batch can have: compile each once
     it = iter(data)
     batch = next(it)         # {"video": uint8 [B, 8, 64, 64, 3], "text": ..., "valid": ...}
@@ -45,14 +45,15 @@ import multiprocessing
 import os
 import sys
 import threading
+from collections.abc import Mapping
 
 import grain
 import numpy as np
 
-from impax.datasets import decode, prepared
+from impax.datasets import decode, modalities, prepared
+from impax.datasets.modalities import INPUTS
 
-INPUTS = ("video", "image", "waveform", "spectrogram", "text", "label")
-_BLOCK = 1024  # steps whose buckets are drawn together
+_BLOCK = 1024  # steps drawn together by `draw`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,119 +75,150 @@ class Patches:
 
 
 @dataclasses.dataclass(frozen=True)
-class TaskInput:
-  """What one task reads and in which shapes."""
+class Task:
+  """One task of Alternating Gradient Descent: a dataset, what it reads, its loss, its shapes.
+
+  The trainer steps on it and the loader reads it: `Loader(task)` takes the
+  training buckets of the `split`, `Loader(task, train=False)` the evaluation
+  bucket of the `eval_split`.
+  """
   name: str
-  dataset: str  # a prepared dataset directory (or gs://, s3://: staged locally)
-  inputs: tuple[str, ...]  # from INPUTS
+  dataset: str  # prepared dataset directory (or gs://, s3://: staged locally)
+  objective: str  # "contrastive" (between two modalities) or "classification" (of one)
+  modalities: tuple[str, ...]  # model inputs, e.g. ("video", "text"); classification: one
   buckets: tuple[Bucket, ...]
+  token_budget: int = 4096  # patch tokens per global batch
+  text_length: int = 16
+  prompt: str | None = None  # text from label names, e.g. "a video of {label}."
+  interval: int = 1  # schedule "intervals": runs when the cycle counter is a multiple of it
+  weight: float = 1.0  # schedule "random": relative probability per step
+  loss_weight: float = 1.0
+  drop_token: float = 0.0  # fraction of each non-text modality's tokens dropped in training
   split: str = "train"
-  token_budget: int = 16384  # patch tokens per global batch
-  text_length: int = 32
-  prompt: str | None = None  # text from label names, for corpora without captions
-  multi_label: bool = False
-  train: bool = True
-  augment: decode.Augment = decode.Augment()
+  eval_split: str | None = "test"  # evaluated by `impax eval` when the dataset has it
+  eval_bucket: Bucket | None = None  # default: the first bucket
   eval_clips: int = 1  # evaluation: clips per video, uniformly spaced
+  augment: decode.Augment = decode.Augment()  # training augmentation (crop, flip, jitter)
+  multi_label: bool = False
   sample_rate: int = 16000
-  seed: int = 0
-  batch_multiple: int = 1  # global batch sizes are multiples of this (the data-parallel devices)
+  num_workers: int = 0  # loader processes for this task
+  loader_nice: int = 10  # added to the nice value of its loader thread or processes (Linux)
+
+  @property
+  def inputs(self) -> tuple[str, ...]:
+    """What a batch holds: the modalities, and the label of a classification."""
+    return (*self.modalities, "label") if self.objective == "classification" else self.modalities
 
 
 class LoaderError(ValueError):
   """A task the loader cannot serve from its dataset, said before anything is read."""
 
 
-def tokens_per_example(bucket: Bucket, task: TaskInput, patches: Patches) -> int:
-  """Patch tokens one example of `bucket` gives the encoder."""
+def patch_tokens(shapes: Mapping[str, tuple[int, ...]], patches: Patches) -> int:
+  """Encoder tokens of the video, image and audio arrays of a batch, from their shapes
+  ({input: shape}; the leading dimensions are examples, and clips in evaluation).
+  Text is not counted here: its tokens are its length (the budget) or its mask (a
+  batch's real tokens)."""
   t, ph, pw = patches.tubelet
   n = 0
-  if "video" in task.inputs:
-    frames, h, w = bucket.video
-    n += max(1, frames // t) * (h // ph) * (w // pw)
-  if "image" in task.inputs:
-    h, w = bucket.image
-    n += (h // ph) * (w // pw)
-  if "spectrogram" in task.inputs:
-    ft, fm = patches.spectrogram
-    n += (decode.spectrogram_frames(bucket.audio_seconds) // ft) * (decode.MEL_BINS // fm)
-  if "waveform" in task.inputs:
-    n += int(round(bucket.audio_seconds * task.sample_rate)) // patches.waveform
-  if "text" in task.inputs:
-    n += task.text_length
+  if "video" in shapes:
+    s = shapes["video"]
+    n += math.prod(s[:-4]) * max(1, s[-4] // t) * (s[-3] // ph) * (s[-2] // pw)
+  if "image" in shapes:
+    b, h, w, _ = shapes["image"]
+    n += b * (h // ph) * (w // pw)
+  if "spectrogram" in shapes:
+    b, f, m = shapes["spectrogram"]
+    n += b * (f // patches.spectrogram[0]) * (m // patches.spectrogram[1])
+  if "waveform" in shapes:
+    b, s = shapes["waveform"]
+    n += b * (s // patches.waveform)
   return n
 
 
-# The modality of a record each input reads (the build's "lacking" keys).
-_NEEDS = {"video": "video", "image": "image", "waveform": "audio", "spectrogram": "audio",
-          "text": "captions", "label": "labels"}
+def input_shapes(bucket: Bucket, inputs: tuple[str, ...], sample_rate: int = 16000
+                 ) -> dict[str, tuple[int, ...]]:
+  """Per-example shapes of the video, image and audio inputs of a bucket."""
+  out = {}
+  if "video" in inputs:
+    out["video"] = (*bucket.video, 3)
+  if "image" in inputs:
+    out["image"] = (*bucket.image, 3)
+  if "waveform" in inputs:
+    out["waveform"] = (int(round(bucket.audio_seconds * sample_rate)),)
+  if "spectrogram" in inputs:
+    out["spectrogram"] = (decode.spectrogram_frames(bucket.audio_seconds), decode.MEL_BINS)
+  return out
 
 
-def _check(task: TaskInput, dataset: prepared.PreparedDataset) -> None:
-  unknown = set(task.inputs) - set(INPUTS)
+@functools.lru_cache(maxsize=64)
+def _block(weights: tuple[float, ...], seed: int, stream: int, block: int) -> np.ndarray:
+  p = np.asarray(weights, np.float64)
+  return np.random.default_rng([seed, stream, block]).choice(len(p), size=_BLOCK, p=p / p.sum())
+
+
+def draw(weights: tuple[float, ...], seed: int, stream: int, step: int) -> int:
+  """An index drawn by weight for `step`, from a generator seeded by (seed, stream, step's
+  block): known for any step without drawing the ones before. The loader draws buckets
+  (stream 1), the trainer's "random" schedule tasks (stream 3)."""
+  return int(_block(tuple(weights), seed, stream, step // _BLOCK)[step % _BLOCK])
+
+
+def _check(task: Task, inputs: tuple[str, ...], buckets: tuple[Bucket, ...], split: str,
+           dataset: prepared.PreparedDataset) -> None:
+  unknown = set(inputs) - set(INPUTS)
   if unknown:
     raise LoaderError(f"task {task.name!r}: unknown inputs {sorted(unknown)}; choose from {INPUTS}")
-  if not task.buckets:
+  if not buckets:
     raise LoaderError(f"task {task.name!r} declares no buckets")
-  composition = dataset.split(task.split).get("composition", {})
-  for name in task.inputs:
-    if name in ("video", "image", "waveform", "spectrogram") and not _has(composition,
-                                                                         _NEEDS[name]):
-      raise LoaderError(f"task {task.name!r} reads {name} but split {task.split!r} of "
-                        f"{dataset.root} has no {_NEEDS[name]}")
-  if "text" in task.inputs and not composition.get("captions") and not task.prompt:
+  composition = dataset.split(split).composition
+  for name in inputs:
+    part = modalities.NEEDS[name]
+    if part in modalities.MEDIA and not composition.has(part):
+      raise LoaderError(f"task {task.name!r} reads {name} but split {split!r} of "
+                        f"{dataset.root} has no {part}")
+  if "text" in inputs and not composition.captions and not task.prompt:
     raise LoaderError(f"task {task.name!r} reads text but {dataset.root} has no captions: "
                       "set a prompt to make text from the labels")
-  if ("label" in task.inputs or task.prompt) and not dataset.labels:
+  if ("label" in inputs or task.prompt) and not dataset.labels:
     raise LoaderError(f"task {task.name!r} needs labels but {dataset.root} has none")
-  for i, b in enumerate(task.buckets):
+  for i, b in enumerate(buckets):
     for name, shape in (("video", b.video), ("image", b.image)):
-      if name in task.inputs and (shape is None or min(shape) < 1):
+      if name in inputs and (shape is None or min(shape) < 1):
         raise LoaderError(f"task {task.name!r} bucket {i}: reads {name} but its shape is {shape}")
-    if {"waveform", "spectrogram"} & set(task.inputs) and not (b.audio_seconds or 0) > 0:
+    if set(modalities.AUDIO) & set(inputs) and not (b.audio_seconds or 0) > 0:
       raise LoaderError(f"task {task.name!r} bucket {i}: reads audio but audio_seconds is "
                         f"{b.audio_seconds}")
     if b.weight <= 0:
       raise LoaderError(f"task {task.name!r} bucket {i}: weight must be positive")
 
 
-def _has(composition: dict, modality: str) -> bool:
-  """Whether some record of a split (its metadata "composition") has the modality."""
-  if modality == "audio":  # an audio file's, or a video's sound track
-    return bool(composition.get("audio") or composition.get("video_with_audio"))
-  return bool(composition.get(modality))
-
-
-def _usable(task: TaskInput, dataset: prepared.PreparedDataset
+def _usable(task: Task, inputs: tuple[str, ...], split: str, dataset: prepared.PreparedDataset
             ) -> tuple[np.ndarray | None, dict[str, int]]:
-  """(split positions of the records with every modality the task reads, None if
-  all; how many records lack each such modality). A dataset built before the
-  build listed them gives (None, {}): its records without a modality fail to
-  decode and are counted."""
-  split = dataset.split(task.split)
-  lacking = split.get("lacking")
-  if lacking is None:
+  """(split positions of the records with every part the inputs are made from, None if
+  all; how many records lack each such part). A dataset built before the build
+  listed them gives (None, {}): its records without a part fail to decode and
+  are counted."""
+  meta = dataset.split(split)
+  if meta.lacking is None:
     return None, {}
-  n = dataset.num_records(task.split)
-  composition = split.get("composition", {})
+  n = dataset.num_records(split)
 
-  def missing(modality: str) -> np.ndarray:
-    if not _has(composition, modality):
+  def missing(part: str) -> np.ndarray:
+    if not meta.composition.has(part):
       return np.ones(n, bool)
     out = np.zeros(n, bool)
-    out[np.asarray(lacking.get(modality, []), np.int64)] = True
+    out[np.asarray(meta.lacking.get(part, ()), np.int64)] = True
     return out
 
   keep, left_out = np.ones(n, bool), {}
-  for name in task.inputs:
-    modality = _NEEDS.get(name)
-    if modality is None:
-      continue
-    miss = missing(modality)
+  for name in inputs:
+    part = modalities.NEEDS[name]
+    miss = missing(part)
     if name == "text" and task.prompt:
       miss &= missing("labels")  # text from the labels where there is no caption
     if miss.any():
-      left_out[modality] = int(miss.sum())
+      left_out[part] = int(miss.sum())
     keep &= ~miss
   if keep.all():
     return None, left_out
@@ -196,12 +228,16 @@ def _usable(task: TaskInput, dataset: prepared.PreparedDataset
 @dataclasses.dataclass(frozen=True)
 class _Plan:
   """Everything a worker needs to make any batch; pickled to Grain's worker processes."""
-  task: TaskInput
+  task: Task
+  train: bool
+  inputs: tuple[str, ...]
+  buckets: tuple[Bucket, ...]  # training: the task's; evaluation: its evaluation bucket
+  clips: int  # per video: 1 in training, the task's eval_clips in evaluation
+  seed: int
   shard_paths: tuple[str, ...]
   num_records: int  # the task's records: `records` if given, else the split's
   records: np.ndarray | None = dataclasses.field(compare=False)  # split positions; None: all
   num_labels: int
-  label_names: tuple[str, ...]
   tokenizer_path: str | None
   batch_sizes: tuple[int, ...]  # global, per bucket
   process_index: int
@@ -210,27 +246,25 @@ class _Plan:
 
   # -- which bucket and which stream positions a step takes -----------------
 
-  @functools.cached_property
-  def _weights(self) -> np.ndarray:
-    w = np.array([b.weight for b in self.task.buckets], np.float64)
-    return w / w.sum()
+  @property
+  def _weights(self) -> tuple[float, ...]:
+    return tuple(b.weight for b in self.buckets)
 
   def _block_buckets(self, block: int) -> np.ndarray:
-    rng = np.random.default_rng([self.task.seed, 1, block])
-    return rng.choice(len(self.task.buckets), size=_BLOCK, p=self._weights)
+    return _block(self._weights, self.seed, 1, block)
 
   @functools.cached_property
   def _block_starts(self) -> list[int]:
     return [0]  # stream position of each block's first step; grows on demand
 
   def bucket_of(self, step: int) -> int:
-    if not self.task.train:
+    if not self.train:
       return 0
-    return int(self._block_buckets(step // _BLOCK)[step % _BLOCK])
+    return draw(self._weights, self.seed, 1, step)
 
   def stream_start(self, step: int) -> int:
     """First stream position of step `step` (global, before the process split)."""
-    if not self.task.train:
+    if not self.train:
       return step * self.batch_sizes[0]
     block, within = divmod(step, _BLOCK)
     starts, sizes = self._block_starts, np.array(self.batch_sizes)
@@ -240,7 +274,7 @@ class _Plan:
 
   @functools.cached_property
   def _stream(self):
-    return grain.MapDataset.range(self.num_records).shuffle(seed=self.task.seed).repeat()
+    return grain.MapDataset.range(self.num_records).shuffle(seed=self.seed).repeat()
 
   @functools.cached_property
   def _source(self):
@@ -255,23 +289,19 @@ class _Plan:
 
   def shapes(self, bucket_index: int) -> dict[str, tuple[tuple[int, ...], str]]:
     """{key: (per-process shape, dtype)} of a batch of this bucket."""
-    b, task = self.task.buckets[bucket_index], self.task
+    b, task, inputs = self.buckets[bucket_index], self.task, self.inputs
     n = self.batch_sizes[bucket_index] // self.process_count
-    clips = () if task.train or task.eval_clips == 1 else (task.eval_clips,)
+    clips = () if self.clips == 1 else (self.clips,)
     out = {}
-    if "video" in task.inputs:
-      out["video"] = ((n, *clips, *b.video, 3), "uint8")
-    if "image" in task.inputs:
-      out["image"] = ((n, *b.image, 3), "uint8")
-    if "waveform" in task.inputs:
-      out["waveform"] = ((n, int(round(b.audio_seconds * task.sample_rate))), "float32")
-    if "spectrogram" in task.inputs:
-      out["spectrogram"] = ((n, decode.spectrogram_frames(b.audio_seconds), decode.MEL_BINS),
-                            "float32")
-    if "text" in task.inputs:
+    for key, shape in input_shapes(b, inputs, task.sample_rate).items():
+      if key in modalities.VISION:
+        out[key] = ((n, *(clips if key == "video" else ()), *shape), "uint8")
+      else:
+        out[key] = ((n, *shape), "float32")
+    if "text" in inputs:
       out["text"] = ((n, task.text_length), "int32")
       out["text_mask"] = ((n, task.text_length), "int32")
-    if "label" in task.inputs:
+    if "label" in inputs:
       out["label"] = ((n, self.num_labels), "float32") if task.multi_label else ((n,), "int32")
     out["valid"] = ((n,), "bool")
     return out
@@ -285,15 +315,15 @@ class _Plan:
     n = shapes["valid"][0][0]
     first = self.stream_start(step) + self.process_index * n
     failures = []
-    positions = range(first, first + n if self.task.train else min(first + n, self.num_records))
-    records = [int(self._stream[p]) for p in positions] if self.task.train else list(positions)
+    positions = range(first, first + n if self.train else min(first + n, self.num_records))
+    records = [int(self._stream[p]) for p in positions] if self.train else list(positions)
     if self.records is not None:
       records = [int(self.records[r]) for r in records]
     data = self._source.__getitems__(records) if records else []  # one batched read
     for slot, (position, record) in enumerate(zip(positions, records)):
-      rng = np.random.default_rng([self.task.seed, 2, step, position])
+      rng = np.random.default_rng([self.seed, 2, step, position])
       try:
-        example = self._example(data[slot], self.task.buckets[bucket_index], rng)
+        example = self._example(data[slot], self.buckets[bucket_index], rng)
       except Exception as e:  # noqa: BLE001 - any bad record is counted, never fatal
         failures.append(f"record {record}: {type(e).__name__}: {e}"[:300])
         continue
@@ -303,27 +333,27 @@ class _Plan:
     return batch, failures
 
   def _example(self, record: bytes, bucket: Bucket, rng: np.random.Generator) -> dict:
-    task = self.task
-    augment = task.augment if task.train else None
+    task, inputs = self.task, self.inputs
+    augment = task.augment if self.train else None
     features = decode.parse(record)
     out, audio_start = {}, None
-    if "video" in task.inputs:
+    if "video" in inputs:
       out["video"], starts = decode.video(features, *bucket.video, augment, rng,
-                                          clips=task.eval_clips)
+                                          clips=self.clips)
       audio_start = starts[0] if len(starts) == 1 else None
-    if "image" in task.inputs:
+    if "image" in inputs:
       out["image"] = decode.image(features, *bucket.image, augment, rng)
-    if {"waveform", "spectrogram"} & set(task.inputs):
+    if {"waveform", "spectrogram"} & set(inputs):
       wave = decode.waveform(features, bucket.audio_seconds, augment, rng,
                              start_seconds=audio_start, sample_rate=task.sample_rate)
-      if "waveform" in task.inputs:
+      if "waveform" in inputs:
         out["waveform"] = wave
-      if "spectrogram" in task.inputs:
+      if "spectrogram" in inputs:
         out["spectrogram"] = decode.log_mel(wave, task.sample_rate)
-    if "text" in task.inputs:
+    if "text" in inputs:
       out["text"], out["text_mask"] = decode.pad_tokens(self._text(features, augment, rng),
                                                         task.text_length)
-    if "label" in task.inputs:
+    if "label" in inputs:
       out["label"] = decode.label(features, self.num_labels, task.multi_label)
     return out
 
@@ -366,37 +396,55 @@ def _lower_priority(nice: int) -> None:
 class Loader:
   """Batches of one task, from its prepared dataset. Iterate it; see the module docstring."""
 
-  def __init__(self, task: TaskInput, *, patches: Patches = Patches(), process_index: int = 0,
-               process_count: int = 1, num_workers: int = 0, prefetch: int = 2,
-               cache_dir: str | None = None, nice: int = 10):
-    self.task, self.patches = task, patches
+  def __init__(self, task: Task, *, train: bool = True, labels: bool = False, seed: int = 0,
+               batch_multiple: int = 1, patches: Patches = Patches(), process_index: int = 0,
+               process_count: int = 1, num_workers: int | None = None, prefetch: int = 2,
+               cache_dir: str | None = None, nice: int | None = None):
+    """`train` False: the evaluation pass over `task.eval_split`. `labels`: batches also
+    hold each example's label (evaluation's zero-shot). `batch_multiple`: every
+    global batch size is a multiple of it (the data-parallel devices).
+    `num_workers` and `nice` default to the task's."""
+    self.task, self.patches, self.train = task, patches, train
     self.dataset = prepared.open_dataset(task.dataset, cache_dir=cache_dir)
-    _check(task, self.dataset)
+    inputs = task.inputs + (("label",) if labels and "label" not in task.inputs else ())
+    buckets = task.buckets if train else (task.eval_bucket or task.buckets[0],)
+    split = task.split if train else task.eval_split
+    self.inputs, self.buckets, self.split = inputs, buckets, split
+    _check(task, inputs, buckets, split, self.dataset)
     if not 0 <= process_index < process_count:
       raise LoaderError(f"process_index {process_index} outside process_count {process_count}")
-    multiple = math.lcm(task.batch_multiple, process_count)
+    multiple = math.lcm(batch_multiple, process_count)
     sizes = []
-    for b in task.buckets:
-      size = b.batch_size or task.token_budget / tokens_per_example(b, task, patches)
+    for b in buckets:
+      size = b.batch_size or task.token_budget / self.tokens_per_example(b)
       sizes.append(max(multiple, int(round(size / multiple)) * multiple))
-    records, self.left_out = _usable(task, self.dataset)
-    num_records = self.dataset.num_records(task.split) if records is None else len(records)
+    records, self.left_out = _usable(task, inputs, split, self.dataset)
+    num_records = self.dataset.num_records(split) if records is None else len(records)
     without = "".join(f", {n} without {m}" for m, n in self.left_out.items())
     if num_records == 0:
-      raise LoaderError(f"task {task.name!r}: split {task.split!r} of {self.dataset.root} has "
+      raise LoaderError(f"task {task.name!r}: split {split!r} of {self.dataset.root} has "
                         f"no examples it can read{without}")
-    if task.train and max(sizes) > num_records:
+    if train and max(sizes) > num_records:
       raise LoaderError(f"task {task.name!r}: a global batch of {max(sizes)} is larger than the "
                         f"{num_records} examples it can read in {self.dataset.root} split "
-                        f"{task.split!r}{without}; lower the token budget")
+                        f"{split!r}{without}; lower the token budget")
     self.num_records = num_records  # the records this task reads
-    self.num_workers, self.prefetch = num_workers, prefetch
+    self.num_workers = task.num_workers if num_workers is None else num_workers
+    self.prefetch = prefetch
     self._plan = _Plan(
-        task=task, shard_paths=tuple(self.dataset.shard_paths(task.split)),
-        num_records=num_records, records=records, num_labels=len(self.dataset.labels),
-        label_names=tuple(self.dataset.labels), tokenizer_path=self.dataset.tokenizer_path,
-        batch_sizes=tuple(sizes), process_index=process_index, process_count=process_count,
-        nice=nice)
+        task=task, train=train, inputs=inputs, buckets=buckets,
+        clips=task.eval_clips if not train else 1, seed=seed,
+        shard_paths=tuple(self.dataset.shard_paths(split)), num_records=num_records,
+        records=records, num_labels=len(self.dataset.labels),
+        tokenizer_path=self.dataset.tokenizer_path, batch_sizes=tuple(sizes),
+        process_index=process_index, process_count=process_count,
+        nice=task.loader_nice if nice is None else nice)
+
+  def tokens_per_example(self, bucket: Bucket) -> int:
+    """Patch tokens one example of `bucket` gives the encoder (text: its full length)."""
+    one = {k: (1, *shape) for k, shape in
+           input_shapes(bucket, self.inputs, self.task.sample_rate).items()}
+    return patch_tokens(one, self.patches) + (self.task.text_length if "text" in self.inputs else 0)
 
   @property
   def batch_sizes(self) -> tuple[int, ...]:
@@ -404,16 +452,16 @@ class Loader:
     return self._plan.batch_sizes
 
   @property
-  def labels(self) -> list[str]:
+  def labels(self) -> tuple[str, ...]:
     return self.dataset.labels
 
   def tokens_per_batch(self, bucket_index: int) -> int:
-    b = self.task.buckets[bucket_index]
-    return self.batch_sizes[bucket_index] * tokens_per_example(b, self.task, self.patches)
+    """Patch tokens of a global batch of the bucket: what the token budget counts."""
+    return self.batch_sizes[bucket_index] * self.tokens_per_example(self.buckets[bucket_index])
 
   def batch_shapes(self) -> list[dict[str, tuple[tuple[int, ...], str]]]:
     """Every batch shape this process can get, one per bucket (evaluation: the first only)."""
-    buckets = range(len(self.task.buckets)) if self.task.train else [0]
+    buckets = range(len(self.buckets)) if self.train else [0]
     return [self._plan.shapes(i) for i in buckets]
 
   def bucket_of(self, step: int) -> int:
@@ -422,7 +470,7 @@ class Loader:
   @property
   def num_batches(self) -> int:
     """Batches in an evaluation pass; training never ends (sys.maxsize)."""
-    if self.task.train:
+    if self.train:
       return sys.maxsize
     return -(-self.num_records // self.batch_sizes[0])
 

@@ -24,6 +24,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
 from impax.flows import artifact_key
+from impax.train import metrics
+
+# The trainer, its config and its evaluation import JAX: the tasks that run
+# them import them, so loading the flows (`prefect deploy`, serve) stays fast.
 
 
 class TrainingStopped(RuntimeError):
@@ -34,11 +38,11 @@ class TrainingStopped(RuntimeError):
 def load_config(config: str, overrides: list[str]):
   """The TrainConfig, refused here (not retried) when a field, task, dataset or bucket is
   wrong, with the same checks the trainer makes before it starts."""
-  from impax.train import config as config_lib, trainer
+  from impax.train import config as config_lib, inputs, step
   loaded = config_lib.load(config, overrides)
-  model_cfg = trainer.model_config(loaded, trainer.check_datasets(loaded))
+  model_cfg = step.model_config(loaded, inputs.check_datasets(loaded))
   for t in loaded.tasks:
-    trainer.check_buckets(t, model_cfg)
+    inputs.check_buckets(t, model_cfg)
   return loaded
 
 
@@ -65,7 +69,6 @@ def evaluate(config_path: str, overrides: list[str], workdir: str, summary: dict
 
 @task(name="publish", cache_policy=NO_CACHE)
 def publish(workdir: str, summary: dict, results: dict) -> None:
-  from impax.train import metrics
   name = os.path.basename(os.path.abspath(workdir))
   rows = [{"step": r["step"], "task": r["task"], "loss": round(r["loss"], 5),
            "accuracy": round(r["accuracy"], 5) if "accuracy" in r else None}

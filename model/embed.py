@@ -1,11 +1,13 @@
 """Modality embedders: raw inputs -> tokens, with positional embeddings.
 
-Input conventions (what the data loader produces, per example in a batch):
+The input contract (what the trainer feeds: impax.train.inputs.model_inputs
+makes it from the loader's batches):
 
-  image        float32 [batch, height, width, 3], in [0, 1] or normalized.
-  video        float32 [batch, frames, height, width, 3], same value range.
-  spectrogram  float32 [batch, time_frames, mel_bins] (log-mel).
-  waveform     float32 [batch, samples].
+  image        float32 [batch, height, width, 3], in [-1, 1].
+  video        float32 [batch, frames, height, width, 3], in [-1, 1].
+  spectrogram  float32 [batch, time_frames, mel_bins]: log-mel, standardized per
+               example (zero mean, unit variance over time and frequency).
+  waveform     float32 [batch, samples], in [-1, 1].
   text         int32 [batch, length] token ids, pad id 0, with an optional
                "text_mask" [batch, length] (1 = real token); without a mask,
                tokens equal to 0 are padding.

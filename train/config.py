@@ -15,35 +15,14 @@ import json
 import os
 
 from impax.datasets.decode import Augment
-from impax.datasets.loader import Bucket
+from impax.datasets.loader import Bucket, Task
+from impax.datasets.modalities import ENCODED
+
+# A config file needs only this module: Task, Bucket and Augment are the loader's.
+__all__ = ["Augment", "Bucket", "ConfigError", "OBJECTIVES", "Task", "TrainConfig", "check",
+           "load", "apply_overrides", "to_json"]
 
 OBJECTIVES = ("contrastive", "classification")
-MODALITIES = ("image", "video", "spectrogram", "waveform", "text")
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-  """One task of Alternating Gradient Descent: a dataset, its modalities, its loss, its shapes."""
-  name: str
-  dataset: str  # prepared dataset directory (or gs://, s3://)
-  objective: str  # "contrastive" (between two modalities) or "classification" (of one)
-  modalities: tuple[str, ...]  # e.g. ("video", "text"); classification: ("audio",) -> one
-  buckets: tuple[Bucket, ...]
-  token_budget: int = 4096  # patch tokens per global batch
-  text_length: int = 16
-  prompt: str | None = None  # text from label names, e.g. "a video of {label}."
-  interval: int = 1  # schedule "intervals": runs when the cycle counter is a multiple of it
-  weight: float = 1.0  # schedule "random": relative probability per step
-  loss_weight: float = 1.0
-  drop_token: float = 0.0  # fraction of each non-text modality's tokens dropped in training
-  split: str = "train"
-  eval_split: str | None = "test"  # evaluated by `impax eval` when the dataset has it
-  eval_bucket: Bucket | None = None  # default: the first bucket
-  eval_clips: int = 1
-  augment: Augment = Augment()  # training augmentation (random resized crop, flip, jitter)
-  multi_label: bool = False
-  num_workers: int = 0  # loader processes for this task
-  loader_nice: int = 10  # added to the nice value of its loader thread or processes (Linux)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,8 +70,8 @@ def check(config: TrainConfig) -> None:
     where = f"task {t.name!r}"
     if t.objective not in OBJECTIVES:
       raise ConfigError(f"{where}: objective must be one of {OBJECTIVES}, not {t.objective!r}")
-    if any(m not in MODALITIES for m in t.modalities):
-      raise ConfigError(f"{where}: modalities {t.modalities} must come from {MODALITIES}")
+    if any(m not in ENCODED for m in t.modalities):
+      raise ConfigError(f"{where}: modalities {t.modalities} must come from {ENCODED}")
     want = 2 if t.objective == "contrastive" else 1
     if len(t.modalities) != want or len(set(t.modalities)) != want:
       raise ConfigError(f"{where}: a {t.objective} task takes {want} distinct modalities, "

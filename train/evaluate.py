@@ -13,7 +13,6 @@ clips per video, their embeddings averaged):
   - classification tasks: top-1 accuracy of the task's head.
 """
 
-import dataclasses
 import json
 import os
 
@@ -21,13 +20,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from impax.datasets import loader as loader_lib
-from impax.datasets import prepared, registry
-from impax.train import trainer
-from impax.train.config import Task
+import sentencepiece as spm
+from jax.experimental import multihost_utils
 
-TEXT_PROMPTS = {"video": registry.PROMPTS["video"], "image": registry.PROMPTS["image"],
-                "spectrogram": registry.PROMPTS["audio"], "waveform": registry.PROMPTS["audio"]}
+from impax.datasets import decode, modalities, prepared, registry
+from impax.model import Model, sharding
+from impax.train import checkpoint, inputs
+from impax.train import config as config_lib
+from impax.train import step as step_lib
+from impax.train.config import Task
 
 
 def recall_at(similarity: np.ndarray, ks=(1, 5, 10)) -> dict:
@@ -50,17 +51,16 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 def _gather(x):
   if jax.process_count() == 1:
     return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _forward(model, task: Task, modalities: tuple[str, ...]):
+def _forward(model, task: Task, names: tuple[str, ...]):
   def fwd(params, batch):
-    inputs = trainer.model_inputs(batch, modalities)
-    heads = ({modalities[0]: task.name} if task.objective == "classification" else None)
-    out = model.apply({"params": params}, inputs, train=False, heads=heads)
+    x = inputs.model_inputs(batch, names)
+    heads = ({names[0]: task.name} if task.objective == "classification" else None)
+    out = model.apply({"params": params}, x, train=False, heads=heads)
     result = {}
-    for m in modalities:
+    for m in names:
       e = out[m]["embedding"]
       e = e / jnp.maximum(jnp.linalg.norm(e, axis=-1, keepdims=True), 1e-6)
       b = batch[m].shape[0]
@@ -73,24 +73,20 @@ def _forward(model, task: Task, modalities: tuple[str, ...]):
 
 def evaluate_task(task: Task, index: int, config, model, params, model_cfg, mesh) -> dict | None:
   dataset = prepared.open_dataset(task.dataset)
-  if not task.eval_split or task.eval_split not in dataset.metadata.get("splits", {}):
+  if not task.eval_split or task.eval_split not in dataset.metadata.splits:
     return None
   has_labels = bool(dataset.labels)
-  spec = trainer.task_input(task, config, index, train=False,
-                            batch_multiple=trainer.sharding.batch_shards(mesh))
-  inputs = tuple(spec.inputs) + (("label",) if has_labels and "label" not in spec.inputs else ())
-  spec = dataclasses.replace(spec, inputs=inputs)
-  data = loader_lib.Loader(spec, patches=trainer.patches_of(model_cfg),
-                           process_index=jax.process_index(), process_count=jax.process_count())
+  data = inputs.eval_loader(config, index, model_cfg, batch_multiple=sharding.batch_shards(mesh),
+                            labels=has_labels)
   fwd = _forward(model, task, task.modalities)
   collected = {}
   for batch in data:
-    out = fwd(params, trainer.put(batch, mesh))
-    valid = _gather(trainer.put({"v": batch["valid"]}, mesh)["v"]) if mesh is not None \
+    out = fwd(params, step_lib.put(batch, mesh))
+    valid = _gather(step_lib.put({"v": batch["valid"]}, mesh)["v"]) if mesh is not None \
         else batch["valid"]
     keep = {k: _gather(v)[valid] for k, v in out.items()}
     if has_labels:
-      keep["label"] = (_gather(trainer.put({"l": batch["label"]}, mesh)["l"]) if mesh is not None
+      keep["label"] = (_gather(step_lib.put({"l": batch["label"]}, mesh)["l"]) if mesh is not None
                        else batch["label"])[valid]
     for k, v in keep.items():
       collected.setdefault(k, []).append(v)
@@ -116,7 +112,7 @@ def evaluate_task(task: Task, index: int, config, model, params, model_cfg, mesh
     result.update({f"{b}_to_{a}/{k}": v for k, v in recall_at(sim.T).items()})
   if "text" in task.modalities and has_labels and not task.multi_label:
     other = a if b == "text" else b
-    template = task.prompt or TEXT_PROMPTS[other]
+    template = task.prompt or registry.PROMPTS[modalities.NEEDS[other]]
     class_embeddings = class_text_embeddings(model, params, dataset, template, task.text_length,
                                              mesh)
     result["zero_shot_top1"] = zero_shot_accuracy(arrays[other], class_embeddings,
@@ -126,20 +122,18 @@ def evaluate_task(task: Task, index: int, config, model, params, model_cfg, mesh
 
 
 def class_text_embeddings(model, params, dataset, template: str, length: int, mesh) -> np.ndarray:
-  import sentencepiece as spm
-  from impax.datasets import decode
   tokenizer = spm.SentencePieceProcessor(model_file=dataset.tokenizer_path)
   tokens, masks = zip(*(decode.pad_tokens(tokenizer.encode(template.format(label=name)), length)
                         for name in dataset.labels))
   tokens, masks = np.stack(tokens), np.stack(masks)
-  shards = trainer.sharding.batch_shards(mesh)
+  shards = sharding.batch_shards(mesh)
   pad = -len(tokens) % shards
   tokens = np.concatenate([tokens, np.zeros((pad, length), np.int32)])
   masks = np.concatenate([masks, np.zeros((pad, length), np.int32)])
   masks[len(dataset.labels):, 0] = 1  # padding rows: one token so the mean is defined
   batch = {"text": tokens, "text_mask": masks}
   if mesh is not None:
-    batch = {k: jax.device_put(v, trainer.sharding.batch_sharding(mesh)) for k, v in batch.items()}
+    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in batch.items()}
   out = jax.jit(lambda p, x: model.apply({"params": p}, x)["text"]["embedding"])(params, batch)
   return _gather(out)[:len(dataset.labels)]
 
@@ -164,14 +158,12 @@ def write(workdir: str, step: int, results: dict) -> str:
 
 def main(config_path: str, workdir: str, overrides=(), log=print) -> dict:
   """Evaluates the latest checkpoint in workdir; writes and returns eval.json's content."""
-  from impax.model import Model
-  from impax.train import checkpoint, config as config_lib
   config = config_lib.load(config_path, list(overrides))
-  model_cfg = trainer.model_config(config, trainer.check_datasets(config))
-  mesh = trainer.make_mesh(model_cfg)
+  model_cfg = step_lib.model_config(config, inputs.check_datasets(config))
+  mesh = step_lib.make_mesh(model_cfg)
   model = Model(model_cfg, mesh=mesh)
-  tx = trainer.make_optimizer(config)
-  target = trainer.init_state(config, model_cfg, tx, mesh)
+  tx = step_lib.make_optimizer(config)
+  target = step_lib.init_state(config, model_cfg, tx, mesh)
   ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   restored = ckpt.restore_latest(target)
   ckpt.close()

@@ -11,9 +11,7 @@ schedule.
 import functools
 import math
 
-import numpy as np
-
-_BLOCK = 1024
+from impax.datasets import loader
 
 
 @functools.lru_cache(maxsize=16)
@@ -22,19 +20,13 @@ def _period(intervals: tuple[int, ...]) -> tuple[int, ...]:
   return tuple(i for c in range(cycles) for i, k in enumerate(intervals) if c % k == 0)
 
 
-@functools.lru_cache(maxsize=64)
-def _random_block(weights: tuple[float, ...], seed: int, block: int) -> np.ndarray:
-  p = np.asarray(weights, np.float64)
-  return np.random.default_rng([seed, 3, block]).choice(len(p), size=_BLOCK, p=p / p.sum())
-
-
 def task_of(step: int, kind: str, intervals: tuple[int, ...], weights: tuple[float, ...],
             seed: int) -> int:
   if kind == "intervals":
     period = _period(intervals)
     return period[step % len(period)]
   if kind == "random":
-    return int(_random_block(weights, seed, step // _BLOCK)[step % _BLOCK])
+    return loader.draw(weights, seed, 3, step)  # the loader draws buckets from stream 1
   raise ValueError(f"unknown schedule {kind!r}")
 
 

@@ -1,6 +1,7 @@
 """The bucketed loader on real shards built from the demo corpus."""
 
 import collections
+import functools
 import json
 import os
 import shutil
@@ -20,12 +21,16 @@ def data(demo_data):
   return demo_data
 
 
-def video_task(data, **kw):
-  defaults = dict(name="video_text", dataset=data["videos"], inputs=("video", "text", "label"),
+def video_task(data, *, seed=7, train=True, labels=True, batch_multiple=1, **kw):
+  """Video-text batches that also hold the label: a Loader with the task and its arguments bound."""
+  defaults = dict(name="video_text", dataset=data["videos"], objective="contrastive",
+                  modalities=("video", "text"),
                   buckets=(loader.Bucket(video=(4, 32, 32)), loader.Bucket(video=(8, 16, 16)),
                            loader.Bucket(video=(2, 48, 48), weight=2.0)),
-                  token_budget=256, text_length=12, seed=7)
-  return loader.TaskInput(**{**defaults, **kw})
+                  token_budget=256, text_length=12)
+  return functools.partial(loader.Loader, loader.Task(**{**defaults, **kw}), seed=seed,
+                           train=train, labels=labels, batch_multiple=batch_multiple,
+                           patches=PATCHES)
 
 
 def take(it, n):
@@ -45,7 +50,7 @@ def shape_of(batch):
 
 
 def test_every_batch_has_a_declared_shape_and_the_token_budget(data):
-  data_loader = loader.Loader(video_task(data), patches=PATCHES)
+  data_loader = video_task(data)()
   declared = [{k: (tuple(s), d) for k, (s, d) in shapes.items()}
               for shapes in data_loader.batch_shapes()]
   assert len(declared) == 3
@@ -63,13 +68,12 @@ def test_every_batch_has_a_declared_shape_and_the_token_budget(data):
   drawn = collections.Counter(data_loader.bucket_of(s) for s in range(4000))
   assert abs(drawn[2] / 4000 - 0.5) < 0.03 and abs(drawn[0] / 4000 - 0.25) < 0.03
   for i in range(3):  # tokens per batch within half an example's tokens of the budget
-    per_example = loader.tokens_per_example(data_loader.task.buckets[i], data_loader.task, PATCHES)
+    per_example = data_loader.tokens_per_example(data_loader.buckets[i])
     assert abs(data_loader.tokens_per_batch(i) - 256) <= per_example / 2
 
 
 def test_batch_sizes_follow_the_budget_and_the_multiple(data):
-  task = video_task(data, batch_multiple=4, token_budget=400)
-  sizes = loader.Loader(task, patches=PATCHES).batch_sizes
+  sizes = video_task(data, batch_multiple=4, token_budget=400)().batch_sizes
   # 4x32x32 -> 2*4*4 + 12 text = 44 tokens; 8x16x16 -> 4*2*2 + 12 = 28; 2x48x48 -> 36 + 12 = 48;
   # 400 tokens / 44 = 9.1 -> 8, / 28 = 14.3 -> 16, / 48 = 8.3 -> 8 (nearest multiple of 4)
   assert sizes == (8, 16, 8)
@@ -77,22 +81,21 @@ def test_batch_sizes_follow_the_budget_and_the_multiple(data):
 
 def test_same_seed_same_batches_any_worker_count(data):
   task = video_task(data)
-  one = take(iter(loader.Loader(task, patches=PATCHES)), 6)
-  it = iter(loader.Loader(task, patches=PATCHES, num_workers=2))
+  one = take(iter(task()), 6)
+  it = iter(task(num_workers=2))
   two = take(it, 6)
   it.close()
   assert_batches_equal(one, two)
-  other = take(iter(loader.Loader(video_task(data, seed=8), patches=PATCHES)), 6)
+  other = take(iter(video_task(data, seed=8)()), 6)
   assert any(a["video"].shape != b["video"].shape or not np.array_equal(a["video"], b["video"])
              for a, b in zip(one, other))
 
 
 def test_epochs_cover_every_example_once_in_a_new_order(data):
-  task = loader.TaskInput(name="ids", dataset=data["images"], inputs=("image", "label"),
-                          buckets=(loader.Bucket(image=(16, 16), batch_size=1),), seed=1,
-                          augment=decode.Augment(crop_area=(1.0, 1.0), crop_aspect=(1, 1),
-                                                 flip=False))
-  data_loader = loader.Loader(task, patches=PATCHES)
+  task = loader.Task(name="ids", dataset=data["images"], objective="classification",
+                     modalities=("image",), buckets=(loader.Bucket(image=(16, 16), batch_size=1),),
+                     augment=decode.Augment(crop_area=(1.0, 1.0), crop_aspect=(1, 1), flip=False))
+  data_loader = loader.Loader(task, seed=1, patches=PATCHES)
   n = data_loader.num_records
   plan = data_loader._plan
   first = [int(plan._stream[p]) for p in range(n)]
@@ -103,12 +106,12 @@ def test_epochs_cover_every_example_once_in_a_new_order(data):
 
 def test_exact_resume_from_a_saved_state(data, tmp_path):
   task = video_task(data)
-  uninterrupted = take(iter(loader.Loader(task, patches=PATCHES, num_workers=2)), 9)
-  it = iter(loader.Loader(task, patches=PATCHES, num_workers=2))
+  uninterrupted = take(iter(task(num_workers=2)), 9)
+  it = iter(task(num_workers=2))
   take(it, 4)
   state = json.loads(json.dumps(it.get_state()))  # survives a JSON round trip
   it.close()
-  resumed_it = iter(loader.Loader(task, patches=PATCHES, num_workers=2))
+  resumed_it = iter(task(num_workers=2))
   resumed_it.set_state(state)
   resumed = take(resumed_it, 5)
   resumed_it.close()
@@ -116,14 +119,16 @@ def test_exact_resume_from_a_saved_state(data, tmp_path):
 
 
 def test_processes_read_disjoint_slices_that_cover_the_data(data):
-  task = loader.TaskInput(name="ids", dataset=data["images"], inputs=("image", "label"),
-                          buckets=(loader.Bucket(image=(16, 16)),), token_budget=4 * 8, seed=2)
-  full = loader.Loader(task, patches=PATCHES)
+  task = functools.partial(
+      loader.Loader, loader.Task(name="ids", dataset=data["images"], objective="classification",
+                                 modalities=("image",), buckets=(loader.Bucket(image=(16, 16)),),
+                                 token_budget=4 * 8), seed=2, patches=PATCHES)
+  full = task()
   n, size = full.num_records, full.batch_sizes[0]
   steps = n // size
   positions = {}
   for p in range(2):
-    part = loader.Loader(task, patches=PATCHES, process_index=p, process_count=2)
+    part = task(process_index=p, process_count=2)
     assert part.batch_shapes()[0]["image"][0][0] == size // 2
     positions[p] = [part._plan.stream_start(s) + p * size // 2 + i
                     for s in range(steps) for i in range(size // 2)]
@@ -132,15 +137,16 @@ def test_processes_read_disjoint_slices_that_cover_the_data(data):
   assert len(records) == steps * size  # distinct records, the epoch's first steps*size
   # and the processes' halves are the halves of the single-process batch
   whole = next(iter(full))
-  halves = [next(iter(loader.Loader(task, patches=PATCHES, process_index=p, process_count=2)))
+  halves = [next(iter(task(process_index=p, process_count=2)))
             for p in range(2)]
   np.testing.assert_array_equal(np.concatenate([h["image"] for h in halves]), whole["image"])
 
 
 def test_evaluation_is_deterministic_covers_the_split_and_pads(data):
-  task = video_task(data, split="test", train=False, eval_clips=3, inputs=("video", "label"),
+  task = video_task(data, eval_split="test", train=False, eval_clips=3, objective="classification",
+                    modalities=("video",), labels=False,
                     buckets=(loader.Bucket(video=(4, 32, 32), batch_size=4),))
-  data_loader = loader.Loader(task, patches=PATCHES)
+  data_loader = task()
   n = data_loader.num_records
   batches = list(iter(data_loader))
   assert len(batches) == data_loader.num_batches == -(-n // 4)
@@ -149,7 +155,7 @@ def test_evaluation_is_deterministic_covers_the_split_and_pads(data):
   if n % 4:
     assert not batches[-1]["valid"][n % 4:].any()
     assert not batches[-1]["video"][n % 4:].any()
-  again = list(iter(loader.Loader(task, patches=PATCHES)))
+  again = list(iter(task()))
   assert_batches_equal(batches, again)
 
 
@@ -176,22 +182,22 @@ def test_batches_are_made_at_a_lower_priority_than_the_caller(data):
   lower = min(5, 19 - own)  # nice values stop at 19
   assert lower > 0, f"the test process runs at nice {own}: nothing lower to test"
   before = thread_nices()
-  it = iter(loader.Loader(video_task(data), patches=PATCHES, nice=lower))
+  it = iter(video_task(data)(nice=lower))
   assert own + lower in new_thread_nices(it, before)  # the prefetch thread
   assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # not the caller
   it.close()
   before = thread_nices()
-  unchanged = iter(loader.Loader(video_task(data), patches=PATCHES, nice=0))
+  unchanged = iter(video_task(data)(nice=0))
   started = new_thread_nices(unchanged, before)
   assert started and set(started) == {own}
   unchanged.close()
 
 
 def test_audio_as_waveform_and_log_mel(data):
-  task = loader.TaskInput(name="audio", dataset=data["audio"],
-                          inputs=("waveform", "spectrogram", "label"),
-                          buckets=(loader.Bucket(audio_seconds=1.0, batch_size=4),), seed=0)
-  batch = next(iter(loader.Loader(task, patches=PATCHES)))
+  task = loader.Task(name="audio", dataset=data["audio"], objective="classification",
+                     modalities=("waveform", "spectrogram"),
+                     buckets=(loader.Bucket(audio_seconds=1.0, batch_size=4),))
+  batch = next(iter(loader.Loader(task, seed=0, patches=PATCHES)))
   assert batch["waveform"].shape == (4, 16000) and batch["spectrogram"].shape == (4, 100, 128)
   assert np.abs(batch["waveform"]).max() > 0.01
   np.testing.assert_allclose(batch["spectrogram"][0], decode.log_mel(batch["waveform"][0]),
@@ -218,9 +224,10 @@ def test_log_mel_is_the_mel_filterbank_of_the_power_spectrum():
 
 
 def video_audio_task(dataset, **kw):
-  return loader.TaskInput(name="video_audio", dataset=dataset, inputs=("video", "spectrogram"),
-                          buckets=(loader.Bucket(video=(4, 32, 32), audio_seconds=0.5,
-                                                 batch_size=4),), **kw)
+  return loader.Task(name="video_audio", dataset=dataset, objective="contrastive",
+                     modalities=("video", "spectrogram"),
+                     buckets=(loader.Bucket(video=(4, 32, 32), audio_seconds=0.5,
+                                            batch_size=4),), **kw)
 
 
 def records_with_audio(dataset, split):
@@ -253,10 +260,10 @@ def test_video_with_its_audio_track(data):
   for b in batches:
     assert (b["spectrogram"].std(axis=(1, 2)) > 0).all()
   # A task that does not read audio reads every record.
-  video_only = loader.Loader(video_task(data), patches=PATCHES)
+  video_only = video_task(data)()
   assert video_only.num_records == total and video_only.left_out == {}
   # Evaluation reads each record with sound once.
-  evaluation = loader.Loader(video_audio_task(data["videos"], split="test", train=False),
+  evaluation = loader.Loader(video_audio_task(data["videos"], eval_split="test"), train=False,
                              patches=PATCHES)
   it = iter(evaluation)
   valid = sum(int(b["valid"].sum()) for b in it)
@@ -283,9 +290,9 @@ def test_a_dataset_without_the_list_of_lacking_records_counts_them_as_failures(d
 
 def test_text_from_label_prompts(data):
   import sentencepiece as spm
-  task = loader.TaskInput(name="audio_text", dataset=data["audio"], inputs=("waveform", "text"),
-                          prompt="the sound of {label}.", text_length=16,
-                          buckets=(loader.Bucket(audio_seconds=0.5, batch_size=4),))
+  task = loader.Task(name="audio_text", dataset=data["audio"], objective="contrastive",
+                     modalities=("waveform", "text"), prompt="the sound of {label}.",
+                     text_length=16, buckets=(loader.Bucket(audio_seconds=0.5, batch_size=4),))
   data_loader = loader.Loader(task, patches=PATCHES)
   names = {tuple(spm.SentencePieceProcessor(model_file=data_loader.dataset.tokenizer_path)
                  .encode(f"the sound of {n}.")) for n in data_loader.labels}
@@ -296,17 +303,19 @@ def test_text_from_label_prompts(data):
 
 def test_a_task_the_dataset_cannot_serve_is_refused(data):
   with pytest.raises(loader.LoaderError, match="reads video but split 'train'.*has no video"):
-    loader.Loader(loader.TaskInput(name="x", dataset=data["images"], inputs=("video",),
-                                   buckets=(loader.Bucket(video=(4, 16, 16)),)))
+    loader.Loader(loader.Task(name="x", dataset=data["images"], objective="contrastive",
+                              modalities=("video",), buckets=(loader.Bucket(video=(4, 16, 16)),)))
   with pytest.raises(loader.LoaderError, match="no captions"):
-    loader.Loader(loader.TaskInput(name="x", dataset=data["audio"], inputs=("waveform", "text"),
-                                   buckets=(loader.Bucket(audio_seconds=1.0),)))
+    loader.Loader(loader.Task(name="x", dataset=data["audio"], objective="contrastive",
+                              modalities=("waveform", "text"),
+                              buckets=(loader.Bucket(audio_seconds=1.0),)))
   with pytest.raises(loader.LoaderError, match="bucket 0: reads image"):
-    loader.Loader(loader.TaskInput(name="x", dataset=data["images"], inputs=("image",),
-                                   buckets=(loader.Bucket(video=(4, 16, 16)),)))
+    loader.Loader(loader.Task(name="x", dataset=data["images"], objective="contrastive",
+                              modalities=("image",), buckets=(loader.Bucket(video=(4, 16, 16)),)))
   with pytest.raises(loader.LoaderError, match="larger than"):
-    loader.Loader(loader.TaskInput(name="x", dataset=data["images"], inputs=("image",),
-                                   buckets=(loader.Bucket(image=(16, 16), batch_size=10_000),)))
+    loader.Loader(loader.Task(name="x", dataset=data["images"], objective="contrastive",
+                              modalities=("image",),
+                              buckets=(loader.Bucket(image=(16, 16), batch_size=10_000),)))
 
 
 def test_corrupt_records_are_skipped_and_counted(data, tmp_path):
@@ -323,9 +332,9 @@ def test_corrupt_records_are_skipped_and_counted(data, tmp_path):
   for i, r in enumerate(records):
     writer.write(bad.get(i, r))
   writer.close()
-  task = loader.TaskInput(name="x", dataset=str(target), inputs=("image", "label"), seed=0,
-                          buckets=(loader.Bucket(image=(16, 16), batch_size=1),))
-  data_loader = loader.Loader(task, patches=PATCHES)
+  task = loader.Task(name="x", dataset=str(target), objective="classification",
+                     modalities=("image",), buckets=(loader.Bucket(image=(16, 16), batch_size=1),))
+  data_loader = loader.Loader(task, seed=0, patches=PATCHES)
   it = iter(data_loader)
   batches = take(it, data_loader.num_records * 2)  # two epochs
   assert it.failed == 4 and sum(int((~b["valid"]).sum()) for b in batches) == 4
@@ -343,8 +352,9 @@ def test_a_remote_dataset_is_staged_with_a_message(data, tmp_path, capsys, monke
   meta = json.loads(open(os.path.join(local, "metadata.json")).read())
   shards = [s["path"] for split in meta["splits"].values() for s in split["shards"]]
   assert sorted(os.listdir(local)) == sorted(shards + ["metadata.json", "tokenizer.model"])
-  assert loader.Loader(loader.TaskInput(name="x", dataset=local, inputs=("image",),
-                                        buckets=(loader.Bucket(image=(16, 16), batch_size=2),))
+  assert loader.Loader(loader.Task(name="x", dataset=local, objective="contrastive",
+                                   modalities=("image",),
+                                   buckets=(loader.Bucket(image=(16, 16), batch_size=2),))
                       ).num_records > 0
 
 

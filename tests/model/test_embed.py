@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from impax.datasets import modalities
 from impax.model import Model, embed, get_config
 
 
@@ -168,3 +169,11 @@ def test_text_padding_does_not_change_the_output(tiny_params):
   masked = run({"text": padded, "text_mask": np.ones_like(padded)})
   masked = masked["text"]["pooled"]
   assert not np.allclose(masked, long, atol=1e-4)
+
+
+def test_the_model_reads_the_inputs_the_loader_makes():
+  # impax.model imports nothing of impax, so it names its inputs itself: the same as
+  # the vocabulary the loader and the trainer use.
+  assert embed.MODALITIES == modalities.ENCODED
+  assert set(embed.FAMILY) == set(modalities.ENCODED)
+  assert set(modalities.INPUTS) - set(modalities.ENCODED) == {"label"}

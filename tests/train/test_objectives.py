@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from impax.train import evaluate, objectives, schedule, trainer
+from impax.train import evaluate, inputs, objectives, schedule
 
 
 def test_infonce_is_small_for_aligned_pairs_and_log_n_for_identical_ones():
@@ -89,12 +89,12 @@ def test_model_inputs_scale_pixels_and_standardize_each_spectrogram():
   pixels = rng.integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
   # Two log-mel examples far from zero, at different levels and spreads.
   spectrogram = np.stack([rng.normal(-9.0, 2.5, (16, 8)), rng.normal(-3.0, 0.5, (16, 8))])
-  out = trainer.model_inputs({"image": pixels, "spectrogram": spectrogram.astype(np.float32)},
+  out = inputs.model_inputs({"image": pixels, "spectrogram": spectrogram.astype(np.float32)},
                              ("image", "spectrogram"))
   np.testing.assert_allclose(out["image"], pixels / 127.5 - 1.0, atol=1e-6)
   x = np.asarray(out["spectrogram"])
   np.testing.assert_allclose(x.mean(axis=(1, 2)), 0.0, atol=1e-5)
   np.testing.assert_allclose(x.std(axis=(1, 2)), 1.0, atol=1e-4)
   # An affine change of one example's level and scale leaves its input the same.
-  shifted = trainer.model_inputs({"spectrogram": spectrogram[:1] * 3.0 + 4.0}, ("spectrogram",))
+  shifted = inputs.model_inputs({"spectrogram": spectrogram[:1] * 3.0 + 4.0}, ("spectrogram",))
   np.testing.assert_allclose(shifted["spectrogram"], x[:1], atol=1e-4)

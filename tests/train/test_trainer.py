@@ -127,14 +127,22 @@ def test_bad_tasks_are_refused_before_training(root, tmp_path):
     trainer.train(TrainConfig(tasks=(small,)), str(tmp_path), log=lambda *_: None)
   # Images tokenized by their own tokenizer next to videos tokenized by the shared one.
   images = str(tmp_path / "images")
-  plan, facts = build.prepare("jsonl", os.path.join(root, "raw", "images-train.jsonl"), images,
-                              "train", ({"image_short_side": 48},))
-  build.run(plan, facts, workers=1)
+  plan = build.prepare("jsonl", os.path.join(root, "raw", "images-train.jsonl"), images,
+                       "train", ({"image_short_side": 48},))
+  build.run(plan, workers=1)
   own = Task("image_text", images, "contrastive", ("image", "text"),
              buckets=(Bucket(image=(16, 16)),))
   with pytest.raises(ConfigError, match=r"different tokenizers \('video_text' .*; 'image_text' "
                                         r".*--tokenizer PATH"):
     trainer.train(TrainConfig(tasks=(base.tasks[0], own)), str(tmp_path), log=lambda *_: None)
+  # The videos' sound tracks and captions, but the dataset serves no audio-text task
+  # (metadata.json lists what its data serves): refused before anything is read.
+  unserved = Task("audio_text", base.tasks[0].dataset, "contrastive", ("waveform", "text"),
+                  buckets=(Bucket(audio_seconds=0.32),))
+  with pytest.raises(ConfigError, match=r"task 'audio_text': .*videos serves no contrastive task "
+                                        r"of audio\+text; its data serves .*video_text \(video"
+                                        r"\+text, contrastive\)"):
+    trainer.train(TrainConfig(tasks=(unserved,)), str(tmp_path), log=lambda *_: None)
   with pytest.raises(ConfigError, match="takes 2 distinct modalities"):
     config_lib.check(TrainConfig(tasks=(Task("x", ".", "contrastive", ("video",),
                                              buckets=(Bucket(video=(4, 16, 16)),)),)))

@@ -23,9 +23,7 @@ as often as the other two.
 
 import os
 
-from impax.datasets.decode import Augment
-from impax.datasets.loader import Bucket
-from impax.train.config import Task, TrainConfig
+from impax.train.config import Augment, Bucket, Task, TrainConfig
 
 
 def get_config(data: str = "demo-output/data") -> TrainConfig:

@@ -1,0 +1,198 @@
+"""The compiled step: model and mesh, optimizer and state, one task's loss, AGD's update.
+
+    model_cfg = step.model_config(config, num_labels)
+    mesh = step.make_mesh(model_cfg)                  # None on one device
+    model, tx = Model(model_cfg, mesh=mesh), step.make_optimizer(config)
+    state = step.init_state(config, model_cfg, tx, mesh)
+    fn = step.make_step(model, (task,), tx, config.seed)
+    executable = step.Compiled(fn, state, mesh, donate, log).prepare(key, (shapes,))
+
+Every step function is compiled ahead of time once per (task, batch shape);
+the loop (trainer.py) only looks executables up.
+"""
+
+import collections
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from impax.model import Model, get_config, init_params, sharding
+from impax.model import embed as embed_lib
+from impax.model import heads as heads_lib
+from impax.train import inputs, objectives
+from impax.train.config import Task, TrainConfig
+
+
+# ---------------------------------------------------------------------------
+# Model and mesh.
+
+def model_config(config: TrainConfig, num_labels: dict[str, int]):
+  """The preset with one classification head per classification task."""
+  classifiers = tuple((t.name, num_labels[t.name]) for t in config.tasks
+                      if t.objective == "classification")
+  return get_config(config.model, classifiers=classifiers, **dict(config.model_overrides))
+
+
+def make_mesh(model_cfg):
+  return sharding.make_mesh(model_cfg.num_experts) if jax.device_count() > 1 else None
+
+
+def initialize_distributed(coordinator: str | None, num_processes: int | None,
+                           process_id: int | None) -> None:
+  """Joins a multi-process run (one process per host, or several on one machine).
+
+  With no coordinator, nothing happens: a single process, or a cluster JAX
+  detects by itself (Cloud TPU, SLURM) when jax.distributed.initialize() is
+  called with no arguments there.
+  """
+  if not coordinator:
+    return
+  # Processes on CPUs reach each other through gloo; accelerators ignore this.
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
+                             process_id=process_id)
+
+
+
+# ---------------------------------------------------------------------------
+# Losses of one task on one batch.
+
+def task_loss(model: Model, params, batch: dict, task: Task, rng, train: bool):
+  x = inputs.model_inputs(batch, task.modalities)
+  drop = {m: task.drop_token for m in task.modalities if m != "text"} if train else None
+  heads = ({task.modalities[0]: task.name} if task.objective == "classification" else None)
+  out = model.apply({"params": params}, x, train=train, drop_token=drop, heads=heads,
+                    rngs={"droptoken": rng})
+  valid = batch["valid"]
+  if task.objective == "contrastive":
+    a, b = task.modalities
+    pair = heads_lib.pair_name(embed_lib.FAMILY[a], embed_lib.FAMILY[b])
+    temperature = out["temperature"][pair]
+    loss, stats = objectives.infonce(out[a]["embedding"], out[b]["embedding"], temperature, valid)
+    stats["temperature"] = temperature
+  else:
+    logits = out[task.modalities[0]]["logits"][task.name]
+    fn = objectives.sigmoid_cross_entropy if task.multi_label else objectives.softmax_cross_entropy
+    loss, stats = fn(logits, batch["label"], valid)
+  stats.update(loss=loss, aux_loss=out["aux_loss"])
+  for modality, layers in out["moe"]["experts"].items():
+    for layer, s in layers.items():
+      taken = s["tokens_per_expert"].astype(jnp.float32)
+      stats[f"experts/{modality}/{layer}/fraction"] = taken / jnp.maximum(taken.sum(), 1.0)
+      stats[f"experts/{modality}/{layer}/dropped"] = (
+          s["dropped_tokens"] / jnp.maximum(s["tokens"], 1)).astype(jnp.float32)
+  return task.loss_weight * loss + out["aux_loss"], stats
+
+
+# ---------------------------------------------------------------------------
+# State and optimizer.
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  lr = optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
+      decay_steps=max(config.steps, config.warmup_steps + 1), end_value=config.end_learning_rate)
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip),
+      optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
+                  weight_decay=config.weight_decay))
+
+
+def init_state(config: TrainConfig, model_cfg, tx, mesh):
+  """{"params", "opt_state"}; on a mesh, each leaf placed by sharding.PARAM_RULES (Adam's
+  moments match their parameters' paths, so expert moments live with their experts)."""
+  def init(key):
+    params = init_params(model_cfg, key)
+    return {"params": params, "opt_state": tx.init(params)}
+  key = jax.random.key(config.seed)
+  if mesh is None:
+    return jax.jit(init)(key)
+  return jax.jit(init, out_shardings=state_shardings(init, key, mesh))(key)
+
+
+def state_shardings(init, key, mesh):
+  return sharding.param_shardings(jax.eval_shape(init, key), mesh)
+
+
+# ---------------------------------------------------------------------------
+# Steps, compiled ahead of time once per (task, batch shape).
+
+def make_step(model: Model, tasks: tuple[Task, ...], tx, seed: int):
+  """A training step over one batch per task in `tasks` (AGD: one task; mixed: all)."""
+
+  def step(state, batches, step_index):
+    rng = jax.random.fold_in(jax.random.key(seed), step_index)
+
+    def loss_fn(params):
+      total, stats = 0.0, {}
+      for i, (task, batch) in enumerate(zip(tasks, batches)):
+        loss, s = task_loss(model, params, batch, task, jax.random.fold_in(rng, i), train=True)
+        total += loss
+        stats[task.name] = s
+      return total, stats
+
+    (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"params": params, "opt_state": opt_state}, stats, optax.tree.norm(grads)
+
+  return step
+
+
+class Compiled:
+  """Ahead-of-time compiled steps keyed by (tasks, batch shapes); counts compilations."""
+
+  def __init__(self, fn, state, mesh, donate: bool, log):
+    self.fn, self.state, self.mesh, self.log = fn, state, mesh, log
+    self.donate = donate
+    self.executables = {}
+    self.compilations = collections.Counter()
+    self.compile_seconds = {}
+
+  def _spec(self, shapes: dict) -> dict:
+    sharded = sharding.batch_sharding(self.mesh) if self.mesh is not None else None
+    return {k: jax.ShapeDtypeStruct((shape[0] * jax.process_count(), *shape[1:]), dtype,
+                                    sharding=sharded)
+            for k, (shape, dtype) in shapes.items()}
+
+  def prepare(self, key: tuple, shapes: tuple[dict, ...]):
+    """Compiles the step for `key` (task names and shapes) unless it is compiled."""
+    if key in self.executables:
+      return self.executables[key]
+    start = time.perf_counter()
+    out = None
+    if self.mesh is not None:  # the state keeps its shardings step after step
+      replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
+      out = (jax.tree.map(lambda x: x.sharding, self.state), replicated, replicated)
+    jitted = jax.jit(self.fn, donate_argnums=(0,) if self.donate else (),
+                     **({"out_shardings": out} if out else {}))
+    state_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                              self.state)
+    batches = tuple(self._spec(s) for s in shapes)
+    executable = jitted.lower(state_spec, batches,
+                              jax.ShapeDtypeStruct((), jnp.int32)).compile()
+    seconds = time.perf_counter() - start
+    self.executables[key] = executable
+    self.compilations[key] += 1
+    self.compile_seconds[key] = round(seconds, 2)
+    self.log(f"compiled {key[0]} {[shape_text(s) for s in shapes]} in {seconds:.1f} s")
+    return executable
+
+
+def shape_text(shapes: dict) -> str:
+  main = [k for k in ("video", "image", "spectrogram", "waveform") if k in shapes]
+  key = main[0] if main else "text"
+  return "x".join(str(d) for d in shapes[key][0])
+
+
+def shapes_of(batch: dict) -> dict:
+  """{key: (shape, dtype)}, the form of Loader.batch_shapes()."""
+  return {k: (tuple(v.shape), str(v.dtype)) for k, v in batch.items()}
+
+
+def put(batch: dict, mesh):
+  if mesh is None:
+    return jax.device_put(batch)  # a transfer; jnp.asarray would compile a copy per shape
+  sharded = sharding.batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharded, v) for k, v in batch.items()}
