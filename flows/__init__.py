@@ -6,8 +6,8 @@
   serve.py       `python -m impax.flows.serve`: the three flows as deployments for the UI
   demo.py        `python -m impax.flows.demo DIR`: end_to_end on Prefect's ephemeral server
 
-Flows only orchestrate: they call pipelines/, train/ and datasets/, and nothing
-in impax imports them.
+Flows only orchestrate: they call pipelines/, train/, datasets/ and the demo
+(impax/demo.py), and nothing in impax imports them.
 """
 
 

@@ -13,6 +13,8 @@ import os
 import sys
 import time
 
+from impax import demo
+
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(prog="python -m impax.flows.demo", description=__doc__,
@@ -21,11 +23,11 @@ def main(argv=None) -> int:
   parser.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
   parser.add_argument("--workers", type=int, default=None, help="build workers (default: CPUs)")
   args = parser.parse_args(argv)
-  # Offline, the server's telemetry only logs failures.
+  # Offline, the server's telemetry only logs failures. Prefect reads its settings
+  # when it is imported, so it (and the flow) are imported after this.
   os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
   from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
-  from impax.demo import ZERO_SHOT_GOAL
   from impax.flows.end_to_end import end_to_end
 
   start = time.monotonic()
@@ -39,17 +41,8 @@ def main(argv=None) -> int:
     print(f"end_to_end failed: {state.message}{where}", file=sys.stderr)
     return 1
   result = state.result()
-  data, workdir = os.path.join(args.root, "data"), result["train"]["workdir"]
-  print(f"\nprepared datasets: {data}\nrun: {workdir} (metrics.jsonl, tensorboard/, plots/, "
-        f"eval.json)\ntotal time: {time.monotonic() - start:.0f} s{where}")
-  video = result["train"]["eval"].get("video_text")
-  if not video or "zero_shot_top1" not in video:
-    print("no zero-shot result: the run did not finish")
-    return 1
-  print(f"zero-shot video classification of {video['examples']} held-out videos: "
-        f"top-1 {video['zero_shot_top1']:.1%} (chance {video['zero_shot_chance']:.0%}, "
-        f"goal {ZERO_SHOT_GOAL:.0%})")
-  return 0
+  return demo.print_summary(args.root, result["train"]["workdir"], result["train"]["eval"],
+                            time.monotonic() - start, where)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
     python -m impax.flows.demo demo-output     # make demo: this flow on the demo corpus
 
 1. corpora: the demo corpus generated under ROOT/corpus (digits in videos, images and
-   sounds; pipelines/demo.py), or your corpora, each with its splits and options.
+   sounds; impax/demo.py), or your corpora, each with its splits and options.
 2. build_dataset for each (cached: an unchanged corpus is not built again).
 3. train (and evaluate) with the config: by default the demo's (train/configs/demo.py)
    on ROOT/data; the run goes to ROOT/run.
@@ -18,8 +18,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from impax import demo as demo_lib
 from impax.flows import artifact_key
-from impax.pipelines import demo as demo_pipelines
 from impax.flows.build import BuildOptions, Split, build_dataset
 from impax.flows.train import train
 
@@ -27,9 +27,9 @@ from impax.flows.train import train
 class DemoCorpus(pydantic.BaseModel):
   """Sizes of the generated demo corpus (train and test together); `impax demo`'s by default."""
   model_config = pydantic.ConfigDict(extra="forbid")
-  videos: int = pydantic.Field(demo_pipelines.SIZES["videos"], ge=10)
-  images: int = pydantic.Field(demo_pipelines.SIZES["images"], ge=10)
-  audio: int = pydantic.Field(demo_pipelines.SIZES["audio"], ge=10)
+  videos: int = pydantic.Field(demo_lib.SIZES["videos"], ge=10)
+  images: int = pydantic.Field(demo_lib.SIZES["images"], ge=10)
+  audio: int = pydantic.Field(demo_lib.SIZES["audio"], ge=10)
   seed: int = 0
 
 
@@ -44,27 +44,18 @@ class Corpus(pydantic.BaseModel):
   overwrite: bool = False
 
 
-def demo_config() -> str:
-  import impax.train
-  return os.path.join(os.path.dirname(impax.train.__file__), "configs", "demo.py")
-
-
 @task(name="generate_demo_corpus", cache_policy=NO_CACHE)
 def generate_demo_corpus(root: str, demo: DemoCorpus) -> list[Corpus]:
   """Writes the demo corpus under root/corpus; returns its datasets to build under root/data."""
-  from impax.datasets import demo as demo_corpus
-  from impax.pipelines import demo as demo_pipelines
   corpus = os.path.join(root, "corpus")
-  manifests = demo_corpus.generate(corpus, videos=demo.videos, images=demo.images,
-                                   audio=demo.audio, seed=demo.seed)
-  settings = demo_pipelines.settings(corpus)
-  demo_pipelines.shared_tokenizer(manifests, settings["tokenizer"])
+  manifests = demo_lib.write_corpus(corpus, videos=demo.videos, images=demo.images,
+                                    audio=demo.audio, seed=demo.seed)
   splits = {}
   for key, manifest in manifests.items():  # train before test: train fixes the vocabularies
     modality, split = key.rsplit("-", 1)
     splits.setdefault(modality, []).append(Split(name=split, input=manifest))
   return [Corpus(spec="jsonl", output=os.path.join(root, "data", modality), splits=s,
-                 options=BuildOptions(**settings))
+                 options=BuildOptions(**demo_lib.settings(corpus)))
           for modality, s in splits.items()]
 
 
@@ -93,9 +84,10 @@ def end_to_end(
   Returns: {"datasets": {output: {split: build summary}}, "train": train's result,
     "report": the report's markdown}.
   """
-  if corpora is None:
+  on_demo = corpora is None
+  if on_demo:
     corpora = generate_demo_corpus(root, demo or DemoCorpus())
-    config = config or f"{demo_config()}:{os.path.join(root, 'data')}"
+    config = config or demo_lib.config_for(root)
   elif config is None:
     raise ValueError("config: a training config is required with your own corpora "
                      "(the demo's expects the demo datasets)")
@@ -106,20 +98,14 @@ def end_to_end(
         config_file=corpus.config_file, overwrite=corpus.overwrite, workers=workers)
   trained = train(config=config, workdir=os.path.join(root, "run"), steps=steps,
                   overrides=overrides)
-  text = report(root, datasets, config, trained)
+  text = report(root, datasets, config, trained, goal=on_demo)
   create_markdown_artifact(text, key=artifact_key("end-to-end", os.path.basename(
       os.path.abspath(root))), description=f"impax end to end in {root}")
   return {"datasets": datasets, "train": trained, "report": text}
 
 
-def zero_shot_lines(results: dict) -> list[str]:
-  """A line per task with zero-shot classification, e.g. the demo's held-out videos."""
-  return [f"zero-shot classification ({name}) of {r['examples']} held-out examples: top-1 "
-          f"{r['zero_shot_top1']:.1%} (chance {r['zero_shot_chance']:.0%})"
-          for name, r in results.items() if "zero_shot_top1" in r]
-
-
-def report(root: str, datasets: dict, config: str, trained: dict) -> str:
+def report(root: str, datasets: dict, config: str, trained: dict, goal: bool = False) -> str:
+  """The markdown report; with goal, the demo's zero-shot goal next to its result."""
   summary, results, workdir = trained["summary"], trained["eval"], trained["workdir"]
   lines = [f"# impax end to end: {root}", "", "## Datasets", "",
            "| dataset | split | examples | failed | shards |", "|---|---|---|---|---|"]
@@ -135,7 +121,7 @@ def report(root: str, datasets: dict, config: str, trained: dict) -> str:
     for key, value in result.items():
       if isinstance(value, float):
         lines.append(f"| {name} | {key} | {value:.3f} |")
-  lines += ["", *(f"**{line}**" for line in zero_shot_lines(results)), "",
+  lines += ["", *(f"**{line}**" for line in demo_lib.zero_shot_lines(results, goal)), "",
             "## Where the results are", "",
             *(f"- dataset: `{output}` (metadata.json, shards, failures-SPLIT.jsonl)"
               for output in datasets),

@@ -18,8 +18,9 @@ from prefect import serve
 from prefect.deployments.runner import EntrypointType
 from prefect.schedules import Cron
 
+from impax import demo
 from impax.flows.build import build_dataset
-from impax.flows.end_to_end import demo_config, end_to_end
+from impax.flows.end_to_end import end_to_end
 from impax.flows.train import train
 
 NIGHTLY = "0 2 * * *"
@@ -27,13 +28,12 @@ NIGHTLY = "0 2 * * *"
 
 def nightly_rebuilds(root: str, active: bool) -> list:
   """A schedule per demo dataset under root, each with its build_dataset parameters."""
-  from impax.pipelines import demo as demo_pipelines
   return [Cron(NIGHTLY, timezone="UTC", active=active, slug=f"nightly-{modality}", parameters={
               "spec": "jsonl", "output": os.path.join(root, "data", modality),
               "splits": [{"name": split, "input": os.path.join(root, "corpus",
                                                                f"{modality}-{split}.jsonl")}
                          for split in ("train", "test")],
-              "options": demo_pipelines.settings(os.path.join(root, "corpus"))})
+              "options": demo.settings(os.path.join(root, "corpus"))})
           for modality in ("videos", "images", "audio")]
 
 
@@ -44,7 +44,7 @@ def deployments(root: str, nightly: bool = False) -> list:
       build_dataset.to_deployment(schedules=nightly_rebuilds(root, nightly),
                                   description="Build a dataset's splits (impax build), cached; "
                                               "nightly rebuild of the demo datasets.", **common),
-      train.to_deployment(parameters={"config": f"{demo_config()}:{os.path.join(root, 'data')}",
+      train.to_deployment(parameters={"config": demo.config_for(root),
                                       "workdir": os.path.join(root, "run")},
                           description="Train and evaluate (impax train).", **common),
       end_to_end.to_deployment(parameters={"root": root},

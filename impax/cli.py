@@ -1,9 +1,12 @@
-"""The `impax` command line."""
+"""The `impax` command line.
+
+Each subcommand imports what it runs inside its own function, so `impax --help`
+and `impax specs` answer without importing Beam, JAX or TensorFlow.
+"""
 
 import argparse
 import json
 import logging
-import os
 import sys
 
 
@@ -41,25 +44,13 @@ def _build(args, beam_args):
   settings.append({k[4:]: v for k, v in vars(args).items() if k.startswith("set_") and v is not None})
   if args.workers is not None and args.workers < 1:
     raise build.BuildError("--workers must be at least 1")
-  plan, facts = build.prepare(args.spec, args.input, args.output, args.split, tuple(settings),
-                              overwrite=args.overwrite, beam_args=beam_args)
-  if facts["resumed_shards"]:
-    print(f"resuming: {facts['resumed_shards']} shard(s) already finished", file=sys.stderr)
-  summary = build.run(plan, facts, workers=args.workers, beam_args=beam_args,
-                      quiet=not args.verbose)
-  print_summary(summary)
+  plan = build.prepare(args.spec, args.input, args.output, args.split, tuple(settings),
+                       overwrite=args.overwrite, beam_args=beam_args)
+  if plan.resumed_shards:
+    print(f"resuming: {plan.resumed_shards} shard(s) already finished", file=sys.stderr)
+  summary = build.run(plan, workers=args.workers, beam_args=beam_args, quiet=not args.verbose)
+  print(build.describe(summary))
   return 0
-
-
-def print_summary(s: dict):
-  shards = s["shards"]
-  size = sum(x["num_bytes"] for x in shards)
-  print(f"{s['output']} [{s['split']}]: {s['num_examples']} examples, {s['num_failed']} failed, "
-        f"{len(shards)} shard(s), {size / 1e6:.1f} MB" + (f" ({s['skipped']})" if "skipped" in s else
-                                                           f", {s['build_seconds']:.1f} s"))
-  if s["num_failed"]:
-    stages = ", ".join(f"{k}: {v}" for k, v in s["failures_by_stage"].items())
-    print(f"  failures by stage: {stages}; see {os.path.join(s['output'], s['failures'])}")
 
 
 def _inspect_parser(sub):
@@ -73,7 +64,7 @@ def _inspect_parser(sub):
 
 
 def _inspect(args, beam_args):
-  from impax.pipelines import inspect
+  from impax.datasets import inspect
   return inspect.main(args.dir, split=args.split, example=args.example, frames_to=args.frames_to,
                       as_json=args.json)
 
@@ -101,14 +92,13 @@ def _demo_corpus_parser(sub):
 
 
 def _demo_corpus(args, beam_args):
-  from impax.datasets import demo
-  from impax.pipelines import demo as demo_pipelines
-  manifests = demo.generate(args.dir, videos=args.videos, images=args.images, audio=args.audio,
-                            seed=args.seed)
+  from impax import demo
+  manifests = demo.write_corpus(args.dir, videos=args.videos, images=args.images,
+                                audio=args.audio, seed=args.seed)
   for name, path in manifests.items():
     print(f"{name:14s} {path}")
   # One model trains on all of them: build each with this one (impax build ... --tokenizer).
-  tokenizer = demo_pipelines.shared_tokenizer(manifests, os.path.join(args.dir, "tokenizer.model"))
+  tokenizer = demo.settings(args.dir)["tokenizer"]
   print(f"{'tokenizer':14s} {tokenizer}  (build each with --tokenizer {tokenizer})")
   return 0
 

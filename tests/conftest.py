@@ -2,9 +2,8 @@
 
 import pytest
 
-from impax.datasets import demo
+from impax import demo
 from impax.pipelines import build
-from impax.pipelines import demo as demo_pipelines
 
 SETTINGS = {"video_short_side": 48, "image_short_side": 48, "video_fps": 8.0, "num_shards": 2}
 
@@ -16,12 +15,12 @@ def demo_data(tmp_path_factory) -> dict[str, str]:
   manifests = demo.generate(str(root / "raw"), videos=40, images=30, audio=20, seconds=1.5,
                             size=48, seed=3)
   # One tokenizer for all, as the demo's: the trainer refuses text tasks that differ.
-  tokenizer = demo_pipelines.shared_tokenizer(manifests, str(root / "raw" / "tokenizer.model"))
+  tokenizer = demo.shared_tokenizer(manifests, str(root / "raw" / "tokenizer.model"))
   out = {}
   for key, manifest in sorted(manifests.items()):
     modality, split = key.rsplit("-", 1)
-    plan, facts = build.prepare("jsonl", manifest, str(root / modality), split,
-                                ({**SETTINGS, "tokenizer": tokenizer},))
-    build.run(plan, facts, workers=2)
+    plan = build.prepare("jsonl", manifest, str(root / modality), split,
+                         ({**SETTINGS, "tokenizer": tokenizer},))
+    build.run(plan, workers=2)
     out[modality] = str(root / modality)
   return out

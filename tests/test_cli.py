@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from impax.pipelines import build
+
 
 def run(*args):
   return subprocess.run([sys.executable, "-m", "impax.cli", *args], capture_output=True, text=True,
@@ -43,3 +45,15 @@ def test_demo_corpus_writes_the_manifests_and_one_tokenizer_for_them(tmp_path):
   tokenizer = tmp_path / "tokenizer.model"
   assert tokenizer.stat().st_size > 0
   assert f"--tokenizer {tokenizer}" in result.stdout
+
+
+def test_a_build_summary_reads_as_a_line_and_one_naming_the_failures():
+  summary = {"output": "/data/images", "split": "train", "num_examples": 24, "num_failed": 2,
+             "shards": [{"num_bytes": 600_000}, {"num_bytes": 400_000}], "build_seconds": 3.21,
+             "failures_by_stage": {"read": 1, "parse": 1}, "failures": "failures-train.jsonl"}
+  assert build.describe(summary) == (
+      "/data/images [train]: 24 examples, 2 failed, 2 shard(s), 1.0 MB, 3.2 s\n"
+      "  failures by stage: read: 1, parse: 1; see /data/images/failures-train.jsonl")
+  cached = {**summary, "num_failed": 0, "skipped": "already built"}
+  assert build.describe(cached) == (
+      "/data/images [train]: 24 examples, 0 failed, 2 shard(s), 1.0 MB (already built)")

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from impax.datasets import demo
+from impax import demo
 
 
 class Server:

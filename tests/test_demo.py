@@ -1,4 +1,8 @@
-"""The demo corpus: complete manifests, real encodings, a held-out test split."""
+"""The demo (impax/demo.py): its corpus and the one tokenizer its datasets share.
+
+The corpus: complete manifests, real encodings, a held-out test split. Its
+datasets share one tokenizer, so its text tasks can train one model together.
+"""
 
 import hashlib
 import json
@@ -7,8 +11,10 @@ import re
 import subprocess
 
 import pytest
+import sentencepiece as spm
 
-from impax.datasets import demo
+from impax import demo
+from impax.datasets import prepared
 from impax.pipelines.tools import ffmpeg_binary
 
 SIZES = {"videos": 12, "images": 12, "audio": 12}
@@ -99,3 +105,49 @@ def test_same_seed_gives_identical_files(corpus, tmp_path):
   first = digests(first_dir)
   assert len(first) == sum(SIZES.values()) + 6  # media and manifests
   assert digests(tmp_path) == first
+
+
+def test_demo_datasets_share_one_tokenizer_that_knows_every_caption_word(demo_data):
+  datasets = {m: prepared.open_dataset(path) for m, path in demo_data.items()}
+  digests = {m: d.metadata.tokenizer.sha256 for m, d in datasets.items()}
+  assert len(set(digests.values())) == 1, digests
+  assert not datasets["videos"].metadata.tokenizer.trained  # given, not trained per dataset
+  tokenizer = spm.SentencePieceProcessor(model_file=datasets["videos"].tokenizer_path)
+  # The words of the video and image captions and of the prompts are known to
+  # it: whole pieces, no unknown id.
+  raw = os.path.join(os.path.dirname(demo_data["videos"]), "raw")
+  for name in ("videos-train", "images-train"):
+    with open(os.path.join(raw, f"{name}.jsonl")) as f:
+      for line in f:
+        pieces = tokenizer.encode(json.loads(line)["caption"])
+        assert tokenizer.unk_id() not in pieces
+  for digit in demo.DIGIT_NAMES:
+    for prompt in ("a video of {label}.", "a photo of {label}."):
+      assert tokenizer.unk_id() not in tokenizer.encode(prompt.format(label=digit))
+    assert len(tokenizer.encode(digit)) == 1
+
+
+def test_the_flow_builds_the_demo_with_the_shared_tokenizer(tmp_path):
+  from impax.flows.end_to_end import DemoCorpus, generate_demo_corpus
+  corpora = generate_demo_corpus.fn(str(tmp_path), DemoCorpus(videos=10, images=10, audio=10))
+  tokenizer = str(tmp_path / "corpus" / "tokenizer.model")
+  assert os.path.getsize(tokenizer) > 0
+  assert [c.options.tokenizer for c in corpora] == [tokenizer] * 3
+  assert demo.settings(str(tmp_path / "corpus"))["tokenizer"] == tokenizer
+
+
+def test_the_summary_names_the_folders_and_the_zero_shot_result_against_the_goal(capsys):
+  results = {"image_text": {"examples": 200, "zero_shot_top1": 0.675, "zero_shot_chance": 0.1},
+             "video_text": {"examples": 80, "zero_shot_top1": 0.725, "zero_shot_chance": 0.1},
+             "audio": {"examples": 40, "accuracy": 0.95}}
+  assert demo.print_summary("out", "out/run", results, 61.2) == 0
+  printed = capsys.readouterr().out
+  assert f"prepared datasets: {os.path.join('out', 'data')}\nrun: out/run (" in printed
+  assert "total time: 61 s" in printed
+  assert ("zero-shot classification (video_text) of 80 held-out examples: top-1 72.5% "
+          "(chance 10%, goal 60%)") in printed
+  assert "(image_text) of 200 held-out examples: top-1 67.5% (chance 10%)\n" in printed
+  # The report of your own corpora shows no goal; a run without the videos' result fails.
+  assert "goal" not in "".join(demo.zero_shot_lines(results))
+  assert demo.print_summary("out", "out/run", {"image_text": results["image_text"]}, 1.0) == 1
+  assert "no zero-shot result: the run did not finish" in capsys.readouterr().out
