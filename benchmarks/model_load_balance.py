@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from impax.model import Model, get_config, init_params
+from impax.train import objectives
 
 NUM_CLASSES = 10
 
@@ -67,15 +68,6 @@ TASKS = [(("image",), "classify", "imagenet"),
          (("waveform",), "classify", "esc50")]
 
 
-def contrastive(a, b, temperature):
-  a = a / jnp.linalg.norm(a, axis=-1, keepdims=True)
-  b = b / jnp.linalg.norm(b, axis=-1, keepdims=True)
-  logits = a @ b.T / temperature
-  labels = jnp.arange(a.shape[0])
-  ce = optax.softmax_cross_entropy_with_integer_labels
-  return (ce(logits, labels).mean() + ce(logits.T, labels).mean()) / 2
-
-
 def train(config, steps: int, batch: int, seed: int = 0) -> dict:
   model = Model(config)
   params = init_params(config, jax.random.key(seed))
@@ -97,8 +89,10 @@ def train(config, steps: int, batch: int, seed: int = 0) -> dict:
               out[modalities[0]]["logits"][head], labels).mean()
         else:
           a, b = modalities
-          loss = contrastive(out[a]["embedding"], out[b]["embedding"],
-                             out["temperature"][f"{'vision' if a == 'video' else a}_{b}"])
+          loss, _ = objectives.infonce(
+              out[a]["embedding"], out[b]["embedding"],
+              out["temperature"][f"{'vision' if a == 'video' else a}_{b}"],
+              jnp.ones(labels.shape[0], bool))
         return loss + out["aux_loss"], loss
       (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
       updates, opt_state = tx.update(grads, opt_state, params)

@@ -83,8 +83,3 @@ def param_shardings(params, mesh: Mesh, rules=PARAM_RULES):
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) axis split over every mesh axis."""
   return NamedSharding(mesh, P(BATCH_AXES))
-
-
-def shard_batch(batch, mesh: Mesh):
-  """Places a host batch (a tree of arrays) on the mesh, split on axis 0."""
-  return jax.device_put(batch, batch_sharding(mesh))

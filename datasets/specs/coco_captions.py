@@ -11,7 +11,7 @@ its captions (five or more), in the file's order; its id is the image id.
 import re
 
 from impax.datasets import registry
-from impax.datasets.specs import _csv
+from impax.datasets.specs import _csv, _join
 
 
 def _image_folder(path: str) -> str:
@@ -42,18 +42,10 @@ def read(path: str):
   data = _load(path)
   images, annotations = data["images"], data.get("annotations", [])
   known = {im["id"] for im in images if isinstance(im, dict) and isinstance(im.get("id"), int)}
-  captions: dict[int, list[str]] = {}
-  for j, a in enumerate(annotations):
-    source = f"{path}:annotations[{j}]"
-    if not (isinstance(a, dict) and isinstance(a.get("image_id"), int)
-            and isinstance(a.get("caption"), str)):
-      yield registry.BadEntry(len(images) + j, source, f"annotations[{j}] must have an integer "
-                              "'image_id' and a 'caption' string")
-    elif a["image_id"] not in known:
-      yield registry.BadEntry(len(images) + j, source, f"annotations[{j}] names image_id "
-                              f"{a['image_id']}, which is not in 'images'", str(a["image_id"]))
-    else:
-      captions.setdefault(a["image_id"], []).append(a["caption"])
+  captions = yield from _join.captions_by_id(
+      path, "annotations", annotations, id_key="image_id", id_type=int, known=known,
+      media_field="images", first_index=len(images),
+      requirement="an integer 'image_id' and a 'caption' string")
   for i, im in enumerate(images):
     source = f"{path}:images[{i}]"
     if not (isinstance(im, dict) and isinstance(im.get("id"), int)

@@ -12,7 +12,7 @@ file has none); any other split name takes every video of the file. Videos are a
 """
 
 from impax.datasets import registry
-from impax.datasets.specs import _csv
+from impax.datasets.specs import _csv, _join
 
 SPLITS = {"train": "train", "val": "validate", "validate": "validate", "validation": "validate",
           "test": "test"}
@@ -51,18 +51,10 @@ def read(path: str, split: str = "train"):
   videos, sentences = data["videos"], data["sentences"]
   want = _wanted(data, split, path)
   known = {v["video_id"] for v in videos if isinstance(v, dict) and isinstance(v.get("video_id"), str)}
-  captions: dict[str, list[str]] = {}
-  for j, s in enumerate(sentences):
-    source = f"{path}:sentences[{j}]"
-    if not (isinstance(s, dict) and isinstance(s.get("video_id"), str)
-            and isinstance(s.get("caption"), str)):
-      yield registry.BadEntry(len(videos) + j, source, f"sentences[{j}] must have 'video_id' "
-                              "and 'caption' strings")
-    elif s["video_id"] not in known:
-      yield registry.BadEntry(len(videos) + j, source, f"sentences[{j}] names video_id "
-                              f"{s['video_id']!r}, which is not in 'videos'", s["video_id"])
-    else:
-      captions.setdefault(s["video_id"], []).append(s["caption"])
+  captions = yield from _join.captions_by_id(
+      path, "sentences", sentences, id_key="video_id", id_type=str, known=known,
+      media_field="videos", first_index=len(videos),
+      requirement="'video_id' and 'caption' strings")
   root = registry.corpus_root(path)
   for i, v in enumerate(videos):
     source = f"{path}:videos[{i}]"

@@ -47,7 +47,10 @@ SCRIPT = textwrap.dedent("""
       step = value_and_grad(Model(config, mesh))
       sharded_params = jax.device_put(
           params, sharding.param_shardings(params, mesh))
-      sharded_inputs = sharding.shard_batch(inputs, mesh)
+      # Placed as the trainer places a host batch.
+      batch_sharding = sharding.batch_sharding(mesh)
+      sharded_inputs = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+                        for k, v in inputs.items()}
       (loss8, out8), grads8 = step(sharded_params, sharded_inputs)
       hlo = step.lower(sharded_params, sharded_inputs).compile().as_text()
 
