@@ -9,6 +9,9 @@ and text, with a sharded Mixture-of-Experts) and its presets.
 Modules: config (presets), embed (modality embedders, input conventions),
 encoder (Transformer), moe (routing, experts), heads, sharding (mesh and
 partition rules), imp (the model), info (parameter and FLOP counts, CLI).
+
+May import: nothing of impax outside impax.model (its input names are checked
+against impax.datasets.modalities by a test).
 """
 
 from impax.model import sharding
