@@ -206,7 +206,7 @@ def _mel_filters(sample_rate: int):
   beside a training step (12 ms an example instead of 0.2 ms on this 2-core
   machine); the sparse product is single-threaded and 6 times faster alone.
   """
-  import librosa
+  import librosa  # heavy (numba): only audio tasks need the filterbank
   import scipy.sparse
   return scipy.sparse.csr_array(librosa.filters.mel(
       sr=sample_rate, n_fft=STFT_WINDOW, n_mels=MEL_BINS, fmin=MEL_FMIN,

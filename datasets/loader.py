@@ -49,6 +49,7 @@ from collections.abc import Mapping
 
 import grain
 import numpy as np
+import sentencepiece as spm
 
 from impax.datasets import decode, modalities, prepared
 from impax.datasets.modalities import INPUTS
@@ -282,7 +283,6 @@ class _Plan:
 
   @functools.cached_property
   def _tokenizer(self):
-    import sentencepiece as spm
     return spm.SentencePieceProcessor(model_file=self.tokenizer_path)
 
   # -- one batch ------------------------------------------------------------

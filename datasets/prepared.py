@@ -16,6 +16,8 @@ import dataclasses
 import hashlib
 import os
 
+from array_record.python import array_record_module
+
 from impax.datasets import metadata as metadata_lib
 from impax.datasets import records
 
@@ -116,8 +118,6 @@ def validate(dataset: PreparedDataset, *, check_counts: bool = True) -> None:
 
 
 def count_records(path: str) -> int:
-  from array_record.python import array_record_module
-
   reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
   try:
     return reader.num_records()

@@ -134,7 +134,7 @@ def resolve(*layers: dict) -> BuildConfig:
 
 
 def file_sha256(path: str) -> str:
-  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.io.filesystems import FileSystems  # heavy; only to hash a file
   digest = hashlib.sha256()
   with FileSystems.open(path, compression_type="uncompressed") as f:
     while chunk := f.read(1 << 20):

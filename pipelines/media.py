@@ -127,7 +127,7 @@ def _wav_samples(data: bytes | bytearray) -> tuple[np.ndarray, int]:
 
 
 def _resample(samples: np.ndarray, rate: int, target: int) -> Audio:
-  import librosa
+  import librosa  # heavy (numba): only where audio is resampled
   if rate != target and samples.size:
     samples = librosa.resample(samples, orig_sr=rate, target_sr=target, res_type="soxr_hq")
   pcm = np.clip(np.round(samples * 32767.0), -32768, 32767).astype("<i2")

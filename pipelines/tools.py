@@ -17,7 +17,7 @@ def ffmpeg_binary() -> str:
   if path := shutil.which("ffmpeg"):
     return path
   try:
-    import imageio_ffmpeg
+    import imageio_ffmpeg  # the fallback where no ffmpeg is installed
   except ImportError as e:
     raise RuntimeError(
         "ffmpeg not found: install it (apt-get install ffmpeg) or `pip install"

@@ -70,7 +70,7 @@ class Writer:
 
   def _tensorboard(self, rows):
     if self._tb is None:
-      from tensorboardX import SummaryWriter
+      from tensorboardX import SummaryWriter  # only a process that logs imports it
       self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
     for row in rows:
       for key, value in _flat(row):
@@ -107,7 +107,7 @@ def plot(metrics_path: str, out_dir: str) -> list[str]:
   """PNG training curves (loss and accuracy per task) from metrics.jsonl."""
   if not os.path.exists(metrics_path):
     return []
-  import matplotlib
+  import matplotlib  # heavy: only for the plots at the end
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 

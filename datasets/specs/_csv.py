@@ -54,7 +54,7 @@ def bad(path: str, number: int, error: str, id_: str = "") -> registry.BadEntry:
 
 
 def load_json(path: str) -> object:
-  from apache_beam.io.filesystems import FileSystems
+  from apache_beam.io.filesystems import FileSystems  # heavy: only builds read corpora
   if not FileSystems.exists(path):
     raise FileNotFoundError(path)
   try:
