@@ -26,6 +26,9 @@ def main(argv=None) -> int:
   # Offline, the server's telemetry only logs failures. Prefect reads its settings
   # when it is imported, so it (and the flow) are imported after this.
   os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+  # The first start of the ephemeral server creates its database; on a busy
+  # 2-core machine that takes longer than Prefect's default 20 s wait.
+  os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
   from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
 
   from impax.flows.end_to_end import end_to_end
