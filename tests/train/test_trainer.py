@@ -138,7 +138,7 @@ def test_bad_tasks_are_refused_before_training(root, tmp_path):
   # The videos' sound tracks and captions, but the dataset serves no audio-text task
   # (metadata.json lists what its data serves): refused before anything is read.
   unserved = Task("audio_text", base.tasks[0].dataset, "contrastive", ("waveform", "text"),
-                  buckets=(Bucket(audio_seconds=0.32),))
+                  buckets=(Bucket(audio_seconds=0.32, batch_size=4),))
   with pytest.raises(ConfigError, match=r"task 'audio_text': .*videos serves no contrastive task "
                                         r"of audio\+text; its data serves .*video_text \(video"
                                         r"\+text, contrastive\)"):
