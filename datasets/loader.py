@@ -247,7 +247,7 @@ class _Plan:
 
   # -- which bucket and which stream positions a step takes -----------------
 
-  @property
+  @functools.cached_property
   def _weights(self) -> tuple[float, ...]:
     return tuple(b.weight for b in self.buckets)
 

@@ -17,8 +17,6 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from impax.datasets import modalities
-
 
 class MetadataError(ValueError):
   """A metadata.json this impax cannot read; the message says which field and what to do."""
@@ -41,7 +39,11 @@ class Composition:
                           for f in dataclasses.fields(self)})
 
   def has(self, part: str) -> bool:
-    return modalities.has(self, part)
+    """Whether some record has the part (modalities.PARTS); audio is an audio file's
+    or a video's sound track."""
+    if part == "audio":
+      return bool(self.audio or self.video_with_audio)
+    return bool(getattr(self, part))
 
 
 @dataclasses.dataclass(frozen=True)

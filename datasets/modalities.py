@@ -10,7 +10,7 @@ in `model/embed.MODALITIES`; a test holds the two together.
 """
 
 MEDIA = ("video", "audio", "image")
-PARTS = ("video", "image", "audio", "captions", "labels")
+PARTS = ("video", "image", "audio", "captions", "labels")  # Composition.has answers for each
 
 INPUTS = ("video", "image", "waveform", "spectrogram", "text", "label")
 ENCODED = ("image", "video", "spectrogram", "waveform", "text")  # inputs the encoder embeds
@@ -21,11 +21,3 @@ AUDIO = ("waveform", "spectrogram")
 # label names through a prompt where a record has no caption.
 NEEDS = {"video": "video", "image": "image", "waveform": "audio", "spectrogram": "audio",
          "text": "captions", "label": "labels"}
-
-
-def has(composition, part: str) -> bool:
-  """Whether some record of a split (its Composition) has the part; audio is an audio
-  file's or a video's sound track."""
-  if part == "audio":
-    return bool(composition.audio or composition.video_with_audio)
-  return bool(getattr(composition, part))
