@@ -139,12 +139,22 @@ class LineFormat:
   context: Callable[[str, list[bytes], str], Any] = _path_context
 
 
+BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark
+
+
+def without_bom(number: int, raw: bytes) -> bytes:
+  """A line as a parser sees it: line 1 loses the byte-order mark that spreadsheet
+  tools and PowerShell write at the start of a UTF-8 file. A CRLF line end is left
+  to the parser, which strips whitespace around a line."""
+  return raw[len(BOM):] if number == 1 and raw.startswith(BOM) else raw
+
+
 def read_lines(path: str):
   """Yields (line number, raw bytes) of a text file on any Beam filesystem."""
   from apache_beam.io.filesystems import FileSystems  # heavy: only builds read corpora
   with FileSystems.open(path) as f:
     for number, line in enumerate(iter(f.readline, b""), 1):
-      yield number, line
+      yield number, without_bom(number, line)
 
 
 def _line_reader(fmt: LineFormat):

@@ -49,7 +49,7 @@ def range_lines(path: str, start: int, end: int, first_number: int):
         position += len(f.readline())
         number += 1
     while position < end and (line := f.readline()):
-      yield number, line
+      yield number, registry.without_bom(number, line)
       number += 1
       position += len(line)
 

@@ -132,7 +132,8 @@ def tokenizer_info(model: bytes) -> dict:
 
 def parse_labels_file(data: bytes, name: str) -> list[str]:
   labels = []
-  for number, line in enumerate(data.decode("utf-8").splitlines(), 1):
+  # utf-8-sig: a byte-order mark (spreadsheet tools write one) is not part of the first label
+  for number, line in enumerate(data.decode("utf-8-sig").splitlines(), 1):
     if line.strip():
       labels.append(line.strip())
   if len(set(labels)) != len(labels):

@@ -12,7 +12,7 @@ class LineError(Exception):
 
 def text(number: int, raw: bytes) -> str:
   try:
-    return raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r\n")
+    return raw.decode("utf-8").rstrip("\r\n")
   except UnicodeDecodeError as e:
     raise LineError(f"line {number} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
