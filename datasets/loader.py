@@ -33,7 +33,8 @@ first bucket's shape; the last batch is padded and its padding marked invalid.
 A task reads only the records that have every modality it needs: a video
 without a sound track is never drawn for a video-audio task (the build lists
 such records in metadata.json, "lacking"). `Loader.left_out` counts them per
-modality. A record that fails to decode is not fatal: its slot in the batch is
+modality. `Task.exclude` names examples never read (a dedup report's leaks or
+duplicates, or a list of ids); `Loader.excluded` counts them. A record that fails to decode is not fatal: its slot in the batch is
 zeros with `valid` False, and the iterator counts it with its reason.
 """
 
@@ -51,7 +52,7 @@ import grain
 import numpy as np
 import sentencepiece as spm
 
-from impax.datasets import decode, modalities, prepared
+from impax.datasets import decode, dedup, modalities, prepared
 from impax.datasets.modalities import INPUTS
 
 _BLOCK = 1024  # steps drawn together by `draw`
@@ -104,6 +105,9 @@ class Task:
   sample_rate: int = 16000
   num_workers: int = 0  # loader processes for this task
   loader_nice: int = 10  # added to the nice value of its loader thread or processes (Linux)
+  # Examples never read: an `impax dedup --json` report (its leaks, or else every
+  # duplicate but the first of each group) or a text file of ids, one a line.
+  exclude: str | None = None
 
   @property
   def inputs(self) -> tuple[str, ...]:
@@ -224,6 +228,22 @@ def _usable(task: Task, inputs: tuple[str, ...], split: str, dataset: prepared.P
   if keep.all():
     return None, left_out
   return np.flatnonzero(keep), left_out
+
+
+def _exclude(task: Task, split: str, dataset: prepared.PreparedDataset,
+             records: np.ndarray | None) -> tuple[np.ndarray | None, int]:
+  """(the usable split positions without those `task.exclude` names, how many it removed)."""
+  if not task.exclude:
+    return records, 0
+  try:
+    ids = dedup.excluded_ids(task.exclude, dataset.root, split)
+  except dedup.DedupError as e:
+    raise LoaderError(f"task {task.name!r}: {e}") from None
+  if not ids:
+    return records, 0
+  skip = np.array([i in ids for i in dedup.split_ids(dataset, split)], bool)
+  keep = ~skip if records is None else np.isin(np.arange(len(skip)), records) & ~skip
+  return np.flatnonzero(keep), int(skip.sum() if records is None else (skip[records]).sum())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -419,8 +439,10 @@ class Loader:
       size = b.batch_size or task.token_budget / self.tokens_per_example(b)
       sizes.append(max(multiple, int(round(size / multiple)) * multiple))
     records, self.left_out = _usable(task, inputs, split, self.dataset)
+    records, self.excluded = _exclude(task, split, self.dataset, records)
     num_records = self.dataset.num_records(split) if records is None else len(records)
     without = "".join(f", {n} without {m}" for m, n in self.left_out.items())
+    without += f", {self.excluded} excluded by {task.exclude}" if self.excluded else ""
     if num_records == 0:
       raise LoaderError(f"task {task.name!r}: split {split!r} of {self.dataset.root} has "
                         f"no examples it can read{without}")

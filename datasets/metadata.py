@@ -61,6 +61,7 @@ class Shard:
   path: str  # relative to the dataset's folder
   num_records: int
   num_bytes: int
+  sha256: str | None = None  # of the file; None for a shard built before impax recorded it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +95,10 @@ class Split:
   # {part: split positions of the records without it}, for the parts some
   # records of the split have; None for a split built before impax listed them.
   lacking: Mapping[str, tuple[int, ...]] | None = None
+  # Duplicates within the split, from the records' fingerprints (datasets/dedup.py):
+  # {"exact_groups": int, "near_groups": int, "records_in_groups": int,
+  #  "groups": [[record id, ...], ...] (the first 20)}; None when not computed.
+  duplicates: Mapping[str, Any] | None = None
 
   @property
   def num_bytes(self) -> int:
@@ -142,6 +147,11 @@ def to_json(meta: Metadata) -> dict:
       del split["lacking"]
     else:
       split["lacking"] = {k: list(v) for k, v in s.lacking.items()}
+    if s.duplicates is None:
+      del split["duplicates"]
+    for shard in split["shards"]:
+      if shard["sha256"] is None:  # built before impax recorded it: the layout as it was
+        del shard["sha256"]
   for task in out["tasks"]:
     task["modalities"] = list(task["modalities"])
   out["labels"] = list(out["labels"])

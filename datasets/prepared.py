@@ -105,16 +105,27 @@ def validate(dataset: PreparedDataset, *, check_counts: bool = True) -> None:
   if unknown:
     raise DatasetError(f"{meta_path} declares unknown feature keys {unknown}; "
                        "this impax cannot decode them")
+  verify_hint = (f"run `impax verify {dataset.root}` to check every shard, and the split's "
+                 "`impax build` again to rebuild it")
   for split_name, split in dataset.metadata.splits.items():
     for shard in split.shards:
       path = os.path.join(dataset.root, shard.path)
       if not os.path.exists(path):
-        raise DatasetError(f"shard {path} of split {split_name!r} listed in {meta_path} is missing")
+        raise DatasetError(f"shard {path} of split {split_name!r} listed in {meta_path} is "
+                           f"missing: {verify_hint}")
+      size = os.path.getsize(path)  # free, and a truncated or appended shard differs
+      if size != shard.num_bytes:
+        raise DatasetError(f"shard {path} of split {split_name!r} is {size} bytes but "
+                           f"{meta_path} says {shard.num_bytes}: {verify_hint}")
       if check_counts:
-        found = count_records(path)
+        try:
+          found = count_records(path)
+        except RuntimeError as e:  # riegeli's error for a damaged file
+          raise DatasetError(f"shard {path} of split {split_name!r} is not a readable "
+                             f"ArrayRecord file ({e}): {verify_hint}") from None
         if found != shard.num_records:
           raise DatasetError(f"shard {path} holds {found} records but {meta_path} says "
-                             f"{shard.num_records}")
+                             f"{shard.num_records}: {verify_hint}")
 
 
 def count_records(path: str) -> int:

@@ -81,6 +81,11 @@ FEATURES = {
     "text/lengths": ("int64", "list", "number of tokens of each caption"),
     "label/index": ("int64", "list", "indices into the split's label vocabulary"),
     "label/name": ("bytes", "list", "label names, UTF-8"),
+    # Written when the build's `fingerprints` option is on (the default); `impax dedup` reads them.
+    "fingerprint/sha256": ("bytes", "scalar", "sha256 (hex) of the media files read and the clip's bounds"),
+    "fingerprint/video": ("int64", "scalar", "64-bit DCT hash of the mean of a few frames (as signed int64)"),
+    "fingerprint/image": ("int64", "scalar", "64-bit DCT hash of the image (as signed int64)"),
+    "fingerprint/audio": ("int64", "scalar", "64-bit DCT hash of the log-mel spectrogram (as signed int64)"),
 }
 
 
@@ -132,9 +137,10 @@ def feature_spec() -> dict:
 def serialize(*, id_: str, source: str, video=None, audio=None,
               image: tuple[bytes, int, int] | None = None,
               captions: list[str] = (), tokens: list[list[int]] = (),
-              labels: list[tuple[int, str]] = ()) -> bytes:
+              labels: list[tuple[int, str]] = (), fingerprints: dict | None = None) -> bytes:
   """One example's record. `video` has .frames (JPEGs), .fps, .height, .width;
-  `audio` has .pcm_s16le, .sample_rate, .num_samples; `image` is (JPEG, height, width)."""
+  `audio` has .pcm_s16le, .sample_rate, .num_samples; `image` is (JPEG, height, width);
+  `fingerprints` is {"sha256": hex str, "video"|"image"|"audio": signed 64-bit int}."""
   f = {"id": [id_.encode()], "source": [source.encode()]}
   if video is not None:
     f["video/frames"] = video.frames
@@ -158,6 +164,8 @@ def serialize(*, id_: str, source: str, video=None, audio=None,
   if labels:
     f["label/index"] = [i for i, _ in labels]
     f["label/name"] = [n.encode() for _, n in labels]
+  for kind, value in (fingerprints or {}).items():
+    f[f"fingerprint/{kind}"] = [value.encode() if isinstance(value, str) else value]
   for key in f:
     assert key in FEATURES, key
   return make_example(f)

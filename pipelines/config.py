@@ -15,7 +15,7 @@ import tomllib
 
 # Bumped when the record layout or the processing changes what bytes a build
 # writes; part of the config hash so old outputs are not resumed into.
-FORMAT_VERSION = 2  # 2: a record's source is relative to the corpus root
+FORMAT_VERSION = 3  # 2: a record's source is relative to the corpus root; 3: fingerprints
 
 
 def _field(default, help_):
@@ -49,6 +49,8 @@ class BuildConfig:
   shard_size: int = _field(1000, "examples per shard when num_shards is 0")
   group_size: int = _field(1, "ArrayRecord group size (1 lets Grain read records at random)")
   compression: str = _field("zstd:3", "ArrayRecord compression: uncompressed, zstd:N, brotli:N or snappy")
+  # Duplicates.
+  fingerprints: bool = _field(True, "store exact and perceptual fingerprints in every record (impax dedup reads them)")
   # Tools.
   ffmpeg_timeout: float = _field(300.0, "seconds before an ffmpeg call is killed")
   ffmpeg_threads: int = _field(1, "threads per ffmpeg call (parallelism comes from workers)")

@@ -8,6 +8,7 @@ to JSON (`to_json`) in the build's temporary files and come back with
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import posixpath
 from collections.abc import Mapping
@@ -100,9 +101,10 @@ def process_entry(entry: registry.Entry, config: config_lib.BuildConfig, tokeniz
   video, audio, image = (decoded.get(m) for m in ("video", "audio", "image"))
   track = audio or (video.audio if video else None)
   primary = next(entry.media[m] for m in ("video", "image", "audio") if m in entry.media)
+  prints = fingerprints(entry, shas, video, track, image) if config.fingerprints else None
   record = records.serialize(id_=entry.id, source=relative_source(primary, media_base),
                              video=video, audio=track, image=image, captions=captions,
-                             tokens=tokens, labels=labels)
+                             tokens=tokens, labels=labels, fingerprints=prints)
   composition = metadata.Composition(
       examples=1, video=int(video is not None),
       video_with_audio=int(video is not None and track is not None),
@@ -164,6 +166,23 @@ def decode(medium: str, local: str, path: str, entry: registry.Entry,
                                  jpeg_quality=config.jpeg_quality, name=path)
   except media.MediaError as e:
     raise media.MediaError(str(e).replace(local, path)) from None
+
+
+def fingerprints(entry: registry.Entry, shas: Mapping[str, str], video: media.VideoClip | None,
+                 track: media.Audio | None, image: tuple[bytes, int, int] | None) -> dict:
+  """The record's fingerprints (records.FEATURES "fingerprint/..."): the sha256 of the
+  media read (storage.local_copy hashed them) and the clip's bounds, and a perceptual
+  hash of each stored medium."""
+  exact = json.dumps({"media": dict(shas), "start": entry.start, "end": entry.end}, sort_keys=True)
+  out = {"sha256": hashlib.sha256(exact.encode()).hexdigest()}
+  perceptual = (("video", media.video_fingerprint, video and video.frames),
+                ("image", media.image_fingerprint, image and image[0]),
+                ("audio", media.audio_fingerprint, track if track and track.num_samples else None))
+  for kind, fingerprint, data in perceptual:
+    if data:
+      with contextlib.suppress(Exception):  # a record is never lost to its fingerprint
+        out[kind] = fingerprint(data)
+  return out
 
 
 def relative_source(path: str, base: str) -> str:

@@ -164,12 +164,13 @@ class ShardInfo:
   # {part: positions in the shard of the records without it}, for every part a
   # record can lack (modalities.PARTS); None in a sidecar that predates the field.
   lacking: Mapping[str, tuple[int, ...]] | None
+  sha256: str | None = None  # the shard file's; None in a sidecar that predates the field
 
   def to_json(self) -> dict:
     return {"shard": self.shard, "path": self.path, "num_records": self.num_records,
             "num_bytes": self.num_bytes, "failures": [f.to_json() for f in self.failures],
             "stats": self.stats, "composition": dataclasses.asdict(self.composition),
-            "media_sha256": [[i, dict(m)] for i, m in self.media_sha256],
+            "media_sha256": [[i, dict(m)] for i, m in self.media_sha256], "sha256": self.sha256,
             **({"lacking": {k: list(v) for k, v in self.lacking.items()}}
                if self.lacking is not None else {})}
 
@@ -180,7 +181,8 @@ class ShardInfo:
                tuple(example.Failure.from_json(f) for f in obj["failures"]), obj["stats"],
                metadata.Composition(**obj["composition"]),
                tuple((i, m) for i, m in obj["media_sha256"]),
-               None if lacking is None else {k: tuple(v) for k, v in lacking.items()})
+               None if lacking is None else {k: tuple(v) for k, v in lacking.items()},
+               sha256=obj.get("sha256"))
 
 
 class WriteShard(beam.DoFn):
@@ -198,7 +200,11 @@ class WriteShard(beam.DoFn):
     name = plan.shard_name(shard, layout.num_shards)
     final = storage.join(plan.output, name)
     if name in plan.finished and storage.exists(plan.sidecar(shard)):
-      yield ShardInfo.from_json(json.loads(storage.read(plan.sidecar(shard))))
+      info = ShardInfo.from_json(json.loads(storage.read(plan.sidecar(shard))))
+      if info.sha256 is None:  # written by an impax that did not record it
+        info = dataclasses.replace(info, sha256=config_lib.file_sha256(final))
+        storage.write_atomic(plan.sidecar(shard), json.dumps(info.to_json(), sort_keys=True).encode())
+      yield info
       return
     results = sorted((r for r in results if r is not None), key=lambda r: r.index)
     written = [r for r in results if isinstance(r, example.Processed)]
@@ -222,7 +228,8 @@ class WriteShard(beam.DoFn):
           shard, name, len(written), os.path.getsize(local),
           tuple(r for r in results if isinstance(r, example.Failure)), shard_stats, composition,
           tuple((r.index, r.media_sha256) for r in written),
-          {part: tuple(positions) for part, positions in lacking.items()})
+          {part: tuple(positions) for part, positions in lacking.items()},
+          sha256=config_lib.file_sha256(local))
       # The sidecar lands before the shard: a published shard always has one.
       storage.write_atomic(plan.sidecar(shard), json.dumps(info.to_json(), sort_keys=True).encode())
       storage.publish(local, final)

@@ -20,6 +20,7 @@ import subprocess
 import threading
 
 import ffmpeg
+import imagehash
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -310,3 +311,62 @@ def process_image(data: bytes, *, short_side: int, jpeg_quality: int, name: str 
     size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     image = image.resize(size, Image.Resampling.LANCZOS if ratio < 1 else Image.Resampling.BICUBIC)
   return _jpeg(image, jpeg_quality), image.size[1], image.size[0]
+
+
+# -- perceptual fingerprints ------------------------------------------------
+# 64-bit DCT hashes (imagehash.phash) that survive re-encoding, resizing, small
+# crops and grayscale; datasets/dedup.py groups records whose hashes differ in
+# few bits. Stored as signed int64 (the record's int64 list).
+
+FINGERPRINT_FRAMES = 16  # frames of a clip averaged into its hash
+
+
+def _signed64(h: imagehash.ImageHash) -> int:
+  value = int(str(h), 16)
+  return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _thumbnail(jpeg: bytes) -> np.ndarray:
+  """A 32x32 luma thumbnail of a JPEG; decoded at 1/8 scale where it can (draft)."""
+  with Image.open(io.BytesIO(jpeg)) as image:
+    image.draft("L", (64, 64))
+    return np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BOX), np.float32)
+
+
+def video_fingerprint(frames: list[bytes]) -> int:
+  """DCT hash of the mean of up to FINGERPRINT_FRAMES evenly spaced frames (JPEGs).
+
+  The mean over the clip is what survives trimming a fraction of a second and
+  a changed frame rate; a single frame would not."""
+  picks = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), FINGERPRINT_FRAMES)).round())
+  mean = np.mean([_thumbnail(frames[int(i)]) for i in picks], axis=0)
+  return _signed64(imagehash.phash(Image.fromarray(mean.round().astype(np.uint8), "L")))
+
+
+def image_fingerprint(jpeg: bytes) -> int:
+  """DCT hash of an image (JPEG)."""
+  return _signed64(imagehash.phash(Image.fromarray(_thumbnail(jpeg).round().astype(np.uint8), "L")))
+
+
+def audio_fingerprint(audio: Audio) -> int:
+  """A 64-bit hash of how loud each mel band of the clip gets: for 32 bands up to
+  8 kHz, the 75th and 97th percentile of the band's level over time; across
+  bands a DCT keeps 32 coefficients of each profile; each bit says whether a
+  coefficient is above its profile's median.
+
+  Percentiles over time do not depend on where the clip starts, so trimming a
+  fraction of a second changes few bits (a time-aligned picture's hash
+  changed a third of them); re-encoding with a lossy codec changes the quiet
+  levels most, which the high percentiles leave out."""
+  import librosa  # heavy (numba): only where audio is fingerprinted
+  import scipy.fft
+  samples = np.frombuffer(audio.pcm_s16le, "<i2").astype(np.float32) / 32768.0
+  if samples.size < 2048:
+    samples = np.pad(samples, (0, 2048 - samples.size))
+  mel = librosa.feature.melspectrogram(y=samples, sr=audio.sample_rate, n_fft=2048,
+                                       hop_length=512, n_mels=32,
+                                       fmax=min(8000.0, audio.sample_rate / 2))
+  db = librosa.power_to_db(mel, ref=np.max, top_db=80.0)  # [bands, frames], 0 dB the loudest
+  profiles = np.percentile(db, (75, 97), axis=1)  # [2, bands]
+  low = scipy.fft.dct(profiles, axis=1, norm="ortho")[:, :32]
+  return _signed64(imagehash.ImageHash(low > np.median(low, axis=1, keepdims=True)))

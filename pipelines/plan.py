@@ -3,7 +3,9 @@ whether the output is resumed, left as it is, refused or cleared.
 
 The state machine of an output folder (`prepare`):
   - metadata.json of another config: refused, or with --overwrite the dataset is cleared;
-  - the split built from the same input: up to date, nothing to run;
+  - the split built from the same input: up to date, nothing to run, if its shards
+    are intact (each listed shard exists with its recorded size and, on a local disk,
+    its sha256); a damaged split is cleared and rebuilt, with a warning naming the shard;
   - the split built from another input: refused, or with --overwrite the split is cleared;
   - an unfinished build (OUTPUT/.impax-tmp/<split>/build.json) of another config
     or input: refused, or with --overwrite cleared; of this one: resumed;
@@ -13,6 +15,7 @@ The state machine of an output folder (`prepare`):
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -21,11 +24,13 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from impax.datasets import metadata, registry
+from impax.datasets import metadata, registry, verify
 from impax.pipelines import config as config_lib
 from impax.pipelines import storage, text
 
 TMP_DIR = ".impax-tmp"
+
+logger = logging.getLogger(__name__)
 
 
 class BuildError(Exception):
@@ -138,10 +143,14 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
     meta = None
   elif meta and split in meta.splits:
     same_input = meta.splits[split].input_sha256 == plan.input_sha256
-    if overwrite or not same_input:
-      if not overwrite:
-        raise BuildError(f"split {split!r} in {output} was built from another input: pass "
-                         "--overwrite to rebuild it")
+    if not same_input and not overwrite:
+      raise BuildError(f"split {split!r} in {output} was built from another input: pass "
+                       "--overwrite to rebuild it")
+    damaged = [] if overwrite else damaged_shards(plan, meta.splits[split])
+    if overwrite or damaged:
+      if damaged:
+        logger.warning("split %r of %s is damaged, rebuilding it: %s", split, output,
+                       "; ".join(f"{p.file}: {p.message}" for p in damaged))
       _clear_split(plan)
       meta = dataclasses.replace(meta, splits={k: v for k, v in meta.splits.items() if k != split})
       storage.write_atomic(meta_path, metadata.dumps(meta))
@@ -182,6 +191,15 @@ def read_metadata(output: str) -> metadata.Metadata | None:
   """The output's metadata.json, or None when it has none."""
   path = storage.join(output, "metadata.json")
   return metadata.loads(storage.read(path), where=path) if storage.exists(path) else None
+
+
+def damaged_shards(plan: Plan, built: metadata.Split) -> list[verify.Problem]:
+  """The split's shards that are missing or not as recorded. A listing gives every size;
+  on a local disk each shard is also hashed (about 1 s per GB here, against the minutes
+  a GB takes to build); on an object store that would download the dataset, so only
+  sizes are checked there (`impax verify` hashes them)."""
+  return verify.shard_problems(plan.output, plan.split, built.shards,
+                               checksum=storage.is_local(plan.output))
 
 
 def mark_started(plan: Plan):

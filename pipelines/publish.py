@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 
-from impax.datasets import metadata, records, registry
+from impax.datasets import dedup, metadata, records, registry
 from impax.pipelines import example, stats, storage, text
 from impax.pipelines.graph import ShardInfo
 from impax.pipelines.plan import TMP_DIR, BuildError, Plan, read_metadata
@@ -97,13 +97,16 @@ def _split(plan: Plan, infos: list[ShardInfo], failures: list[example.Failure], 
       sharding=plan.sharding,
       failures=failures_name,
       failures_by_stage=dict(sorted(by_stage.items())),
-      shards=tuple(metadata.Shard(i.path, i.num_records, i.num_bytes) for i in infos),
+      shards=tuple(metadata.Shard(i.path, i.num_records, i.num_bytes, i.sha256) for i in infos),
       composition=composition,
       statistics=stats.summary(split_stats),
       build_seconds=round(seconds, 3),
       ffmpeg=ffmpeg_version(),
       created=now,
-      lacking=_lacking(infos, composition))
+      lacking=_lacking(infos, composition),
+      # Shards on an object store are not read back here: `impax dedup` reads a local copy.
+      duplicates=dedup.split_summary([storage.join(plan.output, i.path) for i in infos], plan.split)
+      if plan.config.fingerprints and storage.is_local(plan.output) else None)
 
 
 def _lacking(infos: list[ShardInfo], composition: metadata.Composition

@@ -10,6 +10,8 @@ classification, share one tokenizer with every other text task, and give
 buckets no smaller than one patch of the model.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 
@@ -92,6 +94,9 @@ def check_datasets(config: TrainConfig) -> dict[str, int]:
     if task.objective == "classification" and not dataset.labels:
       raise ConfigError(f"task {task.name!r} is a classification but {task.dataset} has no labels")
     out[task.name] = len(dataset.labels)
+    if task.exclude and not os.path.isfile(task.exclude):
+      raise ConfigError(f"task {task.name!r}: exclude file {task.exclude} does not exist; write "
+                        "one with `impax dedup ... --json PATH` or list ids one a line")
     if "text" in task.modalities:
       digest = dataset.metadata.tokenizer.sha256 if dataset.metadata.tokenizer else None
       tokenizers.setdefault(digest, []).append(f"{task.name!r} ({task.dataset})")

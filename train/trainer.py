@@ -86,6 +86,9 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     if data.left_out:
       without = ", ".join(f"{n} without {m}" for m, n in data.left_out.items())
       log(f"{name} reads {data.num_records} records of {data.dataset.root}; left out: {without}")
+    if data.excluded:
+      log(f"{name} skips {data.excluded} records of {data.dataset.root} excluded by "
+          f"{data.task.exclude}")
   patches = inputs.patches_of(model_cfg)
   tx = step_lib.make_optimizer(config)
   state = step_lib.init_state(config, model_cfg, tx, mesh)
@@ -210,6 +213,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       "failed_records": {n: getattr(it, "failed", 0) for n, it in iterators.items()},
       # Records a task never draws: they lack a modality it reads.
       "records_left_out": {n: data.left_out for n, data in loaders.items() if data.left_out},
+      # Records a task skips: its `exclude` list (duplicates, test-set leaks) names them.
+      "records_excluded": {n: data.excluded for n, data in loaders.items()},
   }
   if step == config.steps and config.eval_at_end and status == "finished":
     summary["eval"] = evaluate.evaluate_state(config, model, state["params"], model_cfg, mesh,

@@ -1,0 +1,356 @@
+"""Duplicates and test-set leakage, from the fingerprints the build stores in every record.
+
+    found = dedup.find([dedup.read(prepared.open_dataset("out"))], threshold=10)
+    found.groups      # [[Member, ...], ...]: the same clip more than once
+    dedup.leaks(train_records, eval_records)   # training records that are in the evaluation set
+
+Two records are the same example when their exact fingerprints (sha256 of the
+media bytes read, with the clip's bounds) are equal, or when their perceptual
+fingerprints (64-bit DCT hashes, pipelines/media.py) of the same kind (video,
+image or audio: a record's first of these) differ in at most `threshold` bits.
+Groups are the connected components of that relation (union-find).
+
+Near pairs are found with multi-index hashing, not by comparing all pairs: the
+64 bits are cut into 4 blocks of 16, and by pigeonhole two hashes within k bits
+agree within k // 4 bits on some block; each block is an index (a bucket per
+16-bit value), probed with every key within that radius. Only those candidates
+are compared in full.
+"""
+
+import dataclasses
+import itertools
+import json
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from array_record.python import array_record_module
+
+from impax.datasets import prepared, records
+
+KINDS = ("video", "image", "audio")  # a record's perceptual fingerprint: its first of these
+DEFAULT_THRESHOLD = 10  # bits of 64; re-encodes differ in a few, different clips in ~20 or more
+BLOCKS = 4  # 16-bit blocks of the multi-index
+REPORT_GROUPS = 20  # groups listed in metadata.json; the report lists all
+
+
+class DedupError(ValueError):
+  """Fingerprints or a report that cannot be used; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  dataset: str  # as the user named it
+  split: str
+  id: str
+  position: int  # in the split: what the loader skips
+
+  def to_json(self) -> dict:
+    return {"dataset": self.dataset, "split": self.split, "id": self.id, "position": self.position}
+
+
+@dataclasses.dataclass
+class Fingerprints:
+  """The fingerprints of a set of records, one row each."""
+  members: list[Member]
+  sha256: list[str]
+  kind: np.ndarray  # int8: index into KINDS, -1 without a perceptual fingerprint
+  hash: np.ndarray  # uint64
+
+  def __len__(self) -> int:
+    return len(self.members)
+
+  @classmethod
+  def concat(cls, parts: Sequence["Fingerprints"]) -> "Fingerprints":
+    return cls([m for p in parts for m in p.members], [s for p in parts for s in p.sha256],
+               np.concatenate([p.kind for p in parts] or [np.zeros(0, np.int8)]),
+               np.concatenate([p.hash for p in parts] or [np.zeros(0, np.uint64)]))
+
+
+def of_features(features: Iterable[dict], dataset: str, split: str) -> Fingerprints:
+  """Fingerprints from parsed records (records.parse_example), in split order."""
+  members, shas, kinds, hashes = [], [], [], []
+  for position, f in enumerate(features):
+    id_ = f["id"][0].decode()
+    if "fingerprint/sha256" not in f:
+      raise DedupError(f"record {id_!r} of {dataset} split {split!r} has no fingerprints: "
+                       "rebuild it with fingerprints on (the default; --fingerprints true)")
+    members.append(Member(dataset, split, id_, position))
+    shas.append(f["fingerprint/sha256"][0].decode())
+    kind = next((i for i, k in enumerate(KINDS) if f"fingerprint/{k}" in f), -1)
+    kinds.append(kind)
+    hashes.append(f[f"fingerprint/{KINDS[kind]}"][0] & 0xFFFFFFFFFFFFFFFF if kind >= 0 else 0)
+  return Fingerprints(members, shas, np.array(kinds, np.int8), np.array(hashes, np.uint64))
+
+
+def _features(paths: Sequence[str]):
+  """The parsed records of these shards, in order."""
+  for path in paths:
+    reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
+    try:
+      n = reader.num_records()
+      for start in range(0, n, 256):
+        yield from map(records.parse_example, reader.read(list(range(start, min(n, start + 256)))))
+    finally:
+      reader.close()
+
+
+def read_shards(paths: Sequence[str], dataset: str, split: str) -> Fingerprints:
+  """The fingerprints of the records of these shards, in order."""
+  return of_features(_features(paths), dataset, split)
+
+
+def split_ids(dataset: prepared.PreparedDataset, split: str) -> list[str]:
+  """The record ids of a split, by position."""
+  return [f["id"][0].decode() for f in _features(dataset.shard_paths(split))]
+
+
+def read(dataset: prepared.PreparedDataset, name: str | None = None,
+         splits: Sequence[str] | None = None) -> Fingerprints:
+  """The fingerprints of a prepared dataset's splits (default: all), named `name`."""
+  name = name or dataset.root
+  return Fingerprints.concat([read_shards(dataset.shard_paths(s), name, s)
+                              for s in (splits or sorted(dataset.metadata.splits))])
+
+
+# -- near pairs: multi-index hashing ------------------------------------------
+
+
+def _flip_masks(bits: int, radius: int) -> np.ndarray:
+  masks = [0]
+  for r in range(1, radius + 1):
+    masks += [sum(1 << b for b in c) for c in itertools.combinations(range(bits), r)]
+  return np.array(masks, np.uint64)
+
+
+def popcount(x: np.ndarray) -> np.ndarray:
+  return np.bitwise_count(x.astype(np.uint64))
+
+
+def near_pairs(hashes: np.ndarray, threshold: int, queries: np.ndarray | None = None
+               ) -> np.ndarray:
+  """[n, 2] (query row, hash row) of every pair within `threshold` bits, each pair once
+  (query < row) when `queries` is None (the hashes against themselves)."""
+  hashes = np.asarray(hashes, np.uint64)
+  own = queries is None
+  queries = hashes if own else np.asarray(queries, np.uint64)
+  radius = threshold // BLOCKS
+  masks = _flip_masks(64 // BLOCKS, radius)
+  found = []
+  for block in range(BLOCKS):
+    shift = np.uint64(block * 16)
+    keys = ((hashes >> shift) & np.uint64(0xFFFF)).astype(np.int64)
+    order = np.argsort(keys, kind="stable")
+    starts = np.searchsorted(keys[order], np.arange((1 << 16) + 1))
+    qkeys = ((queries >> shift) & np.uint64(0xFFFF))
+    for mask in masks:
+      probe = (qkeys ^ mask).astype(np.int64)
+      lo, hi = starts[probe], starts[probe + 1]
+      counts = hi - lo
+      if not counts.any():
+        continue
+      q = np.repeat(np.arange(len(queries)), counts)
+      offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+      h = order[np.repeat(lo, counts) + offsets]
+      keep = popcount(queries[q] ^ hashes[h]) <= threshold
+      if own:
+        keep &= q < h
+      found.append(np.stack([q[keep], h[keep]], 1))
+  if not found:
+    return np.zeros((0, 2), np.int64)
+  return np.unique(np.concatenate(found), axis=0)  # a pair close on two blocks is found twice
+
+
+def brute_force_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
+  """All pairs within `threshold` bits by comparing every pair: the benchmark's baseline."""
+  hashes = np.asarray(hashes, np.uint64)
+  found = []
+  for i in range(len(hashes) - 1):
+    j = np.flatnonzero(popcount(hashes[i + 1:] ^ hashes[i]) <= threshold) + i + 1
+    found.append(np.stack([np.full(len(j), i), j], 1))
+  return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
+
+
+# -- groups -------------------------------------------------------------------
+
+
+class _UnionFind:
+  def __init__(self, n: int):
+    self.parent = list(range(n))
+
+  def find(self, i: int) -> int:
+    while self.parent[i] != i:
+      self.parent[i] = self.parent[self.parent[i]]
+      i = self.parent[i]
+    return i
+
+  def union(self, a: int, b: int):
+    a, b = self.find(a), self.find(b)
+    if a != b:
+      self.parent[max(a, b)] = min(a, b)
+
+
+def _pairs(fp: Fingerprints, threshold: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+  """(exact pairs: each row with the first of its sha256, near pairs of the same kind)."""
+  first, exact = {}, []
+  for i, sha in enumerate(fp.sha256):
+    if sha in first:
+      exact.append((first[sha], i))
+    else:
+      first[sha] = i
+  near = []
+  for kind in range(len(KINDS)):
+    rows = np.flatnonzero(fp.kind == kind)
+    if len(rows) > 1:
+      near.append(rows[near_pairs(fp.hash[rows], threshold)])
+  return exact, np.concatenate(near) if near else np.zeros((0, 2), np.int64)
+
+
+@dataclasses.dataclass
+class Found:
+  groups: list[list[Member]]  # each: two or more records of one example, in input order
+  exact_groups: int  # groups of equal sha256
+  near_groups: int  # groups whose members are not all byte-identical
+
+  @property
+  def records_in_groups(self) -> int:
+    return sum(len(g) for g in self.groups)
+
+  def summary(self, limit: int = REPORT_GROUPS) -> dict:
+    """What metadata.json's Split.duplicates holds."""
+    return {"exact_groups": self.exact_groups, "near_groups": self.near_groups,
+            "records_in_groups": self.records_in_groups,
+            "groups": [[m.id for m in g] for g in self.groups[:limit]]}
+
+
+def find(parts: Sequence[Fingerprints], threshold: int = DEFAULT_THRESHOLD) -> Found:
+  """Duplicate groups among all the records given, within and across datasets and splits."""
+  fp = Fingerprints.concat(parts)
+  exact, near = _pairs(fp, threshold)
+  uf = _UnionFind(len(fp))
+  exact_sets = _UnionFind(len(fp))
+  for a, b in exact:
+    uf.union(a, b)
+    exact_sets.union(a, b)
+  for a, b in near.tolist():
+    uf.union(a, b)
+  components = {}
+  for i in range(len(fp)):
+    components.setdefault(uf.find(i), []).append(i)
+  groups = [rows for rows in components.values() if len(rows) > 1]
+  exact_groups = len({exact_sets.find(a) for a, _ in exact})
+  near_groups = sum(len({fp.sha256[i] for i in rows}) > 1 for rows in groups)
+  return Found([[fp.members[i] for i in rows] for rows in groups], exact_groups, near_groups)
+
+
+def split_summary(shard_paths: Sequence[str], split: str) -> dict | None:
+  """metadata.json's Split.duplicates of a split's shards (local files); None when their
+  records have no fingerprints (built with fingerprints off)."""
+  try:
+    fp = read_shards(shard_paths, "", split)
+  except DedupError:
+    return None
+  return find([fp]).summary()
+
+
+def leaks(train: Fingerprints, evaluation: Fingerprints, threshold: int = DEFAULT_THRESHOLD
+          ) -> list[tuple[Member, list[Member]]]:
+  """Training records that duplicate an evaluation record, each with what it matches."""
+  matches = {}
+  by_sha = {}
+  for j, sha in enumerate(evaluation.sha256):
+    by_sha.setdefault(sha, []).append(j)
+  for i, sha in enumerate(train.sha256):
+    for j in by_sha.get(sha, ()):
+      matches.setdefault(i, set()).add(j)
+  for kind in range(len(KINDS)):
+    rows, eval_rows = np.flatnonzero(train.kind == kind), np.flatnonzero(evaluation.kind == kind)
+    if len(rows) and len(eval_rows):
+      for q, h in near_pairs(evaluation.hash[eval_rows], threshold, train.hash[rows]).tolist():
+        matches.setdefault(int(rows[q]), set()).add(int(eval_rows[h]))
+  return [(train.members[i], [evaluation.members[j] for j in sorted(matches[i])])
+          for i in sorted(matches)]
+
+
+def report(found: Found, leaked: list[tuple[Member, list[Member]]] | None,
+           threshold: int, datasets: Sequence[str], against: Sequence[str]) -> dict:
+  """The JSON report `impax dedup --json` writes and `Task.exclude` reads."""
+  out = {"threshold": threshold, "datasets": list(datasets), "against": list(against),
+         "exact_groups": found.exact_groups, "near_groups": found.near_groups,
+         "records_in_groups": found.records_in_groups,
+         "groups": [[m.to_json() for m in g] for g in found.groups]}
+  if leaked is not None:
+    out["leaks"] = [{**m.to_json(), "matches": [x.to_json() for x in ms]} for m, ms in leaked]
+  return out
+
+
+def describe(found: Found, leaked: list[tuple[Member, list[Member]]] | None, total: int,
+             threshold: int, shown: int = 10) -> str:
+  """The readable summary `impax dedup` prints."""
+  lines = [f"{total} records, threshold {threshold} bits: {len(found.groups)} duplicate groups "
+           f"({found.exact_groups} exact, {found.near_groups} near) holding "
+           f"{found.records_in_groups} records"]
+  for g in found.groups[:shown]:
+    lines.append("  " + ", ".join(f"{m.dataset}:{m.split}:{m.id}" for m in g))
+  if len(found.groups) > shown:
+    lines.append(f"  ... {len(found.groups) - shown} more (write them all with --json)")
+  if leaked is not None:
+    lines.append(f"{len(leaked)} training records duplicate the evaluation set (leaks)")
+    for m, ms in leaked[:shown]:
+      lines.append(f"  {m.dataset}:{m.split}:{m.id} = "
+                   + ", ".join(f"{x.dataset}:{x.split}:{x.id}" for x in ms))
+    if len(leaked) > shown:
+      lines.append(f"  ... {len(leaked) - shown} more (write them all with --json)")
+  return "\n".join(lines)
+
+
+# -- exclusion lists ------------------------------------------------------------
+
+
+def excluded_ids(path: str, dataset_root: str, split: str) -> set[str]:
+  """Ids of `split` of the dataset at `dataset_root` that an exclusion file names.
+
+  A dedup report (JSON): its leaks when it has them, else every member of a
+  group but the group's first (one copy of each example stays). Any other
+  file: one id per line, for whichever dataset it is given with."""
+  try:
+    with open(path, encoding="utf-8-sig") as f:
+      text = f.read()
+  except OSError as e:
+    raise DedupError(f"exclusion file {path} cannot be read: {e.strerror or e}") from None
+  if not path.endswith(".json"):
+    return {line.strip() for line in text.splitlines() if line.strip()}
+  try:
+    obj = json.loads(text)
+    if "leaks" in obj:
+      members = obj["leaks"]
+    else:
+      members = [m for g in obj["groups"] for m in g[1:]]
+    root = os.path.realpath(dataset_root)
+    return {m["id"] for m in members
+            if m["split"] == split and os.path.realpath(m["dataset"]) == root}
+  except (ValueError, KeyError, TypeError) as e:
+    raise DedupError(f"exclusion file {path} is not a dedup report (`impax dedup --json`): "
+                     f"{type(e).__name__}: {e}") from None
+
+
+# -- impax dedup ------------------------------------------------------------------
+
+
+def main(datasets: Sequence[str], *, against: Sequence[str] = (), json_path: str | None = None,
+         threshold: int | None = None) -> int:
+  """`impax dedup`: prints the summary, writes the report; 0 (finding duplicates is no error)."""
+  threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+  if not 0 <= threshold < 32:
+    raise DedupError(f"--threshold {threshold}: give a number of bits from 0 to 31")
+  parts = [read(prepared.open_dataset(d, check_counts=False), d) for d in datasets]
+  evaluation = [read(prepared.open_dataset(d, check_counts=False), d) for d in against]
+  found = find(parts + evaluation, threshold)
+  leaked = leaks(Fingerprints.concat(parts), Fingerprints.concat(evaluation),
+                 threshold) if against else None
+  print(describe(found, leaked, sum(map(len, parts + evaluation)), threshold))
+  if json_path:
+    with open(json_path, "w") as f:
+      json.dump(report(found, leaked, threshold, datasets, against), f, indent=2)
+    print(f"report: {json_path}")
+  return 0
