@@ -1,4 +1,5 @@
-"""`impax inspect DIR`: what a prepared dataset holds, and one example's frames as PNG."""
+"""`impax inspect DIR`: what a prepared dataset holds, one example's frames as PNG, and where
+its card (`impax card`, datasets/card.py) is."""
 
 import io
 import json
@@ -22,6 +23,21 @@ def load_metadata(directory: str) -> metadata_lib.Metadata:
     raise ValueError(f"{directory} has no metadata.json: is it the output of `impax build`?")
   with open_(path) as f:
     return metadata_lib.loads(f.read(), where=path)
+
+
+def card_path(directory: str) -> str:
+  """Where `impax card DIR` writes the dataset's card."""
+  return os.path.join(directory, "card.html")
+
+
+def card_line(directory: str) -> str:
+  """The card's path when it exists, else the command that makes it."""
+  if "://" in directory:
+    return f"  card: `impax card {directory} --output PATH` writes one"
+  path = card_path(directory)
+  if os.path.exists(path):
+    return f"  card: {path}"
+  return f"  card: none yet; `impax card {directory}` writes {path}"
 
 
 def read_record(directory: str, meta: metadata_lib.Metadata, split: str, index: int) -> bytes:
@@ -84,6 +100,7 @@ def main(directory: str, split: str | None = None, example: int | None = None,
   for task in meta.tasks:
     print(f"  task {task.name}: {'+'.join(task.modalities)}, {task.objective}"
           + (f", prompt {task.prompt!r}" if task.prompt else ""))
+  print(card_line(directory))
   if example is not None:
     split = split or ("train" if "train" in meta.splits else next(iter(meta.splits)))
     if split not in meta.splits:

@@ -13,19 +13,25 @@
    (deleted, half built) is built whatever the cache holds.
 3. publish: metadata.json (written by the build) as artifacts: a table of examples,
    failures and shards per split, and a markdown summary of the failure reasons.
+4. card: the dataset card (`impax card`, datasets/card.py) written to OUTPUT/card.html,
+   and an artifact with its path and each split's contact sheet inline.
 """
 
+import base64
 import hashlib
+import io
 import json
 import os
 from typing import Annotated
 
 import pydantic
+from PIL import Image
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
+from impax.datasets import card as card_lib
 from impax.datasets import metadata
 from impax.flows import artifact_key
 from impax.pipelines import build, storage
@@ -186,6 +192,48 @@ def _cell(text: str) -> str:
   return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+# -- 4: card ------------------------------------------------------------------
+
+
+@task(name="card", cache_policy=NO_CACHE)
+def card(output: str) -> str | None:
+  """Writes the dataset card and attaches it: its path and each split's contact sheet
+  inline (as JPEG, a tenth of the PNG's bytes). Returns the card's path; None for a
+  remote output, whose card would stage every shard here first."""
+  logger = get_run_logger()
+  meta_path = storage.join(output, "metadata.json")
+  meta = metadata.loads(storage.read(meta_path), where=meta_path)
+  if not storage.is_local(output):
+    logger.info("no card for remote %s: `impax card %s --output PATH` stages it and writes one",
+                output, output)
+    return None
+  written = card_lib.write_card(output)
+  path = os.path.abspath(written.html)
+  lines = [f"# Dataset card: {meta.name} {meta.version}", "",
+           f"The card: `{path}` ([open it](file://{path})), its PNGs in "
+           f"`{card_lib.picture_folder(path)}`. Contact sheets of sampled examples:", ""]
+  for split, s in meta.splits.items():
+    lines.append(f"## {split}: {s.num_examples} examples, {s.num_failed} failed")
+    if split in written.contact_sheets:
+      lines.append(f"![contact sheet of {split}](data:image/jpeg;base64,"
+                   f"{_jpeg_base64(written.contact_sheets[split])})")
+    else:
+      lines.append("No frames or images.")
+    lines.append("")
+  # The UI's markdown renderer drops what looks like an HTML tag.
+  create_markdown_artifact("\n".join(lines).replace("<", "&lt;"),
+                           key=artifact_key("build", meta.name, "card"),
+                           description=f"The dataset card of {meta.name!r}: {path}")
+  logger.info("dataset card: %s", path)
+  return path
+
+
+def _jpeg_base64(png_path: str) -> str:
+  buffer = io.BytesIO()
+  Image.open(png_path).convert("RGB").save(buffer, format="JPEG", quality=85)
+  return base64.b64encode(buffer.getvalue()).decode()
+
+
 # -- the flow -----------------------------------------------------------------
 
 
@@ -236,4 +284,5 @@ def build_dataset(
     if state.name == "Cached":
       logger.info("%s [%s]: unchanged input and config, served from the cache", output, split.name)
   publish(output, results)
+  card(output)
   return {split: summary for split, (summary, _) in results.items()}

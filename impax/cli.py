@@ -30,10 +30,17 @@ def _build_parser(sub):
   p.add_argument("--verbose", action="store_true", help="show Beam's logs as it runs")
   group = p.add_argument_group("processing options (defaults in brackets)")
   for name, field in config_lib.FIELDS.items():
-    group.add_argument(f"--{name.replace('_', '-')}", dest=f"set_{name}", type=type(field.default),
+    group.add_argument(f"--{name.replace('_', '-')}", dest=f"set_{name}",
+                       type=_flag_bool if isinstance(field.default, bool) else type(field.default),
                        default=None, metavar=type(field.default).__name__.upper(),
                        help=f"{field.metadata['help']} [{field.default!r}]")
   p.set_defaults(func=_build)
+
+
+def _flag_bool(text: str) -> bool:
+  if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+  return text.lower() in ("true", "1", "yes")
 
 
 def _build(args, beam_args):
@@ -67,6 +74,71 @@ def _inspect(args, beam_args):
   from impax.datasets import inspect
   return inspect.main(args.dir, split=args.split, example=args.example, frames_to=args.frames_to,
                       as_json=args.json)
+
+
+def _verify_parser(sub):
+  p = sub.add_parser(
+      "verify", help="check a prepared dataset's shards against its metadata.json",
+      description="Checks that every shard metadata.json lists exists with its recorded size "
+                  "and sha256; with --deep also counts and parses every record. Exits 1 naming "
+                  "each bad file and what is wrong. Beam options for gs:// or s3:// go after "
+                  "`--`, as for build.")
+  p.add_argument("dir", metavar="DIR", help="the dataset folder (local, gs://, s3://)")
+  p.add_argument("--deep", action="store_true",
+                 help="also parse every record against the feature spec and count them")
+  p.add_argument("--split", help="check this split only (default: all)")
+  p.add_argument("--json", action="store_true", help="print the report as JSON")
+  p.set_defaults(func=_verify)
+
+
+def _verify(args, beam_args):
+  from apache_beam.options.pipeline_options import PipelineOptions
+  from impax.datasets import verify
+  from impax.pipelines import storage
+  storage.configure(PipelineOptions(beam_args))  # object-store settings, as for build
+  return verify.main(args.dir, deep=args.deep, split=args.split, as_json=args.json)
+
+
+def _dedup_parser(sub):
+  p = sub.add_parser(
+      "dedup", help="find duplicate examples within and across datasets, and test-set leakage",
+      description="Groups the records of the datasets (all splits) that are the same example: "
+                  "equal media bytes and clip, or perceptual fingerprints within --threshold "
+                  "bits. With --against, lists the training records (of DATASET) that "
+                  "duplicate a record of the evaluation datasets: leaks. Give the report "
+                  "to training as a task's `exclude` to skip them.")
+  p.add_argument("datasets", metavar="DATASET", nargs="+", help="prepared dataset folders")
+  p.add_argument("--against", metavar="DATASET", nargs="+", default=[],
+                 help="evaluation datasets: list the records of DATASET that they hold too")
+  p.add_argument("--json", metavar="PATH", help="write the report (all groups and leaks) here")
+  p.add_argument("--threshold", type=int, default=None,
+                 help="most differing bits of 64 for a near duplicate (default 10)")
+  p.set_defaults(func=_dedup)
+
+
+def _dedup(args, beam_args):
+  from impax.datasets import dedup
+  return dedup.main(args.datasets, against=args.against, json_path=args.json,
+                    threshold=args.threshold)
+
+
+def _card_parser(sub):
+  p = sub.add_parser("card", help="write a prepared dataset's card: one self-contained HTML page")
+  p.add_argument("dir", metavar="DIR")
+  p.add_argument("--output", metavar="PATH", help="the page (default DIR/card.html); its PNGs go "
+                 "to the folder beside it named after it (DIR/card/)")
+  p.add_argument("--samples", type=int, default=16, metavar="N",
+                 help="examples per split on the contact sheet (seeded sample; default 16)")
+  p.add_argument("--seed", type=int, default=0, help="the sampling seed (default 0)")
+  p.set_defaults(func=_card)
+
+
+def _card(args, beam_args):
+  from impax.datasets import card
+  written = card.write_card(args.dir, args.output, samples=args.samples, seed=args.seed)
+  print(f"wrote {written.html} and {len(written.pngs)} PNG(s) in "
+        f"{card.picture_folder(written.html)}")
+  return 0
 
 
 def _specs_parser(sub):
@@ -171,8 +243,9 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(
       prog="impax", description="Prepare multimodal training data and train IMP models on it.")
   sub = parser.add_subparsers(metavar="COMMAND", required=True)
-  for add in (_build_parser, _inspect_parser, _specs_parser, _demo_corpus_parser, _demo_parser,
-              _model_parser, _train_parser):
+  for add in (_build_parser, _inspect_parser, _card_parser, _verify_parser, _dedup_parser,
+              _specs_parser, _demo_corpus_parser,
+              _demo_parser, _model_parser, _train_parser):
     add(sub)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything impax needs on a fresh Debian machine with Python 3.11:
-# ffmpeg (apt when root, else imageio-ffmpeg's binary from pip), a virtualenv
+# ffmpeg (apt when root, else imageio-ffmpeg's binary from pip), chromium and
+# chromedriver for the tests (apt when root), a virtualenv
 # in $VENV with the pinned stack (constraints.txt) and impax in editable mode.
 set -euo pipefail
 VENV=${VENV:-.venv}
@@ -17,6 +18,11 @@ apt_install() {
 
 if ! command -v ffmpeg >/dev/null; then
   apt_install ffmpeg || echo "not root: impax will use the ffmpeg binary shipped by the imageio-ffmpeg wheel"
+fi
+# Tests only: the dataset card's browser test (tests/datasets/test_card.py) drives
+# Debian's headless chromium through its chromedriver (selenium, in the test extra).
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install chromium chromium-driver || echo "not root: without chromium and chromedriver the card's browser test is skipped"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -15,7 +15,7 @@ def run(*args):
 def test_help_lists_the_subcommands():
   result = run("--help")
   assert result.returncode == 0
-  for command in ("build", "inspect", "specs", "demo-corpus", "demo"):
+  for command in ("build", "inspect", "card", "verify", "dedup", "specs", "demo-corpus", "demo"):
     assert command in result.stdout
   build = run("build", "--help")
   assert build.returncode == 0

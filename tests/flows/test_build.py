@@ -47,6 +47,28 @@ def test_build_dataset_builds_each_split_and_publishes_artifacts(images, api):
   assert "[train]: 24 examples, 2 failed, 2 shard(s) in" in api.logs(state.state_details.flow_run_id)
 
 
+def test_build_dataset_attaches_the_dataset_card(images, api):
+  import base64
+  import io
+  import re
+
+  from PIL import Image
+  params, state = images
+  page = os.path.join(params["output"], "card.html")
+  with open(page, encoding="utf-8") as f:
+    assert "Dataset card: images" in f.read()
+  found = api.artifacts(state.state_details.flow_run_id)["build-images-card"]
+  assert f"`{page}`" in found and f"(file://{page})" in found
+  assert "## train: 24 examples, 2 failed" in found and "## test: 6 examples, 0 failed" in found
+  # each split's contact sheet inline, a picture of the same size as the card's PNG
+  sheets = re.findall(r"!\[contact sheet of (\w+)\]\(data:image/jpeg;base64,([^)]+)\)", found)
+  assert sorted(split for split, _ in sheets) == ["test", "train"]
+  for split, data in sheets:
+    inline = Image.open(io.BytesIO(base64.b64decode(data)))
+    assert inline.size == Image.open(os.path.join(params["output"], "card",
+                                                  f"{split}-contact-sheet.png")).size
+
+
 def test_an_unchanged_rebuild_is_served_from_the_cache(images, api):
   from impax.flows.build import build_dataset
   params, _ = images
@@ -66,6 +88,20 @@ def test_an_unchanged_rebuild_is_served_from_the_cache(images, api):
   assert state.is_completed(), state.message
   runs = {name: r["state"]["name"] for name, r in api.task_runs(state.state_details.flow_run_id).items()}
   assert runs["build train"] == "Completed" and runs["build test"] == "Completed"
+  assert {k: v[0] for k, v in shard_digests(params["output"]).items()} == {
+      k: v[0] for k, v in before.items()}
+
+
+def test_a_damaged_shard_is_rebuilt_not_served_from_the_cache(images, api):
+  from impax.flows.build import build_dataset
+  params, _ = images
+  before = shard_digests(params["output"])
+  gone = sorted(n for n in before if "-train.array_record-" in n)[0]
+  os.remove(os.path.join(params["output"], gone))
+  state = build_dataset(**params, return_state=True)
+  assert state.is_completed(), state.message
+  runs = {name: r["state"]["name"] for name, r in api.task_runs(state.state_details.flow_run_id).items()}
+  assert runs["build train"] == "Completed" and runs["build test"] == "Cached"
   assert {k: v[0] for k, v in shard_digests(params["output"]).items()} == {
       k: v[0] for k, v in before.items()}
 
