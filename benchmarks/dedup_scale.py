@@ -30,8 +30,8 @@ def fingerprints(n: int, threshold: int, seed: int = 0) -> tuple[dedup.Fingerpri
     flips = rng.choice(64, rng.integers(0, threshold + 1), replace=False)
     hashes[n - planted + i] = hashes[i] ^ np.uint64(sum(1 << int(b) for b in flips))
   members = [dedup.Member("bench", "train", f"r{i}", i) for i in range(n)]
-  return dedup.Fingerprints(members, [f"{i:064x}" for i in range(n)],
-                            np.zeros(n, np.int8), hashes), planted
+  return dedup.Fingerprints(members, [f"{i:064x}" for i in range(n)], np.zeros(n, np.int8),
+                            hashes, np.arange(n + 1)), planted  # one video hash a record
 
 
 def main():
@@ -49,7 +49,7 @@ def main():
   n = args.records
   missed = sum(group_of.get(i, -1) != group_of.get(n - planted + i, -2) for i in range(planted))
 
-  subset = fp.hash[:args.subset]
+  subset = fp.values[:args.subset]
   start = time.perf_counter()
   brute = dedup.brute_force_pairs(subset, args.threshold)
   brute_subset_s = time.perf_counter() - start

@@ -6,15 +6,25 @@
 
 Two records are the same example when their exact fingerprints (sha256 of the
 media bytes read, with the clip's bounds) are equal, or when their perceptual
-fingerprints (64-bit DCT hashes, pipelines/media.py) of the same kind (video,
-image or audio: a record's first of these) differ in at most `threshold` bits.
+fingerprints (pipelines/media.py) of the same kind (video, image or audio: a
+record's first of these) are close:
+
+- video: its 64-bit DCT hash within `threshold` bits of the other's;
+- image: its whole image's DCT hash within `threshold` bits of either of the
+  other's two (whole, centre), so a small crop still matches;
+- audio: one 64-bit value per 32 ms (the mel bands near the frame's peak);
+  aligned at their best shift, the bits that differ are at most AUDIO_DISTANCE
+  of the bits set in either (Jaccard distance), over an overlap of at least
+  half the longer clip. A trimmed clip is the original shifted.
 Groups are the connected components of that relation (union-find).
 
-Near pairs are found with multi-index hashing, not by comparing all pairs: the
-64 bits are cut into 4 blocks of 16, and by pigeonhole two hashes within k bits
-agree within k // 4 bits on some block; each block is an index (a bucket per
-16-bit value), probed with every key within that radius. Only those candidates
-are compared in full.
+Nothing compares all pairs. Near hashes are found with multi-index hashing:
+the 64 bits are cut into 4 blocks of 16, and by pigeonhole two hashes within k
+bits agree within k // 4 bits on some block; each block is an index (a bucket
+per 16-bit value), probed with every key within that radius. Sounds are
+candidates when they share one frame value exactly (an inverted index; values
+that more than AUDIO_COMMON records share, such as one steady tone, are left
+out of it); only candidates are aligned.
 """
 
 import dataclasses
@@ -31,6 +41,8 @@ from impax.datasets import prepared, records
 KINDS = ("video", "image", "audio")  # a record's perceptual fingerprint: its first of these
 DEFAULT_THRESHOLD = 10  # bits of 64; re-encodes differ in a few, different clips in ~20 or more
 BLOCKS = 4  # 16-bit blocks of the multi-index
+AUDIO_DISTANCE = 0.25  # re-encoded and trimmed sounds align within ~0.17, different ones ~0.35 or more
+AUDIO_COMMON = 64  # an audio frame value shared by more records than this is no evidence
 REPORT_GROUPS = 20  # groups listed in metadata.json; the report lists all
 
 
@@ -51,25 +63,41 @@ class Member:
 
 @dataclasses.dataclass
 class Fingerprints:
-  """The fingerprints of a set of records, one row each."""
+  """The fingerprints of a set of records, one row each; row i's perceptual values are
+  values[starts[i]:starts[i + 1]] (video one hash, image two, audio one per frame)."""
   members: list[Member]
   sha256: list[str]
   kind: np.ndarray  # int8: index into KINDS, -1 without a perceptual fingerprint
-  hash: np.ndarray  # uint64
+  values: np.ndarray  # uint64, all rows' values concatenated
+  starts: np.ndarray  # int64 [rows + 1]
 
   def __len__(self) -> int:
     return len(self.members)
 
+  def of(self, row: int) -> np.ndarray:
+    return self.values[self.starts[row]:self.starts[row + 1]]
+
+  @classmethod
+  def from_lists(cls, members: list[Member], sha256: list[str], kind: Sequence[int],
+                 values: Sequence[Sequence[int]]) -> "Fingerprints":
+    """From one list of (signed or unsigned) 64-bit values per row."""
+    counts = np.array([len(v) for v in values], np.int64)
+    flat = np.array([x & 0xFFFFFFFFFFFFFFFF for v in values for x in v], np.uint64)
+    return cls(members, sha256, np.array(kind, np.int8), flat,
+               np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
+
   @classmethod
   def concat(cls, parts: Sequence["Fingerprints"]) -> "Fingerprints":
+    counts = np.concatenate([np.diff(p.starts) for p in parts] or [np.zeros(0, np.int64)])
     return cls([m for p in parts for m in p.members], [s for p in parts for s in p.sha256],
                np.concatenate([p.kind for p in parts] or [np.zeros(0, np.int8)]),
-               np.concatenate([p.hash for p in parts] or [np.zeros(0, np.uint64)]))
+               np.concatenate([p.values for p in parts] or [np.zeros(0, np.uint64)]),
+               np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
 
 
 def of_features(features: Iterable[dict], dataset: str, split: str) -> Fingerprints:
   """Fingerprints from parsed records (records.parse_example), in split order."""
-  members, shas, kinds, hashes = [], [], [], []
+  members, shas, kinds, values = [], [], [], []
   for position, f in enumerate(features):
     id_ = f["id"][0].decode()
     if "fingerprint/sha256" not in f:
@@ -77,10 +105,10 @@ def of_features(features: Iterable[dict], dataset: str, split: str) -> Fingerpri
                        "rebuild it with fingerprints on (the default; --fingerprints true)")
     members.append(Member(dataset, split, id_, position))
     shas.append(f["fingerprint/sha256"][0].decode())
-    kind = next((i for i, k in enumerate(KINDS) if f"fingerprint/{k}" in f), -1)
+    kind = next((i for i, k in enumerate(KINDS) if f.get(f"fingerprint/{k}")), -1)
     kinds.append(kind)
-    hashes.append(f[f"fingerprint/{KINDS[kind]}"][0] & 0xFFFFFFFFFFFFFFFF if kind >= 0 else 0)
-  return Fingerprints(members, shas, np.array(kinds, np.int8), np.array(hashes, np.uint64))
+    values.append(f[f"fingerprint/{KINDS[kind]}"] if kind >= 0 else [])
+  return Fingerprints.from_lists(members, shas, kinds, values)
 
 
 def _features(paths: Sequence[str]):
@@ -171,6 +199,59 @@ def brute_force_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
   return np.concatenate(found) if found else np.zeros((0, 2), np.int64)
 
 
+def _gather(fp: Fingerprints, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(the values of these rows, concatenated; for each, its index into `rows`)."""
+  counts = np.diff(fp.starts)[rows]
+  offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+  return fp.values[np.repeat(fp.starts[rows], counts) + offsets], np.repeat(np.arange(len(rows)), counts)
+
+
+def _hash_pairs(fp: Fingerprints, rows: np.ndarray, threshold: int) -> np.ndarray:
+  """Pairs of `rows` (video or image) whose first hash is within `threshold` bits of
+  any hash of the other."""
+  firsts = fp.values[fp.starts[rows]]
+  if (np.diff(fp.starts)[rows] == 1).all():
+    return rows[near_pairs(firsts, threshold)]
+  values, owner = _gather(fp, rows)
+  found = near_pairs(values, threshold, firsts)
+  found = np.sort(np.stack([found[:, 0], owner[found[:, 1]]], 1), axis=1)
+  return rows[np.unique(found[found[:, 0] != found[:, 1]], axis=0)]
+
+
+def aligned_distance(a: np.ndarray, b: np.ndarray) -> float:
+  """Two audio fingerprints' Jaccard distance (bits differing / bits set in either) at
+  their best shift, overlapping by at least half the longer; 1.0 when nothing does."""
+  # Frame i of a against frame j of b is on diagonal j - i: a shift's sums are a diagonal's.
+  diagonal = (np.arange(len(b))[None, :] - np.arange(len(a))[:, None]).ravel() + len(a) - 1
+  size = len(a) + len(b) - 1
+  differ = np.bincount(diagonal, popcount(a[:, None] ^ b[None, :]).ravel(), size)
+  union = np.bincount(diagonal, popcount(a[:, None] | b[None, :]).ravel(), size)
+  overlap = np.minimum(np.arange(1, size + 1), np.arange(size, 0, -1))
+  overlap = np.minimum(overlap, min(len(a), len(b)))
+  ok = (overlap >= (max(len(a), len(b)) + 1) // 2) & (union > 0)
+  return float((differ[ok] / union[ok]).min()) if ok.any() else 1.0
+
+
+def _audio_pairs(fp: Fingerprints, rows: np.ndarray) -> np.ndarray:
+  """Pairs of `rows` (audio) that share a frame value and align within AUDIO_DISTANCE."""
+  values, owner = _gather(fp, rows)
+  keep = values != 0  # a quiet frame
+  values, owner = values[keep], owner[keep]
+  order = np.lexsort((owner, values))
+  values, owner = values[order], owner[order]
+  distinct = np.ones(len(values), bool)
+  distinct[1:] = (values[1:] != values[:-1]) | (owner[1:] != owner[:-1])
+  values, owner = values[distinct], owner[distinct]  # each (value, record) once
+  bounds = np.r_[np.flatnonzero(np.r_[True, values[1:] != values[:-1]]), len(values)]
+  candidates = set()
+  for lo, hi in zip(bounds[:-1], bounds[1:]):
+    if 2 <= hi - lo <= AUDIO_COMMON:
+      candidates.update(itertools.combinations(owner[lo:hi].tolist(), 2))
+  found = [(rows[a], rows[b]) for a, b in sorted(candidates)
+           if aligned_distance(fp.of(rows[a]), fp.of(rows[b])) <= AUDIO_DISTANCE]
+  return np.array(found, np.int64).reshape(-1, 2)
+
+
 # -- groups -------------------------------------------------------------------
 
 
@@ -198,12 +279,18 @@ def _pairs(fp: Fingerprints, threshold: int) -> tuple[list[tuple[int, int]], np.
       exact.append((first[sha], i))
     else:
       first[sha] = i
-  near = []
+  return exact, _near(fp, threshold)
+
+
+def _near(fp: Fingerprints, threshold: int) -> np.ndarray:
+  """[n, 2] (a < b) rows whose perceptual fingerprints of the same kind are close."""
+  near = [np.zeros((0, 2), np.int64)]
   for kind in range(len(KINDS)):
     rows = np.flatnonzero(fp.kind == kind)
     if len(rows) > 1:
-      near.append(rows[near_pairs(fp.hash[rows], threshold)])
-  return exact, np.concatenate(near) if near else np.zeros((0, 2), np.int64)
+      near.append(_audio_pairs(fp, rows) if KINDS[kind] == "audio" else
+                  _hash_pairs(fp, rows, threshold))
+  return np.concatenate(near)
 
 
 @dataclasses.dataclass
@@ -263,11 +350,10 @@ def leaks(train: Fingerprints, evaluation: Fingerprints, threshold: int = DEFAUL
   for i, sha in enumerate(train.sha256):
     for j in by_sha.get(sha, ()):
       matches.setdefault(i, set()).add(j)
-  for kind in range(len(KINDS)):
-    rows, eval_rows = np.flatnonzero(train.kind == kind), np.flatnonzero(evaluation.kind == kind)
-    if len(rows) and len(eval_rows):
-      for q, h in near_pairs(evaluation.hash[eval_rows], threshold, train.hash[rows]).tolist():
-        matches.setdefault(int(rows[q]), set()).add(int(eval_rows[h]))
+  n = len(train)
+  for a, b in _near(Fingerprints.concat([train, evaluation]), threshold).tolist():
+    if a < n <= b:  # a training record and an evaluation record
+      matches.setdefault(a, set()).add(b - n)
   return [(train.members[i], [evaluation.members[j] for j in sorted(matches[i])])
           for i in sorted(matches)]
 

@@ -84,8 +84,8 @@ FEATURES = {
     # Written when the build's `fingerprints` option is on (the default); `impax dedup` reads them.
     "fingerprint/sha256": ("bytes", "scalar", "sha256 (hex) of the media files read and the clip's bounds"),
     "fingerprint/video": ("int64", "scalar", "64-bit DCT hash of the mean of a few frames (as signed int64)"),
-    "fingerprint/image": ("int64", "scalar", "64-bit DCT hash of the image (as signed int64)"),
-    "fingerprint/audio": ("int64", "scalar", "64-bit DCT hash of the log-mel spectrogram (as signed int64)"),
+    "fingerprint/image": ("int64", "list", "64-bit DCT hashes of the image and of its centre 93% (as signed int64)"),
+    "fingerprint/audio": ("int64", "list", "one 64-bit value per 32 ms: the mel bands within 20 dB of the frame's loudest (as signed int64)"),
 }
 
 
@@ -140,7 +140,7 @@ def serialize(*, id_: str, source: str, video=None, audio=None,
               labels: list[tuple[int, str]] = (), fingerprints: dict | None = None) -> bytes:
   """One example's record. `video` has .frames (JPEGs), .fps, .height, .width;
   `audio` has .pcm_s16le, .sample_rate, .num_samples; `image` is (JPEG, height, width);
-  `fingerprints` is {"sha256": hex str, "video"|"image"|"audio": signed 64-bit int}."""
+  `fingerprints` is {"sha256": hex str, "video"|"image"|"audio": list of signed 64-bit ints}."""
   f = {"id": [id_.encode()], "source": [source.encode()]}
   if video is not None:
     f["video/frames"] = video.frames
@@ -165,7 +165,7 @@ def serialize(*, id_: str, source: str, video=None, audio=None,
     f["label/index"] = [i for i, _ in labels]
     f["label/name"] = [n.encode() for _, n in labels]
   for kind, value in (fingerprints or {}).items():
-    f[f"fingerprint/{kind}"] = [value.encode() if isinstance(value, str) else value]
+    f[f"fingerprint/{kind}"] = [value.encode()] if isinstance(value, str) else list(value)
   for key in f:
     assert key in FEATURES, key
   return make_example(f)

@@ -11,12 +11,16 @@ import dataclasses
 import hashlib
 import json
 import posixpath
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from impax.datasets import metadata, records, registry
 from impax.pipelines import config as config_lib
 from impax.pipelines import media, stats, storage, text
+
+
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +36,9 @@ class Failure:
   @classmethod
   def of(cls, entry: registry.Entry | registry.BadEntry, stage: str, error: str) -> "Failure":
     media_ = dict(entry.media) if isinstance(entry, registry.Entry) else {}
-    return cls(entry.index, entry.id, entry.source, stage, error, media_)
+    # Without object addresses (`<_io.BytesIO object at 0x7f...>`): the same failure
+    # reads the same for every input, so reports group it.
+    return cls(entry.index, entry.id, entry.source, stage, _ADDRESS.sub("", error), media_)
 
   def to_json(self) -> dict:
     return {"index": self.index, "id": self.id, "source": self.source, "stage": self.stage,
@@ -171,8 +177,8 @@ def decode(medium: str, local: str, path: str, entry: registry.Entry,
 def fingerprints(entry: registry.Entry, shas: Mapping[str, str], video: media.VideoClip | None,
                  track: media.Audio | None, image: tuple[bytes, int, int] | None) -> dict:
   """The record's fingerprints (records.FEATURES "fingerprint/..."): the sha256 of the
-  media read (storage.local_copy hashed them) and the clip's bounds, and a perceptual
-  hash of each stored medium."""
+  media read (storage.local_copy hashed them) and the clip's bounds, and the perceptual
+  fingerprint of each stored medium (a list of int64: one hash, two, or one per frame)."""
   exact = json.dumps({"media": dict(shas), "start": entry.start, "end": entry.end}, sort_keys=True)
   out = {"sha256": hashlib.sha256(exact.encode()).hexdigest()}
   perceptual = (("video", media.video_fingerprint, video and video.frames),
@@ -181,7 +187,9 @@ def fingerprints(entry: registry.Entry, shas: Mapping[str, str], video: media.Vi
   for kind, fingerprint, data in perceptual:
     if data:
       with contextlib.suppress(Exception):  # a record is never lost to its fingerprint
-        out[kind] = fingerprint(data)
+        value = fingerprint(data)
+        if value != []:  # silence has no audio fingerprint
+          out[kind] = value if isinstance(value, list) else [value]
   return out
 
 

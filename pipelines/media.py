@@ -315,10 +315,15 @@ def process_image(data: bytes, *, short_side: int, jpeg_quality: int, name: str 
 
 # -- perceptual fingerprints ------------------------------------------------
 # 64-bit DCT hashes (imagehash.phash) that survive re-encoding, resizing, small
-# crops and grayscale; datasets/dedup.py groups records whose hashes differ in
-# few bits. Stored as signed int64 (the record's int64 list).
+# crops and grayscale, and for sound a 64-bit value per frame; datasets/dedup.py
+# groups records whose fingerprints are close. Stored as signed int64 (the
+# record's int64 list).
 
 FINGERPRINT_FRAMES = 16  # frames of a clip averaged into its hash
+IMAGE_CENTRE = 0.93  # an image's second hash: its centre, which a small crop keeps whole
+AUDIO_HOP_SECONDS = 0.032  # one 64-bit value per 32 ms of sound
+AUDIO_MAX_FRAMES = 1024  # ~33 s: enough to tell clips apart, bounded in size
+AUDIO_BANDS = 64
 
 
 def _signed64(h: imagehash.ImageHash) -> int:
@@ -326,11 +331,21 @@ def _signed64(h: imagehash.ImageHash) -> int:
   return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _thumbnail(jpeg: bytes) -> np.ndarray:
-  """A 32x32 luma thumbnail of a JPEG; decoded at 1/8 scale where it can (draft)."""
+def _thumbnail(jpeg: bytes, centre: float = 1.0) -> np.ndarray:
+  """A 32x32 luma thumbnail of a JPEG (of its middle `centre` of each side); decoded at
+  1/8 scale where it can (draft)."""
   with Image.open(io.BytesIO(jpeg)) as image:
     image.draft("L", (64, 64))
-    return np.asarray(image.convert("L").resize((32, 32), Image.Resampling.BOX), np.float32)
+    image = image.convert("L")
+    if centre < 1.0:
+      w, h = image.size
+      image = image.crop((round(w * (1 - centre) / 2), round(h * (1 - centre) / 2),
+                          round(w * (1 + centre) / 2), round(h * (1 + centre) / 2)))
+    return np.asarray(image.resize((32, 32), Image.Resampling.BOX), np.float32)
+
+
+def _phash(thumbnail: np.ndarray) -> int:
+  return _signed64(imagehash.phash(Image.fromarray(thumbnail.round().astype(np.uint8), "L")))
 
 
 def video_fingerprint(frames: list[bytes]) -> int:
@@ -339,34 +354,38 @@ def video_fingerprint(frames: list[bytes]) -> int:
   The mean over the clip is what survives trimming a fraction of a second and
   a changed frame rate; a single frame would not."""
   picks = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), FINGERPRINT_FRAMES)).round())
-  mean = np.mean([_thumbnail(frames[int(i)]) for i in picks], axis=0)
-  return _signed64(imagehash.phash(Image.fromarray(mean.round().astype(np.uint8), "L")))
+  return _phash(np.mean([_thumbnail(frames[int(i)]) for i in picks], axis=0))
 
 
-def image_fingerprint(jpeg: bytes) -> int:
-  """DCT hash of an image (JPEG)."""
-  return _signed64(imagehash.phash(Image.fromarray(_thumbnail(jpeg).round().astype(np.uint8), "L")))
+def image_fingerprint(jpeg: bytes) -> list[int]:
+  """Two DCT hashes of an image (JPEG): of the whole and of its centre (IMAGE_CENTRE).
+
+  dedup matches an image's whole hash against either of another's: a crop of a
+  few percent moves everything in the whole image's hash, but the cropped
+  image is close to the original's centre."""
+  return [_phash(_thumbnail(jpeg)), _phash(_thumbnail(jpeg, IMAGE_CENTRE))]
 
 
-def audio_fingerprint(audio: Audio) -> int:
-  """A 64-bit hash of how loud each mel band of the clip gets: for 32 bands up to
-  8 kHz, the 75th and 97th percentile of the band's level over time; across
-  bands a DCT keeps 32 coefficients of each profile; each bit says whether a
-  coefficient is above its profile's median.
+def audio_fingerprint(audio: Audio) -> list[int]:
+  """One 64-bit value per AUDIO_HOP_SECONDS of sound: bit b says whether mel band b
+  (64 bands from 50 Hz to 8 kHz) is within 20 dB of the frame's loudest band;
+  0 for a frame 30 dB or more below the clip's loudest. [] for silence.
 
-  Percentiles over time do not depend on where the clip starts, so trimming a
-  fraction of a second changes few bits (a time-aligned picture's hash
-  changed a third of them); re-encoding with a lossy codec changes the quiet
-  levels most, which the high percentiles leave out."""
+  A sequence, not one clip hash, so that dedup can align two clips (a clip
+  trimmed by a fraction of a second is the original shifted by some frames);
+  the bands near each frame's peak are what lossy codecs and resampling keep."""
   import librosa  # heavy (numba): only where audio is fingerprinted
-  import scipy.fft
   samples = np.frombuffer(audio.pcm_s16le, "<i2").astype(np.float32) / 32768.0
+  samples = samples[:round(AUDIO_MAX_FRAMES * AUDIO_HOP_SECONDS * audio.sample_rate)]
+  if not np.any(samples):
+    return []
   if samples.size < 2048:
     samples = np.pad(samples, (0, 2048 - samples.size))
-  mel = librosa.feature.melspectrogram(y=samples, sr=audio.sample_rate, n_fft=2048,
-                                       hop_length=512, n_mels=32,
-                                       fmax=min(8000.0, audio.sample_rate / 2))
-  db = librosa.power_to_db(mel, ref=np.max, top_db=80.0)  # [bands, frames], 0 dB the loudest
-  profiles = np.percentile(db, (75, 97), axis=1)  # [2, bands]
-  low = scipy.fft.dct(profiles, axis=1, norm="ortho")[:, :32]
-  return _signed64(imagehash.ImageHash(low > np.median(low, axis=1, keepdims=True)))
+  mel = librosa.feature.melspectrogram(
+      y=samples, sr=audio.sample_rate, n_fft=2048, hop_length=round(audio.sample_rate * AUDIO_HOP_SECONDS),
+      n_mels=AUDIO_BANDS, fmin=50.0, fmax=min(8000.0, audio.sample_rate / 2))
+  db = librosa.power_to_db(mel, ref=np.max, top_db=60.0).T  # [frames, bands], 0 dB the loudest
+  peak = db.max(axis=1, keepdims=True)
+  bits = (db > peak - 20.0) & (peak > -30.0)
+  values = (bits.astype(np.uint64) << np.arange(AUDIO_BANDS, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+  return values.view(np.int64)[:AUDIO_MAX_FRAMES].tolist()

@@ -2,8 +2,10 @@
 
 A few distinct clips, images and sounds from ffmpeg's generators, and variants
 of one of each (re-encoded at another size, bitrate and codec, trimmed by a
-fraction of a second (video), grayscale, slightly cropped, a byte-identical copy) are
-built for real; the groups `impax dedup` finds must be exactly the known ones.
+fraction of a second (video and sound), grayscale, slightly cropped, a
+byte-identical copy) are built for real; the groups `impax dedup` finds must be
+exactly the known ones. Two tone sequences are close on purpose (the same
+generator, nearby pitches) and must stay apart.
 """
 
 import json
@@ -36,13 +38,12 @@ TONES = "sin(2*PI*({}+{}*floor(4*t))*t)"
 SOUNDS = {
     "tones-1": TONES.format(300, 150),
     "tones-2": TONES.format(900, -170),
+    "tones-3": TONES.format(340, 130),  # close to tones-1, a different clip
     "chirp": "sin(2*PI*(200+300*t)*t)*(0.5+0.5*sin(2*PI*3*t))",
 }
 SOUND_VARIANTS = {
     "tones-1-mp3": (["-ar", "22050", "-c:a", "libmp3lame", "-b:a", "48k"], ".mp3"),
-    # Not trimmed: the audio hash loses a trimmed tone sequence's first note and
-    # changes 10-14 bits (benchmarks/dedup_quality.py measures it).
-    "tones-1-opus": (["-c:a", "libopus", "-b:a", "24k"], ".ogg"),
+    "tones-1-trimmed-opus": (["-ss", "0.2", "-c:a", "libopus", "-b:a", "24k"], ".ogg"),
 }
 IMAGES = {
     "mandel-img": "mandelbrot=s=200x150:start_x=-1.2:start_y=0.1",
@@ -130,6 +131,9 @@ def test_every_record_has_its_fingerprints(built):
   kinds = {m.id: dedup.KINDS[k] for m, k in zip(fp.members, fp.kind)}
   assert all(kinds[i] == "video" for i in VIDEOS) and all(kinds[i] == "audio" for i in SOUNDS)
   assert all(kinds[i] == "image" for i in IMAGES)
+  rows = {m.id: i for i, m in enumerate(fp.members)}
+  assert len(fp.of(rows["mandel-img"])) == 2  # the whole image and its centre
+  assert len(fp.of(rows["tones-1"])) == pytest.approx(2.5 / 0.032, abs=2)  # a value per 32 ms
   sha = dict(zip((m.id for m in fp.members), fp.sha256))
   assert sha["life-2"] == sha["life-2-copy"] and sha["life-1"] != sha["life-1-gray"]
   assert len(set(sha.values())) == len(sha) - 1
@@ -187,6 +191,15 @@ def test_near_pairs_by_index_equal_all_pairs():
     by_index = {tuple(p) for p in dedup.near_pairs(hashes, threshold).tolist()}
     assert by_index == {tuple(p) for p in dedup.brute_force_pairs(hashes, threshold).tolist()}
   assert len(dedup.near_pairs(hashes, 12)) >= 300  # every planted copy
+
+
+def test_a_trimmed_sound_aligns_with_its_original():
+  rng = np.random.default_rng(1)
+  sound = rng.integers(0, 1 << 62, 80).astype(np.uint64)
+  assert dedup.aligned_distance(sound, sound[6:]) == 0.0  # trimmed by 6 frames
+  assert dedup.aligned_distance(sound[:-3], sound[6:]) == 0.0
+  assert dedup.aligned_distance(sound, rng.permutation(sound)) > dedup.AUDIO_DISTANCE
+  assert dedup.aligned_distance(sound, sound[:30]) == 1.0  # less than half of it: not a copy
 
 
 def video_task(dataset, exclude=None):
