@@ -423,14 +423,42 @@ def excluded_ids(path: str, dataset_root: str, split: str) -> set[str]:
 # -- impax dedup ------------------------------------------------------------------
 
 
+def parse_selector(text: str) -> tuple[str, tuple[str, ...] | None]:
+  """`DIR` (every split) or `DIR:SPLIT[,SPLIT...]` -> (DIR, splits or None). A colon
+  before the last slash belongs to the path (gs://bucket/x)."""
+  path, colon, splits = text.rpartition(":")
+  if not colon or "/" in splits or not splits or not path:
+    return text, None
+  return path, tuple(s for s in splits.split(",") if s)
+
+
+def _read_selected(text: str) -> Fingerprints:
+  root, splits = parse_selector(text)
+  dataset = prepared.open_dataset(root, check_counts=False)
+  unknown = [s for s in splits or () if s not in dataset.metadata.splits]
+  if unknown:
+    raise DedupError(f"{text}: {root} has no split {', '.join(map(repr, unknown))} (it has "
+                     f"{', '.join(sorted(dataset.metadata.splits))})")
+  return read(dataset, root, splits)
+
+
 def main(datasets: Sequence[str], *, against: Sequence[str] = (), json_path: str | None = None,
          threshold: int | None = None) -> int:
-  """`impax dedup`: prints the summary, writes the report; 0 (finding duplicates is no error)."""
+  """`impax dedup`: prints the summary, writes the report; 0 (finding duplicates is no error).
+  Each dataset is `DIR` or `DIR:SPLIT[,SPLIT]`, so a folder's train split can be checked
+  against its own test split."""
   threshold = DEFAULT_THRESHOLD if threshold is None else threshold
   if not 0 <= threshold < 32:
     raise DedupError(f"--threshold {threshold}: give a number of bits from 0 to 31")
-  parts = [read(prepared.open_dataset(d, check_counts=False), d) for d in datasets]
-  evaluation = [read(prepared.open_dataset(d, check_counts=False), d) for d in against]
+  parts = [_read_selected(d) for d in datasets]
+  evaluation = [_read_selected(d) for d in against]
+  sides = [{(os.path.realpath(m.dataset), m.split) for p in side for m in p.members}
+           for side in (parts, evaluation)]
+  if both := sorted(sides[0] & sides[1]):
+    raise DedupError(
+        "these splits are on both sides of --against, so every record would leak into itself: "
+        + ", ".join(f"{d}:{s}" for d, s in both)
+        + "; name the splits, e.g. `impax dedup DIR:train --against DIR:test`")
   found = find(parts + evaluation, threshold)
   leaked = leaks(Fingerprints.concat(parts), Fingerprints.concat(evaluation),
                  threshold) if against else None

@@ -102,17 +102,20 @@ def _verify(args, beam_args):
 def _dedup_parser(sub):
   p = sub.add_parser(
       "dedup", help="find duplicate examples within and across datasets, and test-set leakage",
-      description="Groups the records of the datasets (all splits) that are the same example: "
-                  "equal media bytes and clip, or perceptual fingerprints within --threshold "
-                  "bits. With --against, lists the training records (of DATASET) that "
-                  "duplicate a record of the evaluation datasets: leaks. Give the report "
-                  "to training as a task's `exclude` to skip them.")
-  p.add_argument("datasets", metavar="DATASET", nargs="+", help="prepared dataset folders")
+      description="Groups the records of the datasets that are the same example: equal "
+                  "media bytes and clip, or close perceptual fingerprints (video and image "
+                  "hashes within --threshold bits; sounds aligned at their best shift). With "
+                  "--against, lists the training records (of DATASET) that duplicate a record "
+                  "of the evaluation datasets: leaks. A DATASET is a folder (every split) or "
+                  "DIR:SPLIT[,SPLIT], e.g. `impax dedup DIR:train --against DIR:test`. Give "
+                  "the report to training as a task's `exclude` to skip them.")
+  p.add_argument("datasets", metavar="DATASET", nargs="+",
+                 help="prepared dataset folders, each DIR or DIR:SPLIT[,SPLIT]")
   p.add_argument("--against", metavar="DATASET", nargs="+", default=[],
                  help="evaluation datasets: list the records of DATASET that they hold too")
   p.add_argument("--json", metavar="PATH", help="write the report (all groups and leaks) here")
   p.add_argument("--threshold", type=int, default=None,
-                 help="most differing bits of 64 for a near duplicate (default 10)")
+                 help="most differing bits of 64 for a near-duplicate video or image (default 10)")
   p.set_defaults(func=_dedup)
 
 

@@ -181,6 +181,24 @@ def test_cli_report_groups_and_leaks(built, tmp_path, capsys):
       ("mandel-1", "train", ["mandel-1-test"])]
 
 
+def test_splits_are_named_after_a_colon(built, tmp_path, capsys):
+  """`DIR:SPLIT` selects splits, so a folder's train split is checked against its test split;
+  the same split on both sides is refused, not reported as every record leaking."""
+  assert dedup.parse_selector("/data/videos:train,val") == ("/data/videos", ("train", "val"))
+  assert dedup.parse_selector("gs://bucket/videos") == ("gs://bucket/videos", None)
+  assert dedup.parse_selector("s3://b/videos:test") == ("s3://b/videos", ("test",))
+  out = tmp_path / "report.json"
+  assert cli.main(["dedup", f"{built['train']}:train", "--against", f"{built['test']}:test",
+                   "--json", str(out)]) == 0
+  leaks = json.loads(out.read_text())["leaks"]
+  assert [(m["dataset"], m["id"]) for m in leaks] == [(built["train"], "mandel-1")]
+  capsys.readouterr()
+  assert cli.main(["dedup", built["train"], "--against", f"{built['train']}:train"]) == 2
+  assert "on both sides of --against" in capsys.readouterr().err
+  assert cli.main(["dedup", f"{built['train']}:nope"]) == 2
+  assert f"{built['train']} has no split 'nope' (it has train)" in capsys.readouterr().err
+
+
 def test_near_pairs_by_index_equal_all_pairs():
   rng = np.random.default_rng(0)
   hashes = rng.integers(0, 1 << 63, 3000, dtype=np.int64).astype(np.uint64) << np.uint64(1)
