@@ -16,3 +16,9 @@ def artifact_key(*parts: str) -> str:
   text = "-".join(parts).lower()
   return "-".join(filter(None, "".join(c if c.isascii() and c.isalnum() else "-"
                                        for c in text).split("-")))
+
+
+def markdown_text(text: str) -> str:
+  """Markdown for Prefect's UI, whose renderer drops what looks like an HTML tag
+  (`cannot read <image>` would show as `cannot read `): each `<` escaped."""
+  return text.replace("<", "&lt;")

@@ -15,6 +15,17 @@
    failures and shards per split, and a markdown summary of the failure reasons.
 4. card: the dataset card (`impax card`, datasets/card.py) written to OUTPUT/card.html,
    and an artifact with its path and each split's contact sheet inline.
+5. When a split was built (not served from the cache, not already there), the event
+   `impax.dataset.built`: the train-demo deployment's trigger (flows/deployments.py)
+   starts training on new demo data, and only then.
+
+The run is named after what it builds (`build images [train, test]`); its final
+state's message says which splits were built and which came from the cache, and a
+refused build's (a missing input, a bad option) is the one-line reason.
+
+build_demo_dataset builds one demo dataset from ROOT/corpus, as the nightly
+deployments do; on a root whose corpus is not generated yet it refuses, saying what
+to run first.
 """
 
 import base64
@@ -22,18 +33,21 @@ import hashlib
 import io
 import json
 import os
-from typing import Annotated
+from typing import Annotated, Literal
 
 import pydantic
 from PIL import Image
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.states import Completed, Failed
 from prefect.tasks import exponential_backoff
 
+from impax import demo
 from impax.datasets import card as card_lib
 from impax.datasets import metadata
-from impax.flows import artifact_key
+from impax.flows import artifact_key, markdown_text
 from impax.pipelines import build, storage
 from impax.pipelines import config as config_lib
 
@@ -69,7 +83,7 @@ def _settings(options, config_file: str | None) -> tuple[dict, ...]:
 # -- 1: check -----------------------------------------------------------------
 
 
-@task(name="check", cache_policy=NO_CACHE)
+@task(name="check", task_run_name="check", cache_policy=NO_CACHE)
 def check(spec: str, output: str, splits: list[Split], settings: tuple[dict, ...],
           overwrite: bool) -> list[dict]:
   """Refuses a build that cannot run; returns each split's cache key and whether it is built.
@@ -121,7 +135,7 @@ def build_split(spec: str, input: str, output: str, split: str, settings: tuple[
 # -- 3: publish ---------------------------------------------------------------
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+@task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
 def publish(output: str, results: dict[str, tuple[dict, bool]]) -> str:
   """Artifacts from metadata.json and the failures files; returns metadata.json's path."""
   meta_path = storage.join(output, "metadata.json")
@@ -138,7 +152,7 @@ def publish(output: str, results: dict[str, tuple[dict, bool]]) -> str:
       rows, key=artifact_key("build", meta.name),
       description=f"Dataset {meta.name!r} in {output} (config {meta.config_hash[:12]}): "
                   "examples, failures and shards per split.")
-  create_markdown_artifact(failure_report(output, meta, list(results)),
+  create_markdown_artifact(markdown_text(failure_report(output, meta, list(results))),
                            key=artifact_key("build", meta.name, "failures"),
                            description=f"Why inputs of {meta.name!r} failed, per split.")
   return meta_path
@@ -195,7 +209,7 @@ def _cell(text: str) -> str:
 # -- 4: card ------------------------------------------------------------------
 
 
-@task(name="card", cache_policy=NO_CACHE)
+@task(name="card", task_run_name="card", cache_policy=NO_CACHE)
 def card(output: str) -> str | None:
   """Writes the dataset card and attaches it: its path and each split's contact sheet
   inline (as JPEG, a tenth of the PNG's bytes). Returns the card's path; None for a
@@ -220,8 +234,7 @@ def card(output: str) -> str | None:
     else:
       lines.append("No frames or images.")
     lines.append("")
-  # The UI's markdown renderer drops what looks like an HTML tag.
-  create_markdown_artifact("\n".join(lines).replace("<", "&lt;"),
+  create_markdown_artifact(markdown_text("\n".join(lines)),
                            key=artifact_key("build", meta.name, "card"),
                            description=f"The dataset card of {meta.name!r}: {path}")
   logger.info("dataset card: %s", path)
@@ -234,10 +247,29 @@ def _jpeg_base64(png_path: str) -> str:
   return base64.b64encode(buffer.getvalue()).decode()
 
 
-# -- the flow -----------------------------------------------------------------
+# -- the flows ----------------------------------------------------------------
+
+BUILT = "impax.dataset.built"  # the event of a build that wrote new data
+DEMO_DATASETS = ("videos", "images", "audio")
 
 
-@flow(name="build_dataset")
+def _split_names(splits) -> str:
+  return ", ".join(s["name"] if isinstance(s, dict) else s.name for s in splits)
+
+
+def _run_name() -> str:
+  """`build images [train, test]`: the dataset (its folder's name) and its splits."""
+  params = runtime.flow_run.parameters
+  return (f"build {os.path.basename(params['output'].rstrip('/'))} "
+          f"[{_split_names(params['splits'])}]")
+
+
+def _demo_run_name() -> str:
+  params = runtime.flow_run.parameters
+  return f"build {params.get('dataset', 'images')} [train, test] of the demo"
+
+
+@flow(name="build_dataset", flow_run_name=_run_name)
 def build_dataset(
     spec: str,
     output: str,
@@ -267,9 +299,56 @@ def build_dataset(
 
   Returns: {split: the build's summary}.
   """
+  resource = {"prefect.resource.id": f"impax.dataset.{_absolute(output)}",
+              "prefect.resource.name": os.path.basename(output.rstrip("/"))}
+  return _build(spec, output, splits, _settings(options, config_file), overwrite, workers,
+                retries, retry_delay_seconds, timeout_minutes, resource, payload={})
+
+
+@flow(name="build_demo_dataset", flow_run_name=_demo_run_name)
+def build_demo_dataset(
+    root: str = "demo-output",
+    dataset: Literal[DEMO_DATASETS] = "images",
+    workers: Annotated[int, pydantic.Field(ge=1)] | None = None,
+    retries: Annotated[int, pydantic.Field(ge=0)] = 2,
+    retry_delay_seconds: Annotated[float, pydantic.Field(ge=0)] = 30.0,
+    timeout_minutes: Annotated[float, pydantic.Field(gt=0)] = 360.0,
+) -> dict[str, dict]:
+  """Builds one demo dataset, ROOT/data/DATASET, from the demo corpus in ROOT/corpus.
+
+  Args:
+    root: the demo's folder (`impax demo-corpus ROOT/corpus` or end_to_end writes its corpus).
+    dataset: which demo dataset.
+    workers, retries, retry_delay_seconds, timeout_minutes: as build_dataset's.
+
+  Returns: {split: the build's summary}.
+  """
+  root = _absolute(root)  # the event names it for the training it starts
+  corpus = os.path.join(root, "corpus")
+  splits = [Split(name=split, input=os.path.join(corpus, f"{dataset}-{split}.jsonl"))
+            for split in ("train", "test")]
+  settings = demo.settings(corpus)
+  if not all(os.path.exists(p) for p in [*(s.input for s in splits), settings["tokenizer"]]):
+    # A schedule on a fresh root: say what to run, rather than fail inside the build.
+    return Failed(message=f"no demo corpus in {corpus} yet: generate it first with "
+                          f"`impax demo-corpus {corpus}` (or run end_to_end on {root})")
+  resource = {"prefect.resource.id": f"impax.demo.{root}.{dataset}",
+              "prefect.resource.name": f"demo {dataset}"}
+  # What the train-demo deployment's trigger passes to the training it starts.
+  payload = {"root": root, "config": demo.config_for(root), "workdir": os.path.join(root, "run")}
+  return _build("jsonl", os.path.join(root, "data", dataset), splits, (settings,), False,
+                workers, retries, retry_delay_seconds, timeout_minutes, resource, payload)
+
+
+def _build(spec, output, splits, settings, overwrite, workers, retries, retry_delay_seconds,
+           timeout_minutes, resource: dict, payload: dict):
+  """Both flows' body: check, build each split, publish, card, and the event when
+  something was built. The final state (Completed or, refused, Failed) has the message."""
   logger = get_run_logger()
-  settings = _settings(options, config_file)
-  checked = check(spec, output, splits, settings, overwrite)
+  try:
+    checked = check(spec, output, splits, settings, overwrite)
+  except build.BuildError as e:  # refused before anything ran: the reason is the message
+    return Failed(message=str(e), data=e)
   results = {}
   for split, facts in zip(splits, checked):
     build_task = build_split.with_options(
@@ -285,4 +364,13 @@ def build_dataset(
       logger.info("%s [%s]: unchanged input and config, served from the cache", output, split.name)
   publish(output, results)
   card(output)
-  return {split: summary for split, (summary, _) in results.items()}
+  outcome = {}
+  for split, (summary, cached) in results.items():
+    outcome.setdefault("from the cache" if cached else
+                       "already built" if "skipped" in summary else "built", []).append(split)
+  if outcome.get("built"):
+    emit_event(BUILT, resource=resource,
+               payload={**payload, "output": _absolute(output), "splits": outcome["built"]})
+  return Completed(message="; ".join(f"{', '.join(names)}: {how}"
+                                     for how, names in outcome.items()),
+                   data={split: summary for split, (summary, _) in results.items()})

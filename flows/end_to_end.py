@@ -44,7 +44,7 @@ class Corpus(pydantic.BaseModel):
   overwrite: bool = False
 
 
-@task(name="generate_demo_corpus", cache_policy=NO_CACHE)
+@task(name="generate_demo_corpus", task_run_name="generate_demo_corpus", cache_policy=NO_CACHE)
 def generate_demo_corpus(root: str, demo: DemoCorpus) -> list[Corpus]:
   """Writes the demo corpus under root/corpus; returns its datasets to build under root/data."""
   corpus = os.path.join(root, "corpus")
@@ -59,7 +59,7 @@ def generate_demo_corpus(root: str, demo: DemoCorpus) -> list[Corpus]:
           for modality, s in splits.items()]
 
 
-@flow(name="end_to_end")
+@flow(name="end_to_end", flow_run_name="end to end in {root}")
 def end_to_end(
     root: str = "demo-output",
     corpora: list[Corpus] | None = None,

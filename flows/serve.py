@@ -1,14 +1,15 @@
-"""The three flows as deployments, served from this process: run them from the Prefect UI.
+"""impax's deployments (flows/deployments.py, as in prefect.yaml), served from this
+process: the one-machine shortcut, with no work pool or worker to set up.
 
     prefect server start --host 127.0.0.1                          # the UI and API, port 4200
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m impax.flows.serve --root demo-output
 
-Deployments (each `FLOW/impax`): build_dataset, train, end_to_end; their parameters
-form in the UI is generated from the flows' typed parameters, and a run with bad
-values is refused. build_dataset carries a nightly rebuild schedule (02:00 UTC) of
-the demo datasets under ROOT; it is off unless `--nightly` is given (or it is turned
-on in the UI), and, cached, it only builds what changed. One run at a time: builds
-and training each use every core.
+The deployments (build-videos, build-images, build-audio, build-dataset, train-demo,
+evaluate-demo, end-to-end-demo) take their defaults on the demo under ROOT; their
+parameters form in the UI is generated from the flows' typed parameters, and a run
+with bad values is refused. The demo builds carry the nightly schedule (02:00 UTC),
+off unless `--nightly` is given (or it is turned on in the UI); a build with new data
+starts train-demo. One run at a time: builds and training each use every core.
 """
 
 import argparse
@@ -16,50 +17,32 @@ import os
 
 from prefect import serve
 from prefect.deployments.runner import EntrypointType
+from prefect.events import DeploymentEventTrigger
 from prefect.schedules import Cron
 
-from impax import demo
-from impax.flows.build import build_dataset
-from impax.flows.end_to_end import end_to_end
-from impax.flows.train import train
-
-NIGHTLY = "0 2 * * *"
-
-
-def nightly_rebuilds(root: str, active: bool) -> list:
-  """A schedule per demo dataset under root, each with its build_dataset parameters."""
-  return [Cron(NIGHTLY, timezone="UTC", active=active, slug=f"nightly-{modality}", parameters={
-              "spec": "jsonl", "output": os.path.join(root, "data", modality),
-              "splits": [{"name": split, "input": os.path.join(root, "corpus",
-                                                               f"{modality}-{split}.jsonl")}
-                         for split in ("train", "test")],
-              "options": demo.settings(os.path.join(root, "corpus"))})
-          for modality in ("videos", "images", "audio")]
+from impax.flows import deployments as deployments_lib
 
 
 def deployments(root: str, nightly: bool = False) -> list:
-  root = os.path.abspath(root)  # runs start in their own working directory
-  common = {"name": "impax", "entrypoint_type": EntrypointType.MODULE_PATH}
-  return [
-      build_dataset.to_deployment(schedules=nightly_rebuilds(root, nightly),
-                                  description="Build a dataset's splits (impax build), cached; "
-                                              "nightly rebuild of the demo datasets.", **common),
-      train.to_deployment(parameters={"config": demo.config_for(root),
-                                      "workdir": os.path.join(root, "run")},
-                          description="Train and evaluate (impax train).", **common),
-      end_to_end.to_deployment(parameters={"root": root},
-                               description="Demo corpus (or your corpora), builds, training, "
-                                           "evaluation, report.", **common),
-  ]
+  """The table's deployments as served ones, their defaults on root (made absolute:
+  runs start in their own working directory)."""
+  served = []
+  for d in deployments_lib.table(os.path.abspath(root), deployments_lib.CONFIGS):
+    served.append(d.flow.to_deployment(
+        name=d.name, description=d.description, tags=list(d.tags), parameters=d.parameters,
+        schedules=[Cron(deployments_lib.NIGHTLY, timezone="UTC", active=nightly)]
+        if d.nightly else None,
+        triggers=[DeploymentEventTrigger(**t) for t in d.triggers],
+        concurrency_limit=d.concurrency_limit, entrypoint_type=EntrypointType.MODULE_PATH))
+  return served
 
 
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(prog="python -m impax.flows.serve", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--root", default="demo-output",
-                      help="the demo's folder: defaults of train and end_to_end, and the "
-                           "nightly rebuild's datasets (default: demo-output)")
-  parser.add_argument("--nightly", action="store_true", help="turn the nightly rebuild on")
+                      help="the demo's folder: the deployments' defaults (default: demo-output)")
+  parser.add_argument("--nightly", action="store_true", help="turn the nightly builds on")
   args = parser.parse_args(argv)
   serve(*deployments(args.root, args.nightly), limit=1)
 

@@ -18,7 +18,7 @@ import os
 from typing import Annotated
 
 import pydantic
-from prefect import flow, get_run_logger, task
+from prefect import flow, get_run_logger, runtime, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
@@ -34,7 +34,7 @@ class TrainingStopped(RuntimeError):
   """The trainer left before the last step (SIGTERM); the next attempt resumes."""
 
 
-@task(name="load_config", cache_policy=NO_CACHE)
+@task(name="load_config", task_run_name="load_config", cache_policy=NO_CACHE)
 def load_config(config: str, overrides: list[str]):
   """The TrainConfig, refused here (not retried) when a field, task, dataset or bucket is
   wrong, with the same checks the trainer makes before it starts."""
@@ -46,7 +46,7 @@ def load_config(config: str, overrides: list[str]):
   return loaded
 
 
-@task(name="train_model", cache_policy=NO_CACHE)
+@task(name="train_model", task_run_name="train_model", cache_policy=NO_CACHE)
 def train_model(config, workdir: str) -> dict:
   """Trains, or resumes workdir's last checkpoint; returns the trainer's summary."""
   from impax.train import trainer
@@ -58,7 +58,7 @@ def train_model(config, workdir: str) -> dict:
   return summary
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", task_run_name="evaluate", cache_policy=NO_CACHE)
 def evaluate(config_path: str, overrides: list[str], workdir: str, summary: dict) -> dict:
   """{task: metrics} of the final parameters on the held-out splits."""
   if "eval" in summary:  # evaluated by the trainer at its last step
@@ -67,7 +67,7 @@ def evaluate(config_path: str, overrides: list[str], workdir: str, summary: dict
   return evaluate_lib.main(config_path, workdir, overrides, log=get_run_logger().info)["results"]
 
 
-@task(name="publish", cache_policy=NO_CACHE)
+@task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
 def publish(workdir: str, summary: dict, results: dict) -> None:
   name = os.path.basename(os.path.abspath(workdir))
   rows = [{"step": r["step"], "task": r["task"], "loss": round(r["loss"], 5),
@@ -96,7 +96,18 @@ def _base64(path: str) -> str:
     return base64.b64encode(f.read()).decode()
 
 
-@flow(name="train")
+def run_name(verb: str) -> str:
+  """`train demo`, `train demo seed 1, 200 steps`: the config file's name and what is set."""
+  params = runtime.flow_run.parameters
+  config = params.get("config") or "demo"  # end_to_end's default: the demo's
+  name = os.path.splitext(os.path.basename(config.split(":", 1)[0]))[0]
+  given = [o.replace("=", " ", 1) for o in params.get("overrides") or []]
+  if params.get("steps"):
+    given.append(f"{params['steps']} steps")
+  return f"{verb} {name}" + (f" {', '.join(given)}" if given else "")
+
+
+@flow(name="train", flow_run_name=lambda: run_name("train"))
 def train(
     config: str,
     workdir: str,
@@ -125,3 +136,28 @@ def train(
   results = evaluate(config, overrides, workdir, summary)
   publish(workdir, summary, results)
   return {"summary": summary, "eval": results, "workdir": workdir}
+
+
+@flow(name="evaluate", flow_run_name=lambda: run_name("evaluate"))
+def evaluate_checkpoint(
+    config: str,
+    workdir: str,
+    overrides: list[Annotated[str, pydantic.Field(pattern=r"^\w+=")]] | None = None,
+) -> dict:
+  """Evaluates the latest checkpoint in workdir on the config's held-out splits (`impax eval`)
+  and publishes the results as a table.
+
+  Args:
+    config: the training config (FILE or FILE:ARG) the checkpoint was trained with.
+    workdir: the training run's folder; eval.json is written there.
+    overrides: FIELD=VALUE overrides of the config, as at training.
+
+  Returns: {task: metrics}.
+  """
+  results = evaluate(config, overrides or [], workdir, {})
+  create_table_artifact(
+      [{"task": t, "metric": k, "value": v} for t, result in results.items()
+       for k, v in result.items() if isinstance(v, (int, float))],
+      key=artifact_key("evaluation", os.path.basename(os.path.abspath(workdir))),
+      description=f"Held-out evaluation of the latest checkpoint ({workdir}/eval.json).")
+  return results

@@ -40,8 +40,9 @@ def test_build_dataset_builds_each_split_and_publishes_artifacts(images, api):
       ("train", 24, 2, 2, "built"), ("test", 6, 0, 2, "built")]
   failures = found["build-images-failures"]
   # the failure reasons, grouped across inputs, and the failed inputs themselves
-  assert "| read | cannot read <image>: No such file or directory | 1 |" in failures
-  assert "| manifest | line <n> is not valid JSON" in failures
+  # `<image>` escaped: the UI's markdown renderer would drop it as an HTML tag
+  assert "| read | cannot read &lt;image>: No such file or directory | 1 |" in failures
+  assert "| manifest | line &lt;n> is not valid JSON" in failures
   assert "## test: 0 of 6 inputs failed" in failures
   # the task's log lines reach the server
   assert "[train]: 24 examples, 2 failed, 2 shard(s) in" in api.logs(state.state_details.flow_run_id)

@@ -1,0 +1,175 @@
+"""prefect.yaml as Prefect users run it: `prefect deploy --all` from the repository, a
+worker in its own process, the chained training, the server's concurrency limit."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+from impax import demo
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_prefect_yaml_is_written_from_the_deployments_table():
+  from impax.flows import deployments
+  with open(REPO / "prefect.yaml") as f:
+    assert f.read() == deployments.prefect_yaml(), (
+        "prefect.yaml is stale: python -m impax.flows.deployments > prefect.yaml")
+
+
+def prefect(args: list[str], env: dict, timeout: int = 180) -> str:
+  done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+  assert done.returncode == 0, done.stdout + done.stderr
+  return done.stdout
+
+
+@pytest.fixture(scope="module")
+def env(prefect_server):
+  # The worker polls every second (10 s by default); COLUMNS keeps its output on one line.
+  return {**prefect_server.env, "PREFECT_WORKER_QUERY_SECONDS": "1", "COLUMNS": "250"}
+
+
+@pytest.fixture(scope="module")
+def deployed(env, api):
+  """{name: deployment} after the README's commands, run from the repository root."""
+  prefect(["work-pool", "create", "impax", "--type", "process"], env)
+  prefect(["work-pool", "set-concurrency-limit", "impax", "1"], env)
+  prefect(["--no-prompt", "deploy", "--all"], env)
+  found = api.post("/deployments/filter", {})
+  return {d["name"]: d for d in found if d["work_pool_name"] == "impax"}
+
+
+@pytest.fixture(scope="module")
+def demo_root(tmp_path_factory) -> str:
+  """A demo root with a small images corpus; train has two images that are not images."""
+  root = tmp_path_factory.mktemp("demo-root")
+  corpus = root / "corpus"
+  demo.write_corpus(str(corpus), videos=0, images=20, audio=0, seed=3)
+  train = corpus / "images-train.jsonl"
+  first = json.loads(train.read_text().splitlines()[0])
+  lines = []
+  for n in (1, 2):
+    (corpus / f"broken-{n}.png").write_bytes(b"not an image %d" % n)
+    lines.append(json.dumps({**first, "id": f"broken-{n}", "image": str(corpus / f"broken-{n}.png")}))
+  with open(train, "a") as f:
+    f.write("\n".join(lines) + "\n")
+  return str(root)
+
+
+def run_worker_once(env, tmp_path, name="worker") -> None:
+  """`prefect worker start --pool impax --run-once --limit 1`: what is due, run to its end."""
+  log = tmp_path / f"{name}.log"
+  with open(log, "wb") as out:
+    done = subprocess.run([sys.executable, "-m", "prefect", "worker", "start", "--pool", "impax",
+                           "--run-once", "--limit", "1"], cwd=tmp_path, env=env, stdout=out,
+                          stderr=subprocess.STDOUT, timeout=300)
+  assert done.returncode == 0, log.read_text()[-3000:]
+
+
+def create_run(name: str, parameters: dict):
+  from prefect.deployments import run_deployment
+  return run_deployment(name, parameters=parameters, timeout=0)
+
+
+def wait_for(predicate, timeout=60, what="it"):
+  deadline = time.monotonic() + timeout
+  while not (found := predicate()):
+    if time.monotonic() > deadline:
+      raise AssertionError(f"waited {timeout} s for {what}")
+    time.sleep(0.5)
+  return found
+
+
+def runs_of(api, deployment_id) -> list[dict]:
+  return api.post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [deployment_id]}},
+                                        "sort": "EXPECTED_START_TIME_ASC"})
+
+
+def test_prefect_deploy_registers_what_the_table_defines(deployed):
+  assert sorted(deployed) == sorted(["build-videos", "build-images", "build-audio",
+                                     "build-dataset", "train-demo", "evaluate-demo",
+                                     "end-to-end-demo"])
+  images = deployed["build-images"]
+  assert images["tags"] == ["build", "dataset:images", "spec:jsonl"]
+  assert images["parameters"] == {"root": "demo-output", "dataset": "images"}
+  assert images["description"].startswith("Build the demo's images dataset")
+  # the nightly build, off until turned on
+  [nightly] = images["schedules"]
+  assert nightly["schedule"]["cron"] == "0 2 * * *" and not nightly["active"]
+  # limits the server enforces and the UI shows
+  assert all(d["global_concurrency_limit"]["limit"] == 1 for d in deployed.values())
+  # runs start in the repository, where the relative defaults point
+  assert images["pull_steps"] == [{"prefect.deployments.steps.set_working_directory": {
+      "directory": str(REPO)}}]
+  assert deployed["train-demo"]["parameters"]["config"] == "train/configs/demo.py:demo-output/data"
+
+
+def test_a_worker_runs_a_build_that_starts_training_on_new_data(deployed, demo_root, env, api,
+                                                                process_group, tmp_path):
+  params = {"root": demo_root, "dataset": "images", "workers": 1}
+  flow_run = create_run("build_demo_dataset/build-images", params)
+  run_worker_once(env, tmp_path)
+  done = api.get(f"/flow_runs/{flow_run.id}")
+  assert done["state"]["type"] == "COMPLETED", done["state"]
+  assert done["name"] == "build images [train, test] of the demo"
+  assert done["state"]["message"] == "train, test: built"
+  tasks = sorted(api.task_runs(flow_run.id))
+  assert tasks == ["build test", "build train", "card", "check", "publish"]
+  # The two broken images fail alike: one row, counted twice, its text shown by the UI.
+  failures = api.artifacts(flow_run.id)["build-images-failures"]
+  assert ("| image | &lt;image> is not a readable image: cannot identify image file "
+          "&lt;_io.BytesIO object> | 2 |") in failures
+  assert " at 0x" not in failures
+
+  # The build emitted its event: the trigger started train-demo on this root.
+  train_id = deployed["train-demo"]["id"]
+  [chained] = wait_for(lambda: runs_of(api, train_id), what="the chained training")
+  assert chained["parameters"] == {"config": demo.config_for(demo_root),
+                                   "workdir": os.path.join(demo_root, "run")}
+  assert chained["state"]["type"] == "SCHEDULED"
+  api.http.delete(f"/flow_runs/{chained['id']}").raise_for_status()  # not trained here
+
+  # The same build again, twice: served from the cache, one at a time (the pool's limit).
+  first = create_run("build_demo_dataset/build-images", params)
+  second = create_run("build_demo_dataset/build-images", params)
+  command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "impax"]
+  log = str(tmp_path / "worker.log")
+  with process_group(command, env, log):
+    running = wait_for(lambda: [r for r in (api.get(f"/flow_runs/{i}") for i in (first.id, second.id))
+                                if r["state"]["type"] == "RUNNING"], timeout=120,
+                       what="a run to start")
+    held = {str(first.id), str(second.id)} - {r["id"] for r in running}
+    assert len(running) == 1 and len(held) == 1
+    assert api.get(f"/flow_runs/{held.pop()}")["state"]["type"] == "SCHEDULED"
+    finished = wait_for(lambda: all(api.get(f"/flow_runs/{i}")["state"]["type"] == "COMPLETED"
+                                    for i in (first.id, second.id)), timeout=180,
+                        what="both runs to finish:\n" + log)
+  a, b = sorted((api.get(f"/flow_runs/{i}") for i in (first.id, second.id)),
+                key=lambda r: r["start_time"])
+  assert b["start_time"] >= a["end_time"]
+  assert a["state"]["message"] == b["state"]["message"] == "train, test: from the cache"
+  # Nothing new was built: no training was started.
+  time.sleep(3)
+  assert finished and runs_of(api, train_id) == []
+
+
+def test_a_refused_run_says_why_in_its_state(prefect_server, image_corpus, tmp_path, api):
+  from impax.flows.build import build_dataset, build_demo_dataset
+  fresh = str(tmp_path / "fresh")
+  state = build_demo_dataset(root=fresh, return_state=True)
+  assert state.is_failed()
+  assert state.message == (f"no demo corpus in {fresh}/corpus yet: generate it first with "
+                           f"`impax demo-corpus {fresh}/corpus` (or run end_to_end on {fresh})")
+  missing = str(tmp_path / "x.jsonl")
+  state = build_dataset(spec="jsonl", output=str(tmp_path / "out"),
+                        splits=[{"name": "train", "input": missing}], return_state=True)
+  run = api.get(f"/flow_runs/{state.state_details.flow_run_id}")
+  assert run["name"] == "build out [train]"
+  assert run["state"]["type"] == "FAILED"
+  assert run["state"]["message"] == f"input {missing} does not exist"
