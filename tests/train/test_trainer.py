@@ -96,8 +96,12 @@ def test_a_resumed_run_continues_exactly(root, tmp_path, monkeypatch):
 
 def test_mixed_batch_mode_takes_every_task_each_step(root, tmp_path):
   config = make_config(root, steps=3, mode="mixed", eval_at_end=False)
+  # An exclusion list (as `impax dedup` writes for leaks) keeps two videos out of video_text.
+  excluded = tmp_path / "leaked-ids.txt"
+  excluded.write_text("video-train-00000\nvideo-train-00003\n")
+  video_text = dataclasses.replace(config.tasks[0], exclude=str(excluded))
   # Video-audio reads the videos with a sound track only; the silent ones are left out, not failed.
-  config = dataclasses.replace(config, tasks=config.tasks + (
+  config = dataclasses.replace(config, tasks=(video_text, *config.tasks[1:]) + (
       Task("video_audio", config.tasks[0].dataset, "contrastive", ("video", "spectrogram"),
            buckets=(Bucket(video=(2, 16, 16), audio_seconds=0.32),), token_budget=256),))
   logged = []
@@ -111,6 +115,9 @@ def test_mixed_batch_mode_takes_every_task_each_step(root, tmp_path):
   silent = len(meta["splits"]["train"]["lacking"]["audio"])
   assert summary["records_left_out"] == {"video_audio": {"audio": silent}}
   assert summary["failed_records"]["video_audio"] == 0
+  assert summary["records_excluded"] == {"video_text": 2, "audio_classification": 0,
+                                         "video_audio": 0}
+  assert any(line.startswith("video_text skips 2 records") for line in logged)
   assert any(line.startswith("video_audio reads") and f"{silent} without audio" in line
              for line in logged)
 
