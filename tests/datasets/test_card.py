@@ -234,8 +234,10 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
 @pytest.fixture(scope="module")
 def browser():
-  if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("needs Debian's chromium and chromium-driver (scripts/install.sh installs them)")
+  # A browser test that skips proves nothing: without the browser it fails, saying what to install.
+  assert CHROMIUM and CHROMEDRIVER, (
+      "the card's browser test needs Debian's chromium and chromium-driver: run "
+      "scripts/install.sh as root (make install), or apt-get install chromium chromium-driver")
   from selenium import webdriver
   from selenium.webdriver.chrome.service import Service
   options = webdriver.ChromeOptions()
