@@ -136,12 +136,8 @@ def resolve(*layers: dict) -> BuildConfig:
 
 
 def file_sha256(path: str) -> str:
-  from apache_beam.io.filesystems import FileSystems  # heavy; only to hash a file
-  digest = hashlib.sha256()
-  with FileSystems.open(path, compression_type="uncompressed") as f:
-    while chunk := f.read(1 << 20):
-      digest.update(chunk)
-  return digest.hexdigest()
+  from impax.datasets import verify  # heavy (Beam, array_record); one hashing for build and verify
+  return verify.file_sha256(path)
 
 
 def fingerprint(config: BuildConfig, spec_name: str) -> dict:
