@@ -13,6 +13,7 @@ refused with a message that names the field and says to rebuild.
 """
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -127,6 +128,16 @@ class Metadata:
       raise MetadataError(f"metadata.json of {self.name!r} has no split {name!r}; "
                           f"it has {sorted(self.splits)}")
     return self.splits[name]
+
+  @property
+  def content_hash(self) -> str:
+    """sha256 of what fixes the records' bytes: the build config and each split's inputs,
+    media and shards. Rebuilding the same data gives the same hash; new data, another."""
+    content = {"config": self.config_hash, "splits": {
+        name: [s.input_sha256, s.media_sha256,
+               [[shard.path, shard.sha256 or shard.num_bytes] for shard in s.shards]]
+        for name, s in sorted(self.splits.items())}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
   @property
   def composition(self) -> Composition:

@@ -10,6 +10,8 @@ classification, share one tokenizer with every other text task, and give
 buckets no smaller than one patch of the model.
 """
 
+import hashlib
+import json
 import os
 
 import jax
@@ -109,6 +111,18 @@ def check_datasets(config: TrainConfig) -> dict[str, int]:
         "one text embedding table. Build these datasets with one tokenizer: "
         "`impax build ... --tokenizer PATH` with the same SentencePiece model for each.")
   return out
+
+
+def data_versions(config: TrainConfig) -> dict[str, str]:
+  """{dataset: its metadata.json's content hash}: the data a run trains on."""
+  return {t.dataset: prepared.open_dataset(t.dataset, check_counts=False).metadata.content_hash
+          for t in config.tasks}
+
+
+def data_version(config: TrainConfig) -> str:
+  """12 hex digits naming the data of all the config's datasets together."""
+  versions = sorted(data_versions(config).items())
+  return hashlib.sha256(json.dumps(versions).encode()).hexdigest()[:12]
 
 
 def model_inputs(batch: dict, names) -> dict:

@@ -28,7 +28,7 @@ from impax.model import Model, sharding
 from impax.train import checkpoint, evaluate, inputs, metrics as metrics_lib, schedule
 from impax.train import config as config_lib
 from impax.train import step as step_lib
-from impax.train.config import TrainConfig, to_json
+from impax.train.config import ConfigError, TrainConfig, to_json
 
 
 class _CompileCounter:
@@ -66,6 +66,26 @@ class _Stop:
     self.requested = True
 
 
+DATA_FILE = "data.json"  # {dataset: its metadata's content hash}: what the run trains on
+
+
+def _check_same_data(workdir: str, versions: dict[str, str]) -> None:
+  """A workdir holds one run on one set of data: resuming it on rebuilt data that changed
+  would continue a run trained on other examples (with their loaders' positions). Refuses
+  a start whose data differs from what workdir/data.json recorded at the first start."""
+  path = os.path.join(workdir, DATA_FILE)
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    trained_on = json.load(f)
+  changed = sorted(d for d in {*trained_on, *versions} if trained_on.get(d) != versions.get(d))
+  if changed:
+    raise ConfigError(
+        f"{workdir} holds a run on other data: {', '.join(changed)} changed since it started "
+        f"({path} lists what it trained on). Train in a new workdir, or delete {workdir} "
+        "to start over.")
+
+
 def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None = None,
           iterators: dict | None = None) -> dict:
   """Trains (or resumes) in workdir; returns a summary. `stop_at`: leave after that step.
@@ -75,6 +95,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   """
   os.makedirs(workdir, exist_ok=True)
   num_labels = inputs.check_datasets(config)
+  trained_on = inputs.data_versions(config)
+  _check_same_data(workdir, trained_on)
   model_cfg = step_lib.model_config(config, num_labels)
   for task in config.tasks:
     inputs.check_buckets(task, model_cfg)
@@ -111,6 +133,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   if first:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(to_json(config), f, indent=2)
+    with open(os.path.join(workdir, DATA_FILE), "w") as f:  # once every check has passed
+      json.dump(trained_on, f, indent=2, sort_keys=True)
   writer = metrics_lib.Writer(workdir, resume_step=start_step, enabled=first)
 
   # -- compile every (task, shape) before the first step ---------------------
