@@ -1,9 +1,30 @@
 """Fixtures shared across test folders: a small demo corpus built into prepared datasets."""
 
+import shutil
+
+import jax
 import pytest
 
 from impax import demo
 from impax.pipelines import build
+
+
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory):
+  """JAX's persistent compilation cache in a fresh folder for the session, in this process and
+  (through the environment) in the trainers tests start: a program compiled once, in one test,
+  is loaded in the next (the trainer tests' runs compile the same steps; on 2 CPU cores that is
+  most of their time). Fresh, so each session still compiles every program once for real."""
+  folder = str(tmp_path_factory.mktemp("jax-compilation-cache"))
+  settings = {"jax_compilation_cache_dir": folder,
+              "jax_persistent_cache_min_compile_time_secs": 0,  # the tiny models' programs too
+              "jax_persistent_cache_min_entry_size_bytes": -1}  # no size floor either
+  with pytest.MonkeyPatch.context() as patch:
+    for name, value in settings.items():
+      patch.setenv(name.upper(), str(value))  # what subprocesses read when jax starts
+      jax.config.update(name, value)  # this process: jax was imported before the session began
+    yield folder
+
 
 SETTINGS = {"video_short_side": 48, "image_short_side": 48, "video_fps": 8.0, "num_shards": 2}
 
@@ -24,3 +45,27 @@ def demo_data(tmp_path_factory) -> dict[str, str]:
     build.run(plan, workers=2)
     out[modality] = str(root / modality)
   return out
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def browser():
+  """Debian's headless chromium, driven by selenium through its chromedriver."""
+  # A browser test that skips proves nothing: without the browser it fails, saying what to install.
+  assert CHROMIUM and CHROMEDRIVER, (
+      "the browser tests need Debian's chromium and chromium-driver: run "
+      "scripts/install.sh as root (make install), or apt-get install chromium chromium-driver")
+  from selenium import webdriver
+  from selenium.webdriver.chrome.service import Service
+  options = webdriver.ChromeOptions()
+  options.binary_location = CHROMIUM
+  for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1300,1000",
+               "--force-device-scale-factor=1"):
+    options.add_argument(flag)
+  options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+  # The driver given: selenium looks for nothing and downloads nothing.
+  driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
+  yield driver
+  driver.quit()

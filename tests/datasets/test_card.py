@@ -8,7 +8,6 @@ import html.parser
 import io
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -228,29 +227,6 @@ def test_inspect_points_to_the_card(dataset, written, tmp_path, capsys):
 
 
 # -- in a real browser ---------------------------------------------------------
-
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def browser():
-  # A browser test that skips proves nothing: without the browser it fails, saying what to install.
-  assert CHROMIUM and CHROMEDRIVER, (
-      "the card's browser test needs Debian's chromium and chromium-driver: run "
-      "scripts/install.sh as root (make install), or apt-get install chromium chromium-driver")
-  from selenium import webdriver
-  from selenium.webdriver.chrome.service import Service
-  options = webdriver.ChromeOptions()
-  options.binary_location = CHROMIUM
-  for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1300,1000",
-               "--force-device-scale-factor=1"):
-    options.add_argument(flag)
-  options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-  # The driver given: selenium looks for nothing and downloads nothing.
-  driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
-  yield driver
-  driver.quit()
-
 
 def test_chromium_renders_the_card_with_the_contact_sheet_on_screen(written, browser, tmp_path):
   from selenium.webdriver.common.by import By
