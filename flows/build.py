@@ -49,6 +49,7 @@ from impax.datasets import card as card_lib
 from impax.datasets import metadata
 from impax.flows import artifact_key, markdown_text
 from impax.pipelines import build, storage
+from impax.pipelines import plan as plan_lib
 from impax.pipelines import config as config_lib
 
 SPLIT_NAME = r"^[A-Za-z0-9_.-]+$"
@@ -85,11 +86,11 @@ def _settings(options, config_file: str | None) -> tuple[dict, ...]:
 
 @task(name="check", task_run_name="check", cache_policy=NO_CACHE)
 def check(spec: str, output: str, splits: list[Split], settings: tuple[dict, ...],
-          overwrite: bool) -> list[dict]:
+          overwrite: bool | Literal["changed"]) -> list[dict]:
   """Refuses a build that cannot run; returns each split's cache key and whether it is built.
 
   With overwrite, whatever the build would replace is removed here, as `impax build
-  --overwrite` does.
+  --overwrite` does; with "changed", only a split built from another input than it has now.
   """
   names = [s.name for s in splits]
   if len(set(names)) != len(names):
@@ -97,7 +98,8 @@ def check(spec: str, output: str, splits: list[Split], settings: tuple[dict, ...
   checked = []
   for split in splits:
     plan = build.prepare(spec, split.input, output, split.name, settings,
-                         overwrite=overwrite)
+                         overwrite=_input_changed(output, split) if overwrite == "changed"
+                         else overwrite)
     # What the built split depends on, as the build itself decides "already built".
     key = {"output": _absolute(output), "split": split.name, "config_hash": plan.config_hash,
            "input_sha256": plan.input_sha256,
@@ -106,6 +108,13 @@ def check(spec: str, output: str, splits: list[Split], settings: tuple[dict, ...
                     "cache_key": "impax-build-" + hashlib.sha256(
                         json.dumps(key, sort_keys=True).encode()).hexdigest()})
   return checked
+
+
+def _input_changed(output: str, split: Split) -> bool:
+  """Whether output holds split built from another input than split.input is now."""
+  meta = plan_lib.read_metadata(output)
+  built = meta.splits.get(split.name) if meta else None
+  return bool(built) and built.input_sha256 != plan_lib.input_sha256(split.input)
 
 
 def _absolute(path: str) -> str:
@@ -136,8 +145,10 @@ def build_split(spec: str, input: str, output: str, split: str, settings: tuple[
 
 
 @task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
-def publish(output: str, results: dict[str, tuple[dict, bool]]) -> str:
-  """Artifacts from metadata.json and the failures files; returns metadata.json's path."""
+def publish(output: str, results: dict[str, tuple[dict, bool]],
+            card_path: str | None = None) -> str:
+  """Artifacts from metadata.json and the failures files, the build's linking the dataset
+  card at card_path; returns metadata.json's path."""
   meta_path = storage.join(output, "metadata.json")
   meta = metadata.loads(storage.read(meta_path), where=meta_path)
   rows = []
@@ -151,7 +162,9 @@ def publish(output: str, results: dict[str, tuple[dict, bool]]) -> str:
   create_table_artifact(
       rows, key=artifact_key("build", meta.name),
       description=f"Dataset {meta.name!r} in {output} (config {meta.config_hash[:12]}): "
-                  "examples, failures and shards per split.")
+                  "examples, failures and shards per split."
+                  + (f" Its dataset card: `{card_path}` ([open it](file://{card_path}))."
+                     if card_path else ""))
   create_markdown_artifact(markdown_text(failure_report(output, meta, list(results))),
                            key=artifact_key("build", meta.name, "failures"),
                            description=f"Why inputs of {meta.name!r} failed, per split.")
@@ -309,6 +322,7 @@ def build_dataset(
 def build_demo_dataset(
     root: str = "demo-output",
     dataset: Literal[DEMO_DATASETS] = "images",
+    rebuild_changed: bool = True,
     workers: Annotated[int, pydantic.Field(ge=1)] | None = None,
     retries: Annotated[int, pydantic.Field(ge=0)] = 2,
     retry_delay_seconds: Annotated[float, pydantic.Field(ge=0)] = 30.0,
@@ -319,6 +333,8 @@ def build_demo_dataset(
   Args:
     root: the demo's folder (`impax demo-corpus ROOT/corpus` or end_to_end writes its corpus).
     dataset: which demo dataset.
+    rebuild_changed: a split whose corpus file changed since it was built is built again
+      (the nightly build's new data); off, such a build is refused.
     workers, retries, retry_delay_seconds, timeout_minutes: as build_dataset's.
 
   Returns: {split: the build's summary}.
@@ -335,14 +351,16 @@ def build_demo_dataset(
   resource = {"prefect.resource.id": f"impax.demo.{root}.{dataset}",
               "prefect.resource.name": f"demo {dataset}"}
   # What the train-demo deployment's trigger passes to the training it starts.
-  payload = {"root": root, "config": demo.config_for(root), "workdir": os.path.join(root, "run")}
-  return _build("jsonl", os.path.join(root, "data", dataset), splits, (settings,), False,
-                workers, retries, retry_delay_seconds, timeout_minutes, resource, payload)
+  # A run per version of the data (flows/train.py resolves `{data}`): new data trains anew.
+  payload = {"root": root, "config": demo.config_for(root),
+             "workdir": os.path.join(root, "runs", "{data}")}
+  return _build("jsonl", os.path.join(root, "data", dataset), splits, (settings,),
+                "changed" if rebuild_changed else False, workers, retries, retry_delay_seconds, timeout_minutes, resource, payload)
 
 
 def _build(spec, output, splits, settings, overwrite, workers, retries, retry_delay_seconds,
            timeout_minutes, resource: dict, payload: dict):
-  """Both flows' body: check, build each split, publish, card, and the event when
+  """Both flows' body: check, build each split, card, publish, and the event when
   something was built. The final state (Completed or, refused, Failed) has the message."""
   logger = get_run_logger()
   try:
@@ -362,8 +380,7 @@ def _build(spec, output, splits, settings, overwrite, workers, retries, retry_de
     results[split.name] = (summary, state.name == "Cached")
     if state.name == "Cached":
       logger.info("%s [%s]: unchanged input and config, served from the cache", output, split.name)
-  publish(output, results)
-  card(output)
+  publish(output, results, card(output))
   outcome = {}
   for split, (summary, cached) in results.items():
     outcome.setdefault("from the cache" if cached else

@@ -35,10 +35,16 @@ CONFIGS = os.path.join(os.path.dirname(impax.train.__file__), "configs")
 
 # Training on new demo data: build_demo_dataset emits BUILT, with the training's
 # config and workdir in its payload, only when it built a split (not from the cache).
+# Reactive, once an hour at most: the three nightly builds start one training, not
+# three. It starts on the first new build and waits in the pool's queue (limit 1,
+# runs in the order they were scheduled) behind the builds scheduled before it, so it
+# reads all of that night's data; its workdir, ROOT/runs/{data}, is named by that data.
 TRAIN_ON_NEW_DATA = {
     "type": "event", "enabled": True, "name": "train on new demo data",
-    "description": "A demo dataset was built with new data (not served from the cache).",
+    "description": "A demo dataset was built with new data (not served from the cache); "
+                   "once an hour at most.",
     "match": {"prefect.resource.id": "impax.demo.*"}, "expect": [BUILT],
+    "posture": "Reactive", "threshold": 1, "within": 3600,
     "parameters": {"config": "{{ event.payload.config }}",
                    "workdir": "{{ event.payload.workdir }}"},
 }

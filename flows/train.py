@@ -120,7 +120,9 @@ def train(
 
   Args:
     config: a Python config file defining get_config(); FILE:ARG passes ARG to it.
-    workdir: checkpoints, metrics and plots; an existing run there is resumed.
+    workdir: checkpoints, metrics and plots; an existing run there is resumed. `{data}` in
+      it stands for the version of the config's datasets (12 hex digits of their
+      metadata.json), so that new data starts a run of its own and the same data resumes it.
     steps: training steps (default: the config's).
     overrides: FIELD=VALUE overrides of top-level config fields, as `--set`.
     retries: attempts after a failed training run; each resumes the last checkpoint.
@@ -130,6 +132,10 @@ def train(
   """
   overrides = [*(overrides or []), *([f"steps={steps}"] if steps else [])]
   loaded = load_config(config, overrides)
+  if "{data}" in workdir:
+    from impax.train import inputs
+    workdir = workdir.replace("{data}", inputs.data_version(loaded))
+    get_run_logger().info("training on data %s in %s", os.path.basename(workdir), workdir)
   summary = train_model.with_options(
       retries=retries,
       retry_delay_seconds=exponential_backoff(retry_delay_seconds))(loaded, workdir)

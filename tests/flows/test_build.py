@@ -60,6 +60,11 @@ def test_build_dataset_attaches_the_dataset_card(images, api):
     assert "Dataset card: images" in f.read()
   found = api.artifacts(state.state_details.flow_run_id)["build-images-card"]
   assert f"`{page}`" in found and f"(file://{page})" in found
+  # the build's own artifact, the table of splits, links it too
+  [table] = api.post("/artifacts/filter", {"artifacts": {"key": {"any_": ["build-images"]}},
+                                           "flow_runs": {"id": {"any_": [
+                                               str(state.state_details.flow_run_id)]}}})
+  assert f"Its dataset card: `{page}` ([open it](file://{page}))." in table["description"]
   assert "## train: 24 examples, 2 failed" in found and "## test: 6 examples, 0 failed" in found
   # each split's contact sheet inline, a picture of the same size as the card's PNG
   sheets = re.findall(r"!\[contact sheet of (\w+)\]\(data:image/jpeg;base64,([^)]+)\)", found)
