@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything impax needs on a fresh Debian machine with Python 3.11:
-# ffmpeg (apt when root, else imageio-ffmpeg's binary from pip), chromium and
-# chromedriver for the tests (apt when root), a virtualenv
+# ffmpeg (apt when root, else imageio-ffmpeg's binary from pip), chromium,
+# chromedriver and PostgreSQL for the tests (apt when root), a virtualenv
 # in $VENV with the pinned stack (constraints.txt) and impax in editable mode.
 set -euo pipefail
 VENV=${VENV:-.venv}
@@ -19,10 +19,15 @@ apt_install() {
 if ! command -v ffmpeg >/dev/null; then
   apt_install ffmpeg || echo "not root: impax will use the ffmpeg binary shipped by the imageio-ffmpeg wheel"
 fi
-# Tests only: the dataset card's browser test (tests/datasets/test_card.py) drives
-# Debian's headless chromium through its chromedriver (selenium, in the test extra).
+# Tests only: the browser tests (the dataset card, the Prefect UI) drive Debian's
+# headless chromium through its chromedriver (selenium, in the test extra).
 if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
-  apt_install chromium chromium-driver || echo "not root: without chromium and chromedriver the card's browser test is skipped"
+  apt_install chromium chromium-driver || echo "not root: without chromium and chromedriver the browser tests fail"
+fi
+# Tests only: the Prefect server tests on PostgreSQL start Debian's server
+# (/usr/lib/postgresql/VERSION/bin) on 127.0.0.1 (tests/flows/postgres.py).
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  apt_install postgresql || echo "not root: without PostgreSQL the Prefect tests on PostgreSQL fail"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -1,6 +1,7 @@
 """A real Prefect server on loopback, a small corpus, and its dataset built by the flow."""
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -21,6 +22,20 @@ class Server:
     # For processes of our own (serve): the same server, database and result storage.
     self.env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": home,
                 "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+
+  @contextlib.contextmanager
+  def used(self):
+    """This process's Prefect client talks to this server while in the block."""
+    from prefect.settings import (PREFECT_API_URL, PREFECT_HOME,
+                                  PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings)
+    with temporary_settings(updates={PREFECT_API_URL: self.url, PREFECT_HOME: self.home,
+                                     PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+      yield self
+      # Send what is still queued while the server is up, or the exit waits on retries.
+      from prefect.events.worker import EventsWorker
+      from prefect.logging.handlers import APILogWorker
+      APILogWorker.drain_all()
+      EventsWorker.drain_all()
 
 
 def _free_port() -> int:
@@ -55,32 +70,85 @@ def _process_group(command: list[str], env: dict, log_path: str):
       proc.wait()
 
 
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory):
-  """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME; this process uses it."""
-  from prefect.settings import (PREFECT_API_URL, PREFECT_HOME,
-                                PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings)
-  home = tmp_path_factory.mktemp("prefect-home")
+@contextlib.contextmanager
+def _prefect_server(home, env: dict | None = None):
+  """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME, ended on exit."""
   url = f"http://127.0.0.1:{_free_port()}/api"
   server = Server(url, str(home))
   command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
              "--port", url.rsplit(":", 1)[1].split("/")[0]]
-  env = {**server.env, "PREFECT_SERVER_UI_ENABLED": "false"}
   log_path = str(home / "server.log")
-  with _process_group(command, env, log_path) as proc:
+  with _process_group(command, {**server.env, **(env or {})}, log_path) as proc:
     deadline = time.monotonic() + 120
     while not _healthy(url):
       if proc.poll() is not None or time.monotonic() > deadline:
         raise RuntimeError(f"the Prefect server did not start:\n{open(log_path).read()[-3000:]}")
       time.sleep(0.5)
-    with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: str(home),
-                                     PREFECT_SERVER_ANALYTICS_ENABLED: False}):
-      yield server
-      # Send what is still queued while the server is up, or the exit waits on retries.
-      from prefect.events.worker import EventsWorker
-      from prefect.logging.handlers import APILogWorker
-      APILogWorker.drain_all()
-      EventsWorker.drain_all()
+    yield server
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+  """A Prefect server on its embedded SQLite database, the default, with its UI; this
+  process uses it."""
+  with _prefect_server(tmp_path_factory.mktemp("prefect-home")) as server, server.used():
+    yield server
+
+
+def _postgres_module():
+  spec = importlib.util.spec_from_file_location("impax_test_postgres",
+                                                os.path.join(os.path.dirname(__file__),
+                                                             "postgres.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.fixture(scope="session")
+def postgres():
+  """The URL of a PostgreSQL server on 127.0.0.1: .ci/run's (IMPAX_TEST_POSTGRES_URL), or
+  one started here from Debian's postgresql and stopped by its process id."""
+  if url := os.environ.get("IMPAX_TEST_POSTGRES_URL"):
+    yield url
+    return
+  postgres = _postgres_module()
+  url, pid, directory = postgres.start()
+  try:
+    yield url
+  finally:
+    postgres.stop(pid, directory)
+
+
+@pytest.fixture(scope="module")
+def postgres_prefect_server(postgres, tmp_path_factory):
+  """A Prefect server on a fresh PostgreSQL database (use it with `with server.used():`)."""
+  home = tmp_path_factory.mktemp("prefect-postgres-home")
+  database = _postgres_module().create_database(postgres, f"prefect_{os.getpid()}_{home.name[-1]}")
+  with _prefect_server(home, {"PREFECT_API_DATABASE_CONNECTION_URL": database,
+                              "PREFECT_SERVER_UI_ENABLED": "false"}) as server:
+    yield server
+
+
+# One task and one shape keep compilation, most of a tiny run's time, short.
+TINY_CONFIG = '''
+from impax.datasets.loader import Bucket
+from impax.train.config import Task, TrainConfig
+
+def get_config(data):
+  return TrainConfig(
+      tasks=(Task("image_text", data, "contrastive", ("image", "text"),
+                  buckets=(Bucket(image=(16, 16)),), token_budget=64, text_length=8),),
+      model="tiny", steps=10, warmup_steps=1, learning_rate=2e-3, log_every=1,
+      checkpoint_every=2)
+'''
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> str:
+  """A training config file of one tiny task: tiny.py, whose get_config takes the data."""
+  path = tmp_path_factory.mktemp("config") / "tiny.py"
+  path.write_text(TINY_CONFIG)
+  return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -153,6 +221,12 @@ class Api:
                       {"flow_runs": {"parent_flow_run_id": {"any_": [str(flow_run_id)]}}})
     return {self.get(f"/flows/{r['flow_id']}")["name"]: r for r in found}
 
+
+
+@pytest.fixture(scope="session")
+def api_of():
+  """Api(url): the REST API of another server than prefect_server's."""
+  return Api
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,11 @@
 """prefect.yaml as Prefect users run it: `prefect deploy --all` from the repository, a
-worker in its own process, the chained training, the server's concurrency limit."""
+worker in its own process, the chained training, the server's concurrency limit; on the
+embedded SQLite database and on PostgreSQL."""
 
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -15,13 +17,6 @@ from impax import demo
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_prefect_yaml_is_written_from_the_deployments_table():
-  from impax.flows import deployments
-  with open(REPO / "prefect.yaml") as f:
-    assert f.read() == deployments.prefect_yaml(), (
-        "prefect.yaml is stale: python -m impax.flows.deployments > prefect.yaml")
-
-
 def prefect(args: list[str], env: dict, timeout: int = 180) -> str:
   done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=timeout)
@@ -29,16 +24,37 @@ def prefect(args: list[str], env: dict, timeout: int = 180) -> str:
   return done.stdout
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request):
+  """The server these tests deploy to: on SQLite (the default) and on PostgreSQL."""
+  return request.getfixturevalue("prefect_server" if request.param == "sqlite"
+                                 else "postgres_prefect_server")
+
+
+@pytest.fixture(autouse=True)
+def using(server):
+  with server.used():
+    yield
+
+
 @pytest.fixture(scope="module")
-def env(prefect_server):
+def api(server, api_of):
+  api = api_of(server.url)
+  yield api
+  api.http.close()
+
+
+@pytest.fixture(scope="module")
+def env(server):
   # The worker polls every second (10 s by default); COLUMNS keeps its output on one line.
-  return {**prefect_server.env, "PREFECT_WORKER_QUERY_SECONDS": "1", "COLUMNS": "250"}
+  return {**server.env, "PREFECT_WORKER_QUERY_SECONDS": "1", "COLUMNS": "250"}
 
 
 @pytest.fixture(scope="module")
 def deployed(env, api):
   """{name: deployment} after the README's commands, run from the repository root."""
-  prefect(["work-pool", "create", "impax", "--type", "process"], env)
+  # --overwrite: a test of one backend alone sets this up again on the same server
+  prefect(["work-pool", "create", "impax", "--type", "process", "--overwrite"], env)
   prefect(["work-pool", "set-concurrency-limit", "impax", "1"], env)
   prefect(["--no-prompt", "deploy", "--all"], env)
   found = api.post("/deployments/filter", {})
@@ -46,8 +62,9 @@ def deployed(env, api):
 
 
 @pytest.fixture(scope="module")
-def demo_root(tmp_path_factory) -> str:
-  """A demo root with a small images corpus; train has two images that are not images."""
+def demo_root(server, tmp_path_factory) -> str:
+  """A demo root with a small images corpus, one per server; train has two images that are
+  not images."""
   root = tmp_path_factory.mktemp("demo-root")
   corpus = root / "corpus"
   demo.write_corpus(str(corpus), videos=0, images=20, audio=0, seed=3)
@@ -130,8 +147,9 @@ def test_a_worker_runs_a_build_that_starts_training_on_new_data(deployed, demo_r
   # The build emitted its event: the trigger started train-demo on this root.
   train_id = deployed["train-demo"]["id"]
   [chained] = wait_for(lambda: runs_of(api, train_id), what="the chained training")
+  # a run of its own per version of the data (flows/train.py resolves `{data}`)
   assert chained["parameters"] == {"config": demo.config_for(demo_root),
-                                   "workdir": os.path.join(demo_root, "run")}
+                                   "workdir": os.path.join(demo_root, "runs", "{data}")}
   assert chained["state"]["type"] == "SCHEDULED"
   api.http.delete(f"/flow_runs/{chained['id']}").raise_for_status()  # not trained here
 
@@ -158,8 +176,95 @@ def test_a_worker_runs_a_build_that_starts_training_on_new_data(deployed, demo_r
   time.sleep(3)
   assert finished and runs_of(api, train_id) == []
 
+  # New data again within the hour (as the other nightly builds bring): built, its event
+  # emitted, but the trigger has fired for this hour, so no second training is queued.
+  test = os.path.join(demo_root, "corpus", "images-test.jsonl")
+  with open(test) as f:
+    kept = f.read().splitlines()[:-1]
+  with open(test, "w") as f:
+    f.write("\n".join(kept) + "\n")
+  again = create_run("build_demo_dataset/build-images", params)
+  run_worker_once(env, tmp_path, "worker-again")
+  assert api.get(f"/flow_runs/{again.id}")["state"]["message"] == (
+      "train: from the cache; test: built")
+  wait_for(lambda: [e for e in api.post("/events/filter", {"filter": {
+      "event": {"name": ["impax.dataset.built"]},
+      "related": {"id": [f"prefect.flow-run.{again.id}"]}}})["events"]],
+      what="the second build's event")
+  time.sleep(10)
+  assert runs_of(api, train_id) == []
 
-def test_a_refused_run_says_why_in_its_state(prefect_server, image_corpus, tmp_path, api):
+
+def finished(api, flow_run_id, timeout=300) -> dict:
+  done = wait_for(lambda: (r := api.get(f"/flow_runs/{flow_run_id}"))["state"]["type"] in (
+      "COMPLETED", "FAILED", "CRASHED") and r, timeout=timeout, what=f"flow run {flow_run_id}")
+  assert done["state"]["type"] == "COMPLETED", done["state"]
+  return done
+
+
+# The worker's runs of the other deployments, on the default database (the demo build's
+# above covers both).
+@pytest.mark.parametrize("server", ["sqlite"], indirect=True)
+def test_a_worker_runs_training_evaluation_and_end_to_end(deployed, demo_root, env, api,
+                                                          process_group, tiny_config, tmp_path):
+  config = tiny_config
+  corpus = os.path.join(demo_root, "corpus")
+  images = {"spec": "jsonl", "output": str(tmp_path / "e2e" / "images"),
+            "splits": [{"name": n, "input": os.path.join(corpus, f"images-{n}.jsonl")}
+                       for n in ("train", "test")],
+            "options": {"image_short_side": 32, "num_shards": 1}}
+  from impax.train import config as config_lib, inputs
+  trained_on = f"{config}:{images['output']}"
+  command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", "impax"]
+  with process_group(command, env, str(tmp_path / "worker.log")):
+    built = create_run("build_dataset/build-dataset", {**images, "workers": 1})
+    done = finished(api, built.id)
+    assert done["name"] == "build images [train, test]"
+    assert done["state"]["message"] == "train, test: built"
+    # end-to-end: the same corpus, served from the cache, and a training on it
+    e2e = create_run("end_to_end/end-to-end-demo", {
+        "root": str(tmp_path / "e2e"), "corpora": [images],
+        "config": f"{config}:{images['output']}", "steps": 2, "workers": 1})
+    done = finished(api, e2e.id)
+    assert done["name"] == f"end to end in {tmp_path / 'e2e'}"
+    subflows = api.subflow_runs(e2e.id)
+    assert {name: r["state"]["type"] for name, r in subflows.items()} == {
+        "build_dataset": "COMPLETED", "train": "COMPLETED"}
+    assert subflows["build_dataset"]["state"]["message"] == "train, test: from the cache"
+    report = api.artifacts(e2e.id)["end-to-end-e2e"]
+    assert "| image_text | zero_shot_top1 |" in report and "2 steps in" in report, report
+
+    # In a run folder named by the version of its data, as the chained training's.
+    trained = create_run("train/train-demo", {"config": trained_on, "steps": 3,
+                                              "workdir": str(tmp_path / "runs" / "{data}")})
+    done = finished(api, trained.id)
+    assert done["name"] == "train tiny 3 steps"
+    version = inputs.data_version(config_lib.load(trained_on, []))
+    assert os.listdir(tmp_path / "runs") == [version] and len(version) == 12
+    workdir = str(tmp_path / "runs" / version)
+    assert [r["step"] for r in api.artifacts(trained.id)[f"training-curves-{version}"]] == [1, 2, 3]
+
+    evaluated = create_run("evaluate/evaluate-demo", {"config": trained_on, "workdir": workdir})
+    done = finished(api, evaluated.id)
+    assert done["name"] == "evaluate tiny"
+  with open(os.path.join(workdir, "eval.json")) as f:
+    written = json.load(f)
+  assert written["step"] == 3
+  published = {(r["task"], r["metric"]): r["value"]
+               for r in api.artifacts(evaluated.id)[f"evaluation-{version}"]}
+  assert published[("image_text", "zero_shot_top1")] == (
+      written["results"]["image_text"]["zero_shot_top1"])
+
+  # That run folder holds a run on that data: resuming it on other data is refused.
+  from impax.train import trainer
+  from impax.train.config import ConfigError
+  other = config_lib.load(f"{config}:{os.path.join(demo_root, 'data', 'images')}", [])
+  with pytest.raises(ConfigError, match=rf"{re.escape(workdir)} holds a run on other data: "
+                                        rf".*{re.escape(demo_root)}/data/images.* changed since"):
+    trainer.train(other, workdir, log=lambda *_: None)
+
+
+def test_a_refused_run_says_why_in_its_state(tmp_path, api):
   from impax.flows.build import build_dataset, build_demo_dataset
   fresh = str(tmp_path / "fresh")
   state = build_demo_dataset(root=fresh, return_state=True)

@@ -5,36 +5,16 @@ import os
 
 import pytest
 
-# One task and one shape keep compilation, most of a tiny run's time, short.
-TINY_CONFIG = '''
-from impax.datasets.loader import Bucket
-from impax.train.config import Task, TrainConfig
-
-def get_config(data):
-  return TrainConfig(
-      tasks=(Task("image_text", data, "contrastive", ("image", "text"),
-                  buckets=(Bucket(image=(16, 16)),), token_budget=64, text_length=8),),
-      model="tiny", steps=10, warmup_steps=1, learning_rate=2e-3, log_every=1,
-      checkpoint_every=2)
-'''
-
 
 @pytest.fixture(scope="module")
-def config_file(tmp_path_factory):
-  path = tmp_path_factory.mktemp("config") / "tiny.py"
-  path.write_text(TINY_CONFIG)
-  return str(path)
-
-
-@pytest.fixture(scope="module")
-def run(images, config_file, tmp_path_factory):
+def run(images, tiny_config, tmp_path_factory):
   """end_to_end on the image dataset (your corpora), 3 training steps: (root, final state)."""
   from impax.flows.end_to_end import end_to_end
   params, built = images
   assert built.is_completed()
   root = str(tmp_path_factory.mktemp("e2e") / "out")
   corpus = {k: params[k] for k in ("spec", "output", "splits", "options")}
-  state = end_to_end(root=root, corpora=[corpus], config=f"{config_file}:{params['output']}",
+  state = end_to_end(root=root, corpora=[corpus], config=f"{tiny_config}:{params['output']}",
                      steps=3, workers=2, return_state=True)
   return root, state
 
@@ -84,7 +64,7 @@ def test_train_publishes_curves_and_evaluation(run, api):
   assert "compiled image_text" in logs and "finished at step 3" in logs
 
 
-def test_bad_training_parameters_are_refused_with_the_field_named(images, config_file, tmp_path,
+def test_bad_training_parameters_are_refused_with_the_field_named(images, tiny_config, tmp_path,
                                                                  api):
   from prefect.exceptions import ParameterTypeError
 
@@ -92,7 +72,7 @@ def test_bad_training_parameters_are_refused_with_the_field_named(images, config
   from impax.flows.train import train
   from impax.train.config import ConfigError
   params, _ = images
-  config = f"{config_file}:{params['output']}"
+  config = f"{tiny_config}:{params['output']}"
   with pytest.raises(ParameterTypeError, match=r"steps"):
     train(config=config, workdir=str(tmp_path / "run"), steps=0)
   with pytest.raises(ParameterTypeError, match=r"overrides\.0"):
