@@ -355,7 +355,8 @@ def build_demo_dataset(
   payload = {"root": root, "config": demo.config_for(root),
              "workdir": os.path.join(root, "runs", "{data}")}
   return _build("jsonl", os.path.join(root, "data", dataset), splits, (settings,),
-                "changed" if rebuild_changed else False, workers, retries, retry_delay_seconds, timeout_minutes, resource, payload)
+                "changed" if rebuild_changed else False, workers, retries,
+                retry_delay_seconds, timeout_minutes, resource, payload)
 
 
 def _build(spec, output, splits, settings, overwrite, workers, retries, retry_delay_seconds,

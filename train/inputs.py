@@ -114,9 +114,10 @@ def check_datasets(config: TrainConfig) -> dict[str, int]:
 
 
 def data_versions(config: TrainConfig) -> dict[str, str]:
-  """{dataset: its metadata.json's content hash}: the data a run trains on."""
-  return {t.dataset: prepared.open_dataset(t.dataset, check_counts=False).metadata.content_hash
-          for t in config.tasks}
+  """{dataset: its metadata.json's content hash}: the data a run trains on (each dataset
+  once, however many tasks read it)."""
+  return {d: prepared.open_dataset(d, check_counts=False).metadata.content_hash
+          for d in dict.fromkeys(t.dataset for t in config.tasks)}
 
 
 def data_version(config: TrainConfig) -> str:
