@@ -37,8 +37,8 @@ import time
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 
-from impax.datasets import metadata
-from impax.pipelines import graph, plan as plan_lib, publish
+from impax.datasets import metadata, registry
+from impax.pipelines import graph, plan as plan_lib, publish, read
 from impax.pipelines.plan import BuildError, Plan
 
 
@@ -66,7 +66,8 @@ def run(plan: Plan, workers: int | None = None, beam_args: list[str] = (),
   if plan.up_to_date:
     return {**_split_json(plan_lib.read_metadata(plan.output), plan),
             "skipped": "already built with this config and input"}
-  options = pipeline_options(list(beam_args), workers)
+  spec = registry.resolve(plan.spec_name, plan.spec_source)
+  options = pipeline_options(list(beam_args), workers, read.max_entries(plan.input, spec))
   plan_lib.mark_started(plan)
   start = time.monotonic()
   with _worker_logs(quiet), beam.Pipeline(options=options) as p:
@@ -79,12 +80,19 @@ def _split_json(meta: metadata.Metadata, plan: Plan) -> dict:
           "output": plan.output}
 
 
-def pipeline_options(beam_args: list[str], workers: int | None = None) -> PipelineOptions:
+def pipeline_options(beam_args: list[str], workers: int | None = None,
+                     max_entries: int | None = None) -> PipelineOptions:
   """Beam options from the pass-through args; refuses options Beam does not know.
 
   `workers` (impax build --workers) becomes the runner's own knob: the
   DirectRunner's processes (default: the CPUs), Dataflow's worker count, Flink's
   parallelism.
+
+  max_entries: at most how many entries the input holds, if known. The DirectRunner
+  starts no more processes than that, and a build with one worker runs in the
+  launcher's process (in_memory): a worker process costs seconds to start (it
+  imports Beam), more than a small build's whole work. Shards are the same bytes
+  in every mode.
   """
   args = list(beam_args)
   given = PipelineOptions(args)
@@ -97,10 +105,13 @@ def pipeline_options(beam_args: list[str], workers: int | None = None) -> Pipeli
     runner = "DirectRunner"
     args.append("--runner=DirectRunner")
   if "Direct" in runner:
+    processes = int(workers or os.cpu_count() or 1)
+    if max_entries is not None:
+      processes = max(1, min(processes, max_entries))
     if not has("direct_running_mode"):
-      args.append("--direct_running_mode=multi_processing")
+      args.append(f"--direct_running_mode={'in_memory' if processes == 1 else 'multi_processing'}")
     if not has("direct_num_workers"):
-      args.append(f"--direct_num_workers={workers or os.cpu_count() or 1}")
+      args.append(f"--direct_num_workers={processes}")
   elif "Dataflow" in runner:
     if not (worker.sdk_container_image or worker.worker_harness_container_image):
       raise BuildError("Dataflow workers need ffmpeg and impax: build the worker image from "

@@ -123,6 +123,15 @@ def splittable(input_path: str, spec: registry.DatasetSpec) -> int | None:
   return metadata[0].size_in_bytes if len(metadata) == 1 else None
 
 
+def max_entries(input_path: str, spec: registry.DatasetSpec, within: int = 1 << 16) -> int | None:
+  """At most how many entries a line-oriented input of up to `within` bytes holds (its
+  lines), so a small build starts no more workers than it has entries; None when unknown."""
+  size = splittable(input_path, spec)
+  if size is None or size > within:
+    return None
+  return max(0, len(storage.read(input_path).splitlines()) - spec.lines.header_lines)
+
+
 class ReadEntries(beam.PTransform):
   """The input's Entries and BadEntries, in no particular order (their index orders them)."""
 

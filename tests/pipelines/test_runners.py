@@ -27,7 +27,6 @@ class Captured(Exception):
 @pytest.fixture
 def launched(monkeypatch, tmp_path):
   """Runs `impax build` up to the pipeline's start; returns the options it was given."""
-  (tmp_path / "m.jsonl").write_text('{"image": "a.png"}\n')
   seen = {}
 
   class Pipeline:
@@ -37,9 +36,11 @@ def launched(monkeypatch, tmp_path):
 
   monkeypatch.setattr(build.beam, "Pipeline", Pipeline)
 
-  def launch(*args):
+  def launch(*args, lines=4):
+    (tmp_path / "m.jsonl").write_text("".join(f'{{"id": "{i}", "image": "a.png"}}\n'
+                                              for i in range(lines)))
     argv = ["build", "jsonl", "--input", str(tmp_path / "m.jsonl"), "--output",
-            str(tmp_path / "out"), *args]
+            str(tmp_path / f"out{lines}"), *args]
     with pytest.raises(Captured):
       cli(argv)
     return seen.pop("options")
@@ -76,6 +77,17 @@ def test_flink_spark_and_the_direct_runner(launched):
   direct = launched("--workers", "3").get_all_options()
   assert (direct["runner"], direct["direct_running_mode"], direct["direct_num_workers"]) == (
       "DirectRunner", "multi_processing", 3)
+
+
+def test_a_small_input_starts_no_more_workers_than_it_has_entries(launched):
+  mode = lambda o: (o.get_all_options()["direct_running_mode"], o.get_all_options()["direct_num_workers"])
+  assert mode(launched("--workers", "3", lines=2)) == ("multi_processing", 2)
+  # One entry or one worker: the launcher's own process, no worker to start.
+  assert mode(launched("--workers", "3", lines=1)) == ("in_memory", 1)
+  assert mode(launched("--workers", "1")) == ("in_memory", 1)
+  # Beam's own options, given, win.
+  assert mode(launched("--workers", "3", "--", "--direct_running_mode=multi_processing",
+                       lines=1)) == ("multi_processing", 1)
 
 
 def test_dataflow_without_a_worker_image_is_refused(tmp_path, capsys):
