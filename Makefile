@@ -15,8 +15,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh
 demo: install
 	$(VENV)/bin/python -m impax.flows.demo $(DEMO_DIR)
 
+# On one pytest-xdist worker per core; tests/conftest.py keeps the tests that share an
+# expensive fixture (the demo datasets, the Prefect server) on one worker.
 test: install
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -n auto
 
 bench: install
 	$(VENV)/bin/python benchmarks/pipeline_throughput.py

@@ -1,5 +1,6 @@
 """Fixtures shared across test folders: a small demo corpus built into prepared datasets."""
 
+import pathlib
 import shutil
 
 import jax
@@ -7,6 +8,36 @@ import pytest
 
 from impax import demo
 from impax.pipelines import build
+
+
+TESTS = pathlib.Path(__file__).parent
+
+
+def _group(nodeid: str) -> str:
+  """The worker group of a test: `make test` runs the suite on pytest-xdist workers, and a
+  worker makes its own session fixtures, so the tests that share an expensive one run on
+  one worker and it is made once: the modules on the prepared demo datasets (those that
+  name the `demo_data` fixture), and the Prefect tests (one server, one PostgreSQL). Every
+  other test stays with its module's, which share module fixtures."""
+  module = nodeid.split("::", 1)[0]
+  if module.startswith("tests/flows/"):
+    return "prefect"
+  path = TESTS.parent / module
+  if path.suffix == ".py" and path.is_file() and "demo_data" in path.read_text():
+    return "demo_data"
+  return module
+
+
+def pytest_xdist_make_scheduler(config, log):
+  """Groups as `_group` says (xdist's own --dist loadgroup marks do not reach its scheduler
+  under pytest 9.2: pytest-dev/pytest-xdist#1386)."""
+  from xdist.scheduler import LoadScopeScheduling
+
+  class Groups(LoadScopeScheduling):
+    def _split_scope(self, nodeid):
+      return _group(nodeid)
+
+  return Groups(config, log)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,7 +73,7 @@ def demo_data(tmp_path_factory) -> dict[str, str]:
     modality, split = key.rsplit("-", 1)
     plan = build.prepare("jsonl", manifest, str(root / modality), split,
                          ({**SETTINGS, "tokenizer": tokenizer},))
-    build.run(plan, workers=2)
+    build.run(plan, workers=1)
     out[modality] = str(root / modality)
   return out
 

@@ -94,7 +94,7 @@ def dataset(tmp_path_factory) -> str:
   output = str(root / "mixed")
   plan = build.prepare("jsonl", str(raw / "mixed.jsonl"), output, "train",
                        ({"video_short_side": 48, "image_short_side": 48, "num_shards": 2},))
-  build.run(plan, workers=2)
+  build.run(plan, workers=1)
   return output
 
 

@@ -116,7 +116,7 @@ def built(tmp_path_factory):
   manifests = write_corpus(str(root / "raw"))
   out = {"train": str(root / "data"), "test": str(root / "eval")}
   for split, manifest in manifests.items():
-    build.run(build.prepare("jsonl", manifest, out[split], split, (SETTINGS,)), workers=2)
+    build.run(build.prepare("jsonl", manifest, out[split], split, (SETTINGS,)), workers=1)
   return out
 
 

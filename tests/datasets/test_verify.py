@@ -25,7 +25,7 @@ def built(tmp_path_factory) -> pathlib.Path:
   for split, shards in (("train", 2), ("test", 1)):
     plan = build.prepare("jsonl", manifests[f"images-{split}"], str(root / "images"), split,
                          ({"image_short_side": 32, "num_shards": shards},))
-    build.run(plan, workers=2)
+    build.run(plan, workers=1)
   return root / "images"
 
 

@@ -170,7 +170,7 @@ def build_parameters(corpus: dict, output: str) -> dict:
   return {"spec": "jsonl", "output": output,
           "splits": [{"name": "train", "input": corpus["train"]},
                      {"name": "test", "input": corpus["test"]}],
-          "options": {"image_short_side": 32, "num_shards": 2}, "workers": 2}
+          "options": {"image_short_side": 32, "num_shards": 2}, "workers": 1}
 
 
 @pytest.fixture(scope="session")

@@ -133,7 +133,7 @@ def test_a_failing_split_build_is_retried(image_corpus, api, tmp_path):
   spec = tmp_path / "flaky_spec.py"
   spec.write_text(f"MARKER = {str(tmp_path / 'read-once')!r}\n" + FLAKY_SPEC)
   output = tmp_path / "flaky"
-  state = build_dataset(spec=str(spec), output=str(output), workers=2, retry_delay_seconds=0.5,
+  state = build_dataset(spec=str(spec), output=str(output), workers=1, retry_delay_seconds=0.5,
                         splits=[{"name": "train", "input": image_corpus["clean-train"]}],
                         options={"image_short_side": 32}, return_state=True)
   assert state.is_completed(), state.message

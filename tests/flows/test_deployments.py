@@ -6,6 +6,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -258,9 +259,11 @@ def test_a_worker_runs_training_evaluation_and_end_to_end(deployed, demo_root, e
   # That run folder holds a run on that data: resuming it on other data is refused.
   from impax.train import trainer
   from impax.train.config import ConfigError
-  other = config_lib.load(f"{config}:{os.path.join(demo_root, 'data', 'images')}", [])
+  elsewhere = str(tmp_path / "elsewhere" / "images")
+  shutil.copytree(images["output"], elsewhere)
+  other = config_lib.load(f"{config}:{elsewhere}", [])
   with pytest.raises(ConfigError, match=rf"{re.escape(workdir)} holds a run on other data: "
-                                        rf".*{re.escape(demo_root)}/data/images.* changed since"):
+                                        rf".*{re.escape(elsewhere)}.* changed since"):
     trainer.train(other, workdir, log=lambda *_: None)
 
 

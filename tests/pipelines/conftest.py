@@ -19,7 +19,7 @@ def corpus(tmp_path_factory):
   return demo.generate(str(root), videos=12, images=10, audio=10, seconds=1.0, seed=1)
 
 
-def run_build(manifest, output, split="train", workers=2, overwrite=False, spec="jsonl", **settings):
+def run_build(manifest, output, split="train", workers=1, overwrite=False, spec="jsonl", **settings):
   plan = build.prepare(spec, str(manifest), str(output), split, ({**SMALL, **settings},),
                        overwrite=overwrite)
   return build.run(plan, workers=workers)

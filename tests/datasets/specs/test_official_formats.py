@@ -41,7 +41,7 @@ def place(src, *dest):
 
 def run_build(spec, input_path, output, split="train", **settings):
   plan = build.prepare(spec, str(input_path), str(output), split, ({**SMALL, **settings},))
-  summary = build.run(plan, workers=2)
+  summary = build.run(plan, workers=1)
   with open(os.path.join(output, "metadata.json")) as f:
     meta = json.load(f)
   with open(os.path.join(output, f"failures-{split}.jsonl")) as f:
