@@ -84,6 +84,18 @@ def publish(workdir: str, summary: dict, results: dict) -> None:
         f"# Training curves: {workdir}\n\n{summary['step']} steps, "
         f"{summary['loop_seconds']:.0f} s\n\n{images}\n",
         key=artifact_key("training-plots", name), description="loss.png and accuracy.png")
+  if "plan" in summary:  # the mixture the run trained on, as `impax plan` prints it
+    plan = summary["plan"]
+    create_table_artifact(
+        [{"task": task, "examples": t["examples"],
+          "batch per bucket": "/".join(map(str, t["batch_sizes"])), "steps": t["steps"],
+          "share of steps": t["share_of_steps"], "epochs": t["epochs"],
+          "tokens per step": t["tokens_per_step"], "tokens": t["tokens"],
+          "share of tokens": t["share_of_tokens"]} for task, t in plan["tasks"].items()],
+        key=artifact_key("training-plan", name),
+        description=(f"Each task's share of the {plan['steps']} steps (mode {plan['mode']}, "
+                     f"schedule {plan['schedule']}), as `impax plan` counts them"
+                     + "".join(f"; warning: {w}" for w in plan["warnings"]) + "."))
   create_table_artifact(
       [{"task": t, "metric": k, "value": v} for t, result in results.items()
        for k, v in result.items() if isinstance(v, (int, float))],

@@ -216,12 +216,38 @@ def _train_parser(sub):
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and plots go here")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override a top-level config field, e.g. --set steps=200")
+    if name == "eval":
+      p.add_argument("--split", metavar="NAME",
+                     help="evaluate every task on this split of its dataset (e.g. validation), "
+                          "written to WORKDIR/eval-NAME.json; default: each task's eval_split")
     if name == "train":
       p.add_argument("--coordinator", metavar="HOST:PORT",
                      help="multi-process run: address of process 0 (jax.distributed)")
       p.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
       p.add_argument("--process-id", type=int, help="multi-process run: this process's index")
     p.set_defaults(func=_train if name == "train" else _eval)
+
+
+def _plan_parser(sub):
+  p = sub.add_parser("plan", help="print a training config's mixture before training: each "
+                                  "task's batches, steps, epochs and tokens")
+  p.add_argument("config", metavar="CONFIG",
+                 help="a Python config file defining get_config(); FILE:ARG passes ARG to it")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override a top-level config field, e.g. --set steps=200")
+  p.add_argument("--target-share", metavar="TASK=SHARE,...",
+                 help="solve for the intervals (schedule 'intervals') or weights ('random') "
+                      "that give these shares, e.g. image_text=0.5,video_text=0.5")
+  p.add_argument("--of", choices=("steps", "tokens"), default="steps",
+                 help="--target-share is of the optimizer steps (default) or of the tokens")
+  p.add_argument("--json", action="store_true", help="print the plan as JSON")
+  p.set_defaults(func=_plan)
+
+
+def _plan(args, beam_args):
+  from impax.train import plan
+  plan.main(args.config, args.set, target=args.target_share, of=args.of, as_json=args.json)
+  return 0
 
 
 def _train(args, beam_args):
@@ -232,7 +258,7 @@ def _train(args, beam_args):
 
 def _eval(args, beam_args):
   from impax.train import evaluate
-  result = evaluate.main(args.config, args.workdir, args.set)
+  result = evaluate.main(args.config, args.workdir, args.set, split=args.split)
   print(json.dumps(result, indent=2))
   return 0
 
@@ -248,17 +274,21 @@ def main(argv=None) -> int:
   sub = parser.add_subparsers(metavar="COMMAND", required=True)
   for add in (_build_parser, _inspect_parser, _card_parser, _verify_parser, _dedup_parser,
               _specs_parser, _demo_corpus_parser,
-              _demo_parser, _model_parser, _train_parser):
+              _demo_parser, _model_parser, _plan_parser, _train_parser):
     add(sub)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   # Beam warns about optional GCP client libraries on every import.
   logging.getLogger().handlers[0].addFilter(
       lambda record: not record.getMessage().startswith("apitools not found"))
-  from impax.pipelines.build import BuildError
   try:
     return args.func(args, beam_args) or 0
-  except (BuildError, ValueError) as e:
+  except Exception as e:
+    # A build's refusal (BuildError) comes only from a command that imported the pipelines:
+    # `impax train` and `impax eval` do not pay Beam's import (about 2 s) to catch it.
+    plan = sys.modules.get("impax.pipelines.plan")
+    if not isinstance(e, ValueError) and not (plan and isinstance(e, plan.BuildError)):
+      raise
     print(f"impax: error: {e}", file=sys.stderr)
     return 2
 

@@ -43,6 +43,10 @@ class TrainConfig:
   eps: float = 1e-7
   weight_decay: float = 1e-4
   grad_clip: float = 1.0
+  # Every bucket's global batch is rounded to a multiple of this, whatever hardware the run
+  # has: the same config trains the same way on 1 device or 8. The data-parallel devices
+  # (the mesh's batch shards, and the processes) must divide it; 8 divides 1, 2, 4 and 8.
+  batch_multiple: int = 8
   # Cadence.
   log_every: int = 10
   checkpoint_every: int = 200
@@ -82,6 +86,8 @@ def check(config: TrainConfig) -> None:
       raise ConfigError(f"{where}: interval must be >= 1 and weight > 0")
     if not t.buckets:
       raise ConfigError(f"{where}: declares no buckets")
+  if config.batch_multiple < 1:
+    raise ConfigError(f"batch_multiple must be at least 1, not {config.batch_multiple}")
 
 
 def load(path: str, overrides: list[str] = ()) -> TrainConfig:

@@ -13,6 +13,7 @@ clips per video, their embeddings averaged):
   - classification tasks: top-1 accuracy of the task's head.
 """
 
+import dataclasses
 import json
 import os
 
@@ -76,7 +77,8 @@ def evaluate_task(task: Task, index: int, config, model, params, model_cfg, mesh
   if not task.eval_split or task.eval_split not in dataset.metadata.splits:
     return None
   has_labels = bool(dataset.labels)
-  data = inputs.eval_loader(config, index, model_cfg, batch_multiple=sharding.batch_shards(mesh),
+  data = inputs.eval_loader(config, index, model_cfg,
+                            batch_multiple=inputs.batch_multiple(config, sharding.batch_shards(mesh)),
                             labels=has_labels)
   fwd = _forward(model, task, task.modalities)
   collected = {}
@@ -149,16 +151,26 @@ def evaluate_state(config, model, params, model_cfg, mesh, log=print) -> dict:
   return results
 
 
-def write(workdir: str, step: int, results: dict) -> str:
-  path = os.path.join(workdir, "eval.json")
+def write(workdir: str, step: int, results: dict, split: str | None = None) -> str:
+  """WORKDIR/eval.json: each task on its eval_split; eval-SPLIT.json: every task on SPLIT."""
+  path = os.path.join(workdir, "eval.json" if split is None else f"eval-{split}.json")
   with open(path, "w") as f:
     json.dump({"step": step, "results": results}, f, indent=2, sort_keys=True)
   return path
 
 
-def main(config_path: str, workdir: str, overrides=(), log=print) -> dict:
-  """Evaluates the latest checkpoint in workdir; writes and returns eval.json's content."""
-  config = config_lib.load(config_path, list(overrides))
+def main(config_path: str, workdir: str, overrides=(), log=print, split: str | None = None) -> dict:
+  """Evaluates the latest checkpoint in workdir; writes and returns eval.json's content.
+  `split`: every task on that split of its dataset instead (a task whose dataset has no
+  such split is left out), written to eval-SPLIT.json."""
+  return evaluate_checkpoint(config_lib.load(config_path, list(overrides)), workdir, log=log,
+                             split=split)
+
+
+def evaluate_checkpoint(config, workdir: str, log=print, split: str | None = None) -> dict:
+  if split is not None:
+    config = dataclasses.replace(config, tasks=tuple(
+        dataclasses.replace(t, eval_split=split) for t in config.tasks))
   model_cfg = step_lib.model_config(config, inputs.check_datasets(config))
   mesh = step_lib.make_mesh(model_cfg)
   model = Model(model_cfg, mesh=mesh)
@@ -171,6 +183,8 @@ def main(config_path: str, workdir: str, overrides=(), log=print) -> dict:
     raise config_lib.ConfigError(f"{workdir}/checkpoints holds no checkpoint: train first")
   state, _, meta = restored
   results = evaluate_state(config, model, state["params"], model_cfg, mesh, log=log)
-  path = write(workdir, meta["step"], results)
+  if split is not None and not results:
+    raise config_lib.ConfigError(f"no task's dataset has a split {split!r}")
+  path = write(workdir, meta["step"], results, split)
   log(f"wrote {path}")
   return {"step": meta["step"], "results": results}

@@ -12,6 +12,7 @@ buckets no smaller than one patch of the model.
 
 import hashlib
 import json
+import math
 import os
 
 import jax
@@ -47,6 +48,30 @@ def check_buckets(task: Task, model_cfg) -> None:
       if decode.spectrogram_frames(b.audio_seconds) < model_cfg.spectrogram_patch[0]:
         raise ConfigError(f"{where}: {b.audio_seconds} s of audio is shorter than one "
                           "spectrogram patch")
+
+
+def batch_multiple(config: TrainConfig, batch_shards: int) -> int:
+  """The config's batch_multiple, once the hardware is known to divide it: `batch_shards`
+  pieces of each batch (the mesh's data-parallel devices), and the processes. A batch size
+  never depends on the hardware: a mesh that would need another is refused."""
+  need = math.lcm(batch_shards, jax.process_count())
+  if config.batch_multiple % need:
+    raise ConfigError(
+        f"batch_multiple {config.batch_multiple} does not split over this run's {batch_shards} "
+        f"batch shards and {jax.process_count()} process(es): each batch must divide into "
+        f"{need}. Set batch_multiple={math.lcm(config.batch_multiple, need)} in the config (or "
+        f"--set batch_multiple={math.lcm(config.batch_multiple, need)}); keep it the same "
+        "wherever the config runs, so that its batches are the same")
+  return config.batch_multiple
+
+
+def bucket_text(bucket: loader_lib.Bucket) -> str:
+  """A bucket's shapes as a log line names them: `video 4x32x32`, `image 32x32`, `audio 0.64 s`."""
+  parts = [f"{name} {'x'.join(map(str, shape))}" for name, shape in
+           (("video", bucket.video), ("image", bucket.image)) if shape]
+  if bucket.audio_seconds:
+    parts.append(f"audio {bucket.audio_seconds:g} s")
+  return " + ".join(parts) or "no media"
 
 
 def open_loaders(config: TrainConfig, model_cfg, *, batch_multiple: int

@@ -27,6 +27,7 @@ from jax import monitoring
 from impax.model import Model, sharding
 from impax.train import checkpoint, evaluate, inputs, metrics as metrics_lib, schedule
 from impax.train import config as config_lib
+from impax.train import plan as plan_lib
 from impax.train import step as step_lib
 from impax.train.config import ConfigError, TrainConfig, to_json
 
@@ -102,8 +103,11 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     inputs.check_buckets(task, model_cfg)
   mesh = step_lib.make_mesh(model_cfg)
   model = Model(model_cfg, mesh=mesh)
-  multiple = sharding.batch_shards(mesh)
+  multiple = inputs.batch_multiple(config, sharding.batch_shards(mesh))
   loaders = inputs.open_loaders(config, model_cfg, batch_multiple=multiple)
+  for name, data in loaders.items():
+    log(f"{name} batches: " + ", ".join(
+        f"{size} of {inputs.bucket_text(b)}" for size, b in zip(data.batch_sizes, data.buckets)))
   for name, data in loaders.items():
     if data.left_out:
       without = ", ".join(f"{n} without {m}" for m, n in data.left_out.items())
@@ -111,6 +115,9 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     if data.excluded:
       log(f"{name} skips {data.excluded} records of {data.dataset.root} excluded by "
           f"{data.task.exclude}")
+  mixture = plan_lib.make(config, loaders)  # `impax plan`: what each task will take
+  for line in mixture.lines():
+    log(line)
   patches = inputs.patches_of(model_cfg)
   tx = step_lib.make_optimizer(config)
   state = step_lib.init_state(config, model_cfg, tx, mesh)
@@ -239,6 +246,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       "records_left_out": {n: data.left_out for n, data in loaders.items() if data.left_out},
       # Records a task skips: its `exclude` list (duplicates, test-set leaks) names them.
       "records_excluded": {n: data.excluded for n, data in loaders.items()},
+      "plan": mixture.to_json(),
   }
   if step == config.steps and config.eval_at_end and status == "finished":
     summary["eval"] = evaluate.evaluate_state(config, model, state["params"], model_cfg, mesh,

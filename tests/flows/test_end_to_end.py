@@ -15,7 +15,7 @@ def run(images, tiny_config, tmp_path_factory):
   root = str(tmp_path_factory.mktemp("e2e") / "out")
   corpus = {k: params[k] for k in ("spec", "output", "splits", "options")}
   state = end_to_end(root=root, corpora=[corpus], config=f"{tiny_config}:{params['output']}",
-                     steps=3, workers=2, return_state=True)
+                     steps=3, workers=1, return_state=True)
   return root, state
 
 
@@ -53,6 +53,11 @@ def test_train_publishes_curves_and_evaluation(run, api):
       (r["step"], r["task"], round(r["loss"], 5)) for r in logged if "loss" in r]
   assert [r["step"] for r in found["training-curves-run"]] == [1, 2, 3]
   assert found["training-plots-run"].count("](data:image/png;base64,") == 2  # loss, accuracy
+  # the mixture it trained on, as `impax plan` counts it: one task, every step, 24 images
+  [plan] = found["training-plan-run"]
+  assert (plan["task"], plan["steps"], plan["share of steps"], plan["examples"]) == (
+      "image_text", 3, 1.0, 24)
+  assert plan["epochs"] == pytest.approx(3 * int(plan["batch per bucket"]) / 24, abs=1e-4)
   with open(os.path.join(workdir, "eval.json")) as f:
     evaluated = json.load(f)
   assert evaluated["step"] == 3

@@ -52,17 +52,33 @@ def losses(workdir):
           if "loss" in r}
 
 
-def test_training_learns_compiles_each_shape_once_and_evaluates(root, tmp_path):
+@pytest.fixture(scope="module")
+def learned(root, tmp_path_factory):
+  """A 40-step run of the config: the learning test's, and the run that the resumed and the
+  SIGTERM-stopped runs of the same config must reproduce."""
   config = make_config(root, steps=40, plots=True)
-  summary = trainer.train(config, str(tmp_path), log=lambda *_: None)
+  workdir = tmp_path_factory.mktemp("learned")
+  logged = []
+  summary = trainer.train(config, str(workdir), log=logged.append)
+  return config, workdir, summary, logged
+
+
+def test_training_learns_compiles_each_shape_once_and_evaluates(learned):
+  config, tmp_path, summary, logged = learned
   assert summary["status"] == "finished" and summary["step"] == 40
+  # each bucket's batch from its token budget, rounded to batch_multiple (8), and logged
+  assert "video_text batches: 24 of video 2x16x16, 16 of video 4x16x16" in logged
   # one compilation per (task, declared shape), all before the first step
-  assert summary["compilations"] == {"video_text 24x2x16x16x3": 1, "video_text 18x4x16x16x3": 1,
+  assert summary["compilations"] == {"video_text 24x2x16x16x3": 1, "video_text 16x4x16x16x3": 1,
                                      "audio_classification 8x32x128": 1}
   assert summary["compilations_after_warmup"] == 0 and summary["xla_compilations_in_loop"] == 0
   rows = [r for r in metrics.read(str(tmp_path / "metrics.jsonl")) if "loss" in r]
   # the interval schedule: audio every second cycle
   assert sum(r["task"] == "audio_classification" for r in rows) == 13
+  # as the plan, logged at start and in summary.json, counted before the first step
+  assert summary["plan"]["tasks"]["audio_classification"]["steps"] == 13
+  assert summary["plan"]["tasks"]["video_text"]["steps"] == 27
+  assert any(line.startswith("40 steps, mode agd, schedule intervals, ") for line in logged)
   curve = [r["loss"] for r in rows if r["task"] == "video_text"]
   assert np.mean(curve[-4:]) < np.mean(curve[:4]) - 0.1, curve  # it learns
   # 13 steps of audio from a zero-initialized head move its loss too little to assert on
@@ -77,25 +93,27 @@ def test_training_learns_compiles_each_shape_once_and_evaluates(root, tmp_path):
   assert result["video_text"]["examples"] == 8  # every held-out video, once
 
 
-def test_a_resumed_run_continues_exactly(root, tmp_path, monkeypatch):
-  config = make_config(root, steps=10)
+def test_a_resumed_run_continues_exactly(learned, tmp_path, monkeypatch):
+  config, whole_dir, _, _ = learned
   monkeypatch.chdir(tmp_path)  # workdirs relative to the current folder, as users give them
-  trainer.train(config, "whole", log=lambda *_: None)
-  stopped = trainer.train(config, "parts", log=lambda *_: None, stop_at=5)
-  assert stopped["step"] == 5 and "eval" not in stopped
+  stopped = trainer.train(config, "parts", log=lambda *_: None, stop_at=21)
+  assert stopped["step"] == 21 and "eval" not in stopped
   resumed = trainer.train(config, "parts", log=lambda *_: None)
-  assert resumed["step"] == 10
-  whole, parts = losses(tmp_path / "whole"), losses(tmp_path / "parts")
-  assert whole.keys() == parts.keys() and len(whole) == 10
+  assert resumed["step"] == 40
+  whole, parts = losses(whole_dir), losses(tmp_path / "parts")
+  assert whole.keys() == parts.keys() and len(whole) == 40
   for key in whole:
     assert parts[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
-  a = json.loads((tmp_path / "whole" / "eval.json").read_text())["results"]
+  a = json.loads((whole_dir / "eval.json").read_text())["results"]
   b = json.loads((tmp_path / "parts" / "eval.json").read_text())["results"]
   assert a["audio_classification"]["accuracy"] == b["audio_classification"]["accuracy"]
 
 
 def test_mixed_batch_mode_takes_every_task_each_step(root, tmp_path):
   config = make_config(root, steps=3, mode="mixed", eval_at_end=False)
+  # One bucket a task: mixed mode compiles every combination of the tasks' shapes.
+  config = dataclasses.replace(config, tasks=tuple(
+      dataclasses.replace(t, buckets=t.buckets[:1]) for t in config.tasks))
   # An exclusion list (as `impax dedup` writes for leaks) keeps two videos out of video_text.
   excluded = tmp_path / "leaked-ids.txt"
   excluded.write_text("video-train-00000\nvideo-train-00003\n")
@@ -163,7 +181,7 @@ def write_config(tmp_path, steps):
   return str(path)
 
 
-def test_sigterm_saves_a_checkpoint_and_the_run_resumes(root, tmp_path):
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(root, learned, tmp_path):
   # The learning test's steps: its compiled programs (cached for the session) serve both runs.
   config = write_config(tmp_path, steps=40)
   workdir = tmp_path / "run"
@@ -188,6 +206,11 @@ def test_sigterm_saves_a_checkpoint_and_the_run_resumes(root, tmp_path):
   assert f"resumed from step {saved[0]}" in resumed.stdout
   steps = sorted({r["step"] for r in metrics.read(str(metrics_path)) if "loss" in r})
   assert steps == list(range(1, 41))  # no step lost, none twice
+  # and the steps are those of the run that was never stopped
+  whole, parts = losses(learned[1]), losses(workdir)
+  assert whole.keys() == parts.keys()
+  for key in whole:
+    assert parts[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
 
 
 EIGHT_DEVICES_CONFIG = '''
@@ -195,65 +218,103 @@ from impax.datasets.loader import Bucket
 from impax.train.config import Task, TrainConfig
 
 def get_config(data):
-  # Batches of 16 and 8: each device holds whole routing groups (64 tokens: two
-  # videos, two captions, one spectrogram), as one device does,
-  # so the MoE groups, and so the results, are those of one device.
+  # The budgets give 18 videos and 10 spectrograms a batch, rounded to the config's
+  # batch_multiple (8): 16 and 8 on any number of devices (before batch_multiple, one
+  # device took 18 and 10, eight 16 and 8). Each of eight devices then holds whole
+  # routing groups (64 tokens: two videos, two captions, one spectrogram), as one
+  # device does, so the MoE groups, and so the results, are those of one device.
   return TrainConfig(
       tasks=(Task("video_text", data + "/videos", "contrastive", ("video", "text"),
-                  buckets=(Bucket(video=(4, 32, 32)),), token_budget=896, text_length=24),
+                  buckets=(Bucket(video=(4, 32, 32)),), token_budget=1008, text_length=24),
              Task("audio_classification", data + "/audio", "classification", ("spectrogram",),
-                  buckets=(Bucket(audio_seconds=0.32),), token_budget=512)),
+                  buckets=(Bucket(audio_seconds=0.32),), token_budget=640)),
       model="tiny", steps=3, warmup_steps=1, learning_rate=1e-3, log_every=1,
       eval_at_end=False, plots=False)
 '''
 
 
-def test_eight_simulated_devices_train_like_one(root, tmp_path):
-  config = tmp_path / "config.py"
-  config.write_text(EIGHT_DEVICES_CONFIG)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
-  # Both runs at once: most of each is compiling, which leaves a second core idle.
-  procs = {name: subprocess.Popen(
-      [sys.executable, "-m", "impax.cli", "train", f"{config}:{root}", "--workdir",
-       str(tmp_path / name)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env=environment) for name, environment in (("one", dict(os.environ)), ("eight", env))}
-  outputs = {name: p.communicate(timeout=400)[0] for name, p in procs.items()}
-  for name, p in procs.items():
-    assert p.returncode == 0, outputs[name]
-  runs = {name: losses(tmp_path / name) for name in procs}
-  assert "mesh {'data': 2, 'expert': 4}" in outputs["eight"]
-  assert "parameters on 1 device(s)\n" in outputs["one"]
-  assert len(runs["one"]) == 3
-  for key, value in runs["one"].items():
-    assert runs["eight"][key] == pytest.approx(value, rel=1e-3), key
+def run_devices(config, workdir, env, extra=()):
+  """`impax train` of the devices config (its file names the data) in a process of its own."""
+  return subprocess.Popen([sys.executable, "-m", "impax.cli", "train", str(config),
+                           "--workdir", str(workdir), *extra], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, env=env)
 
 
-def test_two_processes_with_jax_distributed_train_like_one(root, tmp_path):
+@pytest.fixture(scope="module")
+def one_device(root, tmp_path_factory):
+  """The devices config on one CPU device: what every other layout must reproduce."""
+  folder = tmp_path_factory.mktemp("devices")
+  (folder / "config.py").write_text(EIGHT_DEVICES_CONFIG)
+  config = f"{folder / 'config.py'}:{root}"
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  proc = run_devices(config, folder / "one", env)
+  output = proc.communicate(timeout=400)[0]
+  assert proc.returncode == 0, output
+  assert "parameters on 1 device(s)\n" in output
+  return config, losses(folder / "one"), output
+
+
+def test_eight_simulated_devices_train_like_one(one_device, tmp_path):
+  config, one, one_output = one_device
+  proc = run_devices(config, tmp_path / "eight",
+                     dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8"))
+  output = proc.communicate(timeout=400)[0]
+  assert proc.returncode == 0, output
+  assert "mesh {'data': 2, 'expert': 4}" in output
+  # the same batches, whatever the devices: the config's, logged at start
+  for out in (one_output, output):
+    assert "video_text batches: 16 of video 4x32x32\n" in out
+    assert "audio_classification batches: 8 of audio 0.32 s\n" in out
+  eight = losses(tmp_path / "eight")
+  assert len(one) == 3 and eight.keys() == one.keys()
+  for key, value in one.items():
+    assert eight[key] == pytest.approx(value, rel=1e-3), key
+
+
+def test_a_mesh_that_does_not_divide_batch_multiple_is_refused(root):
+  from impax.train import inputs
+  config = dataclasses.replace(make_config(root), batch_multiple=4)
+  with pytest.raises(ConfigError, match=r"batch_multiple 4 does not split over this run's 8 batch "
+                                        r"shards .* Set batch_multiple=8 in the config"):
+    inputs.batch_multiple(config, 8)
+  assert inputs.batch_multiple(config, 2) == 4
+
+
+def test_two_processes_with_jax_distributed_train_like_one(one_device, tmp_path):
   import socket
-  config = tmp_path / "config.py"
-  config.write_text(EIGHT_DEVICES_CONFIG)
+  config, one, _ = one_device
   with socket.socket() as s:
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
-  command = [sys.executable, "-m", "impax.cli", "train", f"{config}:{root}"]
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
-  procs = [subprocess.Popen(command + ["--workdir", str(tmp_path / "two"), "--coordinator",
-                                       f"127.0.0.1:{port}", "--num-processes", "2",
-                                       "--process-id", str(i)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+  procs = [run_devices(config, tmp_path / "two", env, ["--coordinator", f"127.0.0.1:{port}",
+                                                        "--num-processes", "2",
+                                                        "--process-id", str(i)])
            for i in range(2)]
-  # At the same time, the same mesh in one process: two simulated devices.
-  one = subprocess.Popen(command + ["--workdir", str(tmp_path / "one")], stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True,
-                         env=dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=2"))
   outputs = [p.communicate(timeout=500)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out
   assert "on 2 device(s), mesh {'data': 1, 'expert': 2}" in outputs[0]
-  output = one.communicate(timeout=300)[0]
-  assert one.returncode == 0, output
-  assert "on 2 device(s), mesh {'data': 1, 'expert': 2}" in output
-  two, single = losses(tmp_path / "two"), losses(tmp_path / "one")
-  assert two.keys() == single.keys() and len(two) == 3
-  for key, value in single.items():
-    assert two[key] == pytest.approx(value, rel=1e-4), key
+  two = losses(tmp_path / "two")
+  assert two.keys() == one.keys() and len(two) == 3
+  for key, value in one.items():
+    assert two[key] == pytest.approx(value, rel=1e-3), key
+
+
+def test_any_split_is_evaluated_from_the_last_checkpoint(learned):
+  from impax.datasets import prepared
+  from impax.train import evaluate
+  config, workdir, _, _ = learned
+  before = (workdir / "eval.json").read_text()
+  result = evaluate.evaluate_checkpoint(config, str(workdir), log=lambda *_: None, split="train")
+  assert result["step"] == 40
+  videos = prepared.open_dataset(config.tasks[0].dataset).num_records("train")
+  sounds = prepared.open_dataset(config.tasks[1].dataset).num_records("train")
+  assert (result["results"]["video_text"]["split"], result["results"]["video_text"]["examples"]) == (
+      "train", videos)
+  assert result["results"]["audio_classification"]["examples"] == sounds
+  written = json.loads((workdir / "eval-train.json").read_text())
+  assert written == {"step": 40, "results": result["results"]}
+  assert (workdir / "eval.json").read_text() == before  # the held-out figures stay
+  with pytest.raises(ConfigError, match="no task's dataset has a split 'nosuch'"):
+    evaluate.evaluate_checkpoint(config, str(workdir), log=lambda *_: None, split="nosuch")
