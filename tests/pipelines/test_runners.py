@@ -100,6 +100,31 @@ def test_dataflow_without_a_worker_image_is_refused(tmp_path, capsys):
     build.pipeline_options(["--num_wrkers=3"])
 
 
+
+def test_the_dask_runner_is_refused_before_anything_runs(tmp_path, capsys):
+  (tmp_path / "m.jsonl").write_text('{"image": "a.png"}\n')
+  for runner in ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"):
+    code = cli(["build", "jsonl", "--input", str(tmp_path / "m.jsonl"), "--output",
+                str(tmp_path / "out"), "--", f"--runner={runner}",
+                "--dask_client_address=127.0.0.1:8786"])
+    err = capsys.readouterr().err
+    assert code == 2 and "the DaskRunner cannot build impax datasets" in err, err
+    assert "still reports success" in err and "--runner=PortableRunner" in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+  # Its flags are known, though Beam's DaskOptions (which imports dask) is not loaded.
+  build.pipeline_options(["--dask_client_address=127.0.0.1:8786"])
+
+
+def test_runner_names_as_users_write_them(launched):
+  for runner in ("PortableRunner", "PrismRunner", "SparkRunner", "FlinkRunner",
+                 "apache_beam.runners.portability.portable_runner.PortableRunner"):
+    options = launched("--", f"--runner={runner}", "--job_endpoint=127.0.0.1:8099")
+    assert options.view_as(StandardOptions).runner == runner
+    assert "direct_num_workers" not in options.get_all_options(drop_default=True)
+  dotted = launched("--workers", "2", "--", "--runner=apache_beam.runners.direct.DirectRunner")
+  assert dotted.get_all_options()["direct_num_workers"] == 2
+
+
 UNPICKLE = """
 import sys
 from apache_beam import Pipeline
