@@ -197,6 +197,10 @@ def solve(plan: Plan, config: TrainConfig, targets: dict[str, float], of: str = 
       best, best_error = intervals, error
     if best_error <= 0.005:
       break
+  if best is None:
+    raise ConfigError(f"--target-share: no intervals of at most {max_interval} with a period "
+                      f"of at most {MAX_CYCLES} cycles reach these shares; use "
+                      "schedule='random', whose weights reach any share")
   return dict(zip(names, best))
 
 
