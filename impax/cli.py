@@ -207,15 +207,20 @@ def _model_info(args, beam_args):
   return 0
 
 
+def _config_args(p) -> None:
+  """CONFIG and --set, as every command on a training config takes them."""
+  p.add_argument("config", metavar="CONFIG",
+                 help="a Python config file defining get_config(); FILE:ARG passes ARG to it")
+  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                 help="override a top-level config field, e.g. --set steps=200")
+
+
 def _train_parser(sub):
   for name, help_text in (("train", "train a model with AGD on prepared datasets (a config file)"),
                           ("eval", "evaluate the latest checkpoint of a run; writes WORKDIR/eval.json")):
     p = sub.add_parser(name, help=help_text)
-    p.add_argument("config", metavar="CONFIG",
-                   help="a Python config file defining get_config(); FILE:ARG passes ARG to it")
+    _config_args(p)
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and plots go here")
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a top-level config field, e.g. --set steps=200")
     if name == "eval":
       p.add_argument("--split", metavar="NAME",
                      help="evaluate every task on this split of its dataset (e.g. validation), "
@@ -231,10 +236,7 @@ def _train_parser(sub):
 def _plan_parser(sub):
   p = sub.add_parser("plan", help="print a training config's mixture before training: each "
                                   "task's batches, steps, epochs and tokens")
-  p.add_argument("config", metavar="CONFIG",
-                 help="a Python config file defining get_config(); FILE:ARG passes ARG to it")
-  p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                 help="override a top-level config field, e.g. --set steps=200")
+  _config_args(p)
   p.add_argument("--target-share", metavar="TASK=SHARE,...",
                  help="solve for the intervals (schedule 'intervals') or weights ('random') "
                       "that give these shares, e.g. image_text=0.5,video_text=0.5")

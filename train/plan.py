@@ -204,14 +204,19 @@ def solve(plan: Plan, config: TrainConfig, targets: dict[str, float], of: str = 
   return dict(zip(names, best))
 
 
-def for_config(config: TrainConfig) -> Plan:
-  """The plan of `config` on its datasets, checked as the trainer checks them. Batch sizes
-  are the config's (batch_multiple), so the plan holds on any hardware."""
+def _loaders(config: TrainConfig) -> dict:
+  """The tasks' training loaders, checked as the trainer checks them. Batch sizes are the
+  config's (batch_multiple), so the plan holds on any hardware."""
   from impax.train import inputs, step as step_lib  # the model's patch sizes: JAX
   model_cfg = step_lib.model_config(config, inputs.check_datasets(config))
   for task in config.tasks:
     inputs.check_buckets(task, model_cfg)
-  return make(config, inputs.open_loaders(config, model_cfg, batch_multiple=config.batch_multiple))
+  return inputs.open_loaders(config, model_cfg, batch_multiple=config.batch_multiple)
+
+
+def for_config(config: TrainConfig) -> Plan:
+  """The plan of `config` on its datasets."""
+  return make(config, _loaders(config))
 
 
 def with_solution(config: TrainConfig, solved: dict[str, float]) -> TrainConfig:
@@ -224,16 +229,17 @@ def main(config_path: str, overrides=(), *, target: str | None = None, of: str =
          as_json: bool = False, out=print) -> dict:
   """`impax plan`: prints the plan (or, with `target`, the settings that reach the target
   shares and the plan under them); returns it as JSON."""
+  import json
   from impax.train import config as config_lib
   config = config_lib.load(config_path, list(overrides))
-  plan = for_config(config)
-  result = plan.to_json()
-  lines = plan.lines()
+  loaders = _loaders(config)
+  plan = make(config, loaders)
+  result, lines = plan.to_json(), plan.lines()
   if target:
     targets = parse_targets(target, config)
     solved = solve(plan, config, targets, of)
     config = with_solution(config, solved)
-    plan = for_config(config)
+    plan = make(config, loaders)  # the loaders draw buckets alike whatever the schedule
     field = "interval" if config.schedule == "intervals" else "weight"
     reached = {t.name: (t.share if of == "steps" else plan.token_share(t)) for t in plan.tasks}
     result = {**plan.to_json(), "solved": {"of": of, "field": field, "values": solved,
@@ -243,7 +249,6 @@ def main(config_path: str, overrides=(), *, target: str | None = None, of: str =
              "reached: " + ", ".join(f"{n} {reached[n]:.1%} (target {targets[n]:.1%})"
                                      for n in solved), *plan.lines()]
   if as_json:
-    import json
     out(json.dumps(result, indent=2))
   else:
     for line in lines:

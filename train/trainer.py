@@ -108,7 +108,6 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   for name, data in loaders.items():
     log(f"{name} batches: " + ", ".join(
         f"{size} of {inputs.bucket_text(b)}" for size, b in zip(data.batch_sizes, data.buckets)))
-  for name, data in loaders.items():
     if data.left_out:
       without = ", ".join(f"{n} without {m}" for m, n in data.left_out.items())
       log(f"{name} reads {data.num_records} records of {data.dataset.root}; left out: {without}")
