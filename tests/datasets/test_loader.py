@@ -186,6 +186,11 @@ def test_batches_are_made_at_a_lower_priority_than_the_caller(data):
   assert own + lower in new_thread_nices(it, before)  # the prefetch thread
   assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # not the caller
   it.close()
+  # close() cancels the queued batches; the one in flight finishes on its own thread, and
+  # threads it starts inherit its nice value: wait for it, or they count as new below.
+  for thread in threading.enumerate():
+    if thread.name.startswith("grain-prefetch"):
+      thread.join(timeout=60)
   before = thread_nices()
   unchanged = iter(video_task(data)(nice=0))
   started = new_thread_nices(unchanged, before)
