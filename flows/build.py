@@ -342,7 +342,7 @@ def build_demo_dataset(
   root = _absolute(root)  # the event names it for the training it starts
   corpus = os.path.join(root, "corpus")
   splits = [Split(name=split, input=os.path.join(corpus, f"{dataset}-{split}.jsonl"))
-            for split in ("train", "test")]
+            for split in demo.SPLITS]
   settings = demo.settings(corpus)
   if not all(os.path.exists(p) for p in [*(s.input for s in splits), settings["tokenizer"]]):
     # A schedule on a fresh root: say what to run, rather than fail inside the build.

@@ -25,7 +25,7 @@ from impax.flows.train import train
 
 
 class DemoCorpus(pydantic.BaseModel):
-  """Sizes of the generated demo corpus (train and test together); `impax demo`'s by default."""
+  """Sizes of the generated demo corpus (all splits together); `impax demo`'s by default."""
   model_config = pydantic.ConfigDict(extra="forbid")
   videos: int = pydantic.Field(demo_lib.SIZES["videos"], ge=10)
   images: int = pydantic.Field(demo_lib.SIZES["images"], ge=10)

@@ -159,17 +159,18 @@ def _specs():
 def _demo_corpus_parser(sub):
   p = sub.add_parser("demo-corpus", help="generate the demo corpus (moving digits with sound)")
   p.add_argument("dir", metavar="DIR")
-  p.add_argument("--videos", type=int, default=200)
-  p.add_argument("--images", type=int, default=200)
-  p.add_argument("--audio", type=int, default=200)
+  for name in ("videos", "images", "audio"):  # None: the demo's (impax.demo.SIZES)
+    p.add_argument(f"--{name}", type=int, default=None,
+                   help=f"{name}, all splits together (default: the demo's)")
   p.add_argument("--seed", type=int, default=0)
   p.set_defaults(func=_demo_corpus)
 
 
 def _demo_corpus(args, beam_args):
   from impax import demo
-  manifests = demo.write_corpus(args.dir, videos=args.videos, images=args.images,
-                                audio=args.audio, seed=args.seed)
+  sizes = {name: demo.SIZES[name] if getattr(args, name) is None else getattr(args, name)
+           for name in demo.SIZES}
+  manifests = demo.write_corpus(args.dir, **sizes, seed=args.seed)
   for name, path in manifests.items():
     print(f"{name:14s} {path}")
   # One model trains on all of them: build each with this one (impax build ... --tokenizer).
@@ -217,7 +218,7 @@ def _config_args(p) -> None:
 
 def _train_parser(sub):
   for name, help_text in (("train", "train a model with AGD on prepared datasets (a config file)"),
-                          ("eval", "evaluate the latest checkpoint of a run; writes WORKDIR/eval.json")):
+                          ("eval", "evaluate a run's checkpoint; writes WORKDIR/eval.json")):
     p = sub.add_parser(name, help=help_text)
     _config_args(p)
     p.add_argument("--workdir", required=True, help="checkpoints, metrics and plots go here")
@@ -225,6 +226,11 @@ def _train_parser(sub):
       p.add_argument("--split", metavar="NAME",
                      help="evaluate every task on this split of its dataset (e.g. validation), "
                           "written to WORKDIR/eval-NAME.json; default: each task's eval_split")
+      p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                     help="the run's latest checkpoint, or the best by validation (keep_best)")
+      p.add_argument("--probe", action="store_true",
+                     help="also fit a linear probe on the frozen embeddings of each labelled "
+                          "dataset (cached in WORKDIR/embeddings)")
     if name == "train":
       p.add_argument("--coordinator", metavar="HOST:PORT",
                      help="multi-process run: address of process 0 (jax.distributed)")
@@ -260,7 +266,8 @@ def _train(args, beam_args):
 
 def _eval(args, beam_args):
   from impax.train import evaluate
-  result = evaluate.main(args.config, args.workdir, args.set, split=args.split)
+  result = evaluate.main(args.config, args.workdir, args.set, split=args.split,
+                         checkpoint_name=args.checkpoint, probe=args.probe)
   print(json.dumps(result, indent=2))
   return 0
 

@@ -20,9 +20,11 @@ The corpus is small and learnable, made from scikit-learn's digits. Every
 example shows or sounds one handwritten digit (sklearn's bundled 8x8 digits, so
 nothing is downloaded), and its label and caption name the digit in words. A
 model trained on the train split can therefore be checked by zero-shot
-classification of the held-out test videos with prompts such as "the digit
-seven". The test split draws from sklearn samples that train never sees, so it
-measures generalisation to unseen writers.
+classification of the held-out videos with prompts such as "the digit
+seven". Three disjoint splits (the demo's sizes in SIZES and HELD_OUT): train;
+validation, on which recipes and the best checkpoint are chosen; and test,
+reported once. The held-out splits draw from sklearn samples that train (and
+each other) never see, so they measure generalisation to unseen writers.
 
   generate("/tmp/demo")  # then build shards from /tmp/demo/*.jsonl
 
@@ -30,7 +32,7 @@ Layout under out_dir:
   videos/<split>-<NNNNN>.mp4   H.264 + AAC; the tone's pitch names the digit.
   images/<split>-<NNNNN>.jpg|png
   audio/<split>-<NNNNN>.wav|flac  digit+1 beeps at the digit's pitch.
-  {videos,images,audio}-{train,test}.jsonl  one JSON object per example:
+  {videos,images,audio}-{train,validation,test}.jsonl  one JSON object per example:
       id, the media path relative to the manifest, label (the digit's name),
       caption (videos and images), and digit_index (the sklearn sample shown,
       for checking the split; the pipeline ignores it).
@@ -65,7 +67,10 @@ DIGIT_NAMES = (
     "zero", "one", "two", "three", "four",
     "five", "six", "seven", "eight", "nine")
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "validation", "test")  # in build order: train fixes the vocabularies
+# With the seed, these give each split its own random streams (train and test kept
+# the ids they had before validation existed).
+_SPLIT_IDS = {"train": 0, "test": 1, "validation": 2}
 FPS = 10
 VIDEO_SAMPLE_RATE = 16000
 AUDIO_SAMPLE_RATES = (16000, 22050, 44100)
@@ -114,27 +119,32 @@ _MODALITY_IDS = {"video": 1, "image": 2, "audio": 3}
 
 
 def generate(out_dir: str, *, videos: int = 200, images: int = 200,
-             audio: int = 200, test_fraction: float = 0.2,
+             audio: int = 200, held_out: dict[str, float] | None = None,
              seconds: float = 2.0, size: int = 64,
              seed: int = 0) -> dict[str, str]:
   """Writes the corpus under out_dir and returns its manifests' paths.
 
   Args:
     out_dir: where to write (created if missing; existing files are replaced).
-    videos, images, audio: examples per modality, train and test together.
-    test_fraction: share of each modality's examples, and of sklearn's digit
-      samples, held out for the test split.
+    videos, images, audio: examples per modality, all splits together.
+    held_out: {split: share} of each modality's examples, and of sklearn's digit
+      samples, held out for each of "validation" and "test"; train has the
+      rest. Default {"test": 0.2}; the demo's is HELD_OUT.
     seconds: length of each video.
     size: height (and usually width) of videos and images, in pixels.
     seed: the same seed and arguments give byte-identical files.
 
   Returns:
-    {"videos-train": path, "videos-test": ..., "images-train": ...,
-     "images-test": ..., "audio-train": ..., "audio-test": ...}, the paths of
-    the JSONL manifests.
+    {"videos-train": path, "videos-test": ..., "images-train": ..., ...}, the
+    paths of the JSONL manifests, train first, then the held-out splits in
+    SPLITS order.
   """
-  if not 0 < test_fraction < 1:
-    raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+  held_out = {"test": 0.2} if held_out is None else dict(held_out)
+  if not held_out or set(held_out) - set(SPLITS[1:]):
+    raise ValueError(f"held_out takes shares of {SPLITS[1:]}, got {sorted(held_out)}")
+  if not all(0 < share < 1 for share in held_out.values()) or sum(held_out.values()) >= 1:
+    raise ValueError(f"held_out shares must be in (0, 1) and leave some for train, "
+                     f"got {held_out}")
   if size < 16:
     raise ValueError(f"size must be at least 16 pixels, got {size}")
   if seconds <= 0:
@@ -142,7 +152,8 @@ def generate(out_dir: str, *, videos: int = 200, images: int = 200,
 
   digits = sklearn.datasets.load_digits()
   digit_images = digits.images / 16.0  # sklearn's pixels are 0..16
-  class_pools = _split_samples(digits.target, test_fraction, seed)
+  class_pools = _split_samples(digits.target, held_out, seed)
+  splits = [s for s in SPLITS if s == "train" or s in held_out]
 
   modalities = (
       # (modality, folder, total, writer)
@@ -157,9 +168,10 @@ def generate(out_dir: str, *, videos: int = 200, images: int = 200,
     options = {"seconds": seconds, "size": size, "scratch": scratch}
     for modality, folder, total, write in modalities:
       os.makedirs(os.path.join(out_dir, folder), exist_ok=True)
-      n_test = round(total * test_fraction)
-      for split, count in zip(SPLITS, (total - n_test, n_test)):
-        ids = (_MODALITY_IDS[modality], SPLITS.index(split))
+      counts = split_sizes(total, held_out)
+      for split in splits:
+        count = counts[split]
+        ids = (_MODALITY_IDS[modality], _SPLIT_IDS[split])
         samples = _assign_samples(
             class_pools[split], count, np.random.default_rng([seed, *ids, 0, 0]))
 
@@ -184,11 +196,24 @@ def generate(out_dir: str, *, videos: int = 200, images: int = 200,
   return manifests
 
 
-def _split_samples(targets, test_fraction, seed):
-  """{split: [sample indices of digit d for d in 0..9]}, disjoint across splits."""
+def split_sizes(total: int, held_out: dict[str, float]) -> dict[str, int]:
+  """{split: examples} of `total`: each held-out split its rounded share, train the rest."""
+  sizes = {split: round(total * share) for split, share in held_out.items()}
+  return {"train": total - sum(sizes.values()), **sizes}
+
+
+def _split_samples(targets, held_out, seed):
+  """{split: [sample indices of digit d for d in 0..9]}, disjoint across splits.
+
+  Test takes the first share of one seeded permutation, validation the next,
+  train the rest."""
   order = np.random.default_rng(seed).permutation(len(targets))
-  n_test = round(len(order) * test_fraction)
-  by_split = {"train": order[n_test:], "test": order[:n_test]}
+  by_split, start = {}, 0
+  for split in ("test", "validation"):
+    if split in held_out:
+      n = round(len(order) * held_out[split])
+      by_split[split], start = order[start:start + n], start + n
+  by_split["train"] = order[start:]
   return {split: [indices[targets[indices] == digit] for digit in range(10)]
           for split, indices in by_split.items()}
 
@@ -426,9 +451,12 @@ def _even(n):
 
 # The demo's media are small (64 px, 10 fps); storing them larger is waste.
 SETTINGS = {"video_short_side": 64, "image_short_side": 64, "video_fps": 10.0}
-# Examples per modality, train and test together. Images are cheap to make and
-# teach the shared vision tower and the text tower the digits' names.
-SIZES = {"videos": 400, "images": 1000, "audio": 200}
+# The demo corpus's splits, in one place: examples per modality, all splits together,
+# and the share of each held out. Train 320 videos, 800 images, 160 sounds; validation
+# and test 80, 200 and 40 each. Images are cheap to make and teach the shared vision
+# tower and the text tower the digits' names.
+SIZES = {"videos": 480, "images": 1200, "audio": 240}
+HELD_OUT = {"validation": 1 / 6, "test": 1 / 6}
 
 
 def shared_tokenizer(manifests: dict[str, str], path: str) -> str:
@@ -466,7 +494,8 @@ def settings(corpus: str) -> dict:
 def write_corpus(corpus: str, *, videos: int = SIZES["videos"], images: int = SIZES["images"],
                  audio: int = SIZES["audio"], seed: int = 0) -> dict[str, str]:
   """generate(), then one tokenizer for all its manifests (settings(corpus)); the manifests."""
-  manifests = generate(corpus, videos=videos, images=images, audio=audio, seed=seed)
+  manifests = generate(corpus, videos=videos, images=images, audio=audio, held_out=HELD_OUT,
+                       seed=seed)
   shared_tokenizer(manifests, settings(corpus)["tokenizer"])
   return manifests
 
@@ -521,7 +550,7 @@ def zero_shot_lines(results: dict, goal: bool = False) -> list[str]:
   for name, r in results.items():
     if "zero_shot_top1" in r:
       against = f", goal {ZERO_SHOT_GOAL:.0%}" if goal and name == ZERO_SHOT_TASK else ""
-      lines.append(f"zero-shot classification ({name}) of {r['examples']} held-out examples: "
+      lines.append(f"zero-shot classification ({name}) of {r['examples']} {r['split']} examples: "
                    f"top-1 {r['zero_shot_top1']:.1%} (chance {r['zero_shot_chance']:.0%}{against})")
   return lines
 

@@ -1,6 +1,6 @@
 """The demo (impax/demo.py): its corpus and the one tokenizer its datasets share.
 
-The corpus: complete manifests, real encodings, a held-out test split. Its
+The corpus: complete manifests, real encodings, disjoint validation and test splits. Its
 datasets share one tokenizer, so its text tasks can train one model together.
 """
 
@@ -17,12 +17,12 @@ from impax import demo
 from impax.datasets import prepared
 from impax.pipelines.tools import ffmpeg_binary
 
-SIZES = {"videos": 12, "images": 12, "audio": 12}
+SIZES = {"videos": 14, "images": 14, "audio": 14}  # 10 train, 2 validation, 2 test
 SECONDS = 1.0
 
 
 def _generate(out_dir):
-  return demo.generate(str(out_dir), **SIZES, seconds=SECONDS, seed=3)
+  return demo.generate(str(out_dir), **SIZES, held_out=demo.HELD_OUT, seconds=SECONDS, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -52,12 +52,14 @@ def _probe(path):
 
 def test_manifests_list_existing_media_with_digit_labels(corpus):
   out_dir, manifests = corpus
-  assert sorted(manifests) == sorted(
-      f"{folder}-{split}" for folder in SIZES for split in ("train", "test"))
+  # every split of every modality, train first: a build of train fixes the vocabularies
+  assert list(manifests) == [f"{folder}-{split}" for folder in SIZES
+                             for split in ("train", "validation", "test")]
   for name, manifest in manifests.items():
     folder, split = name.split("-")
     records = _read(manifest)
-    assert len(records) == (SIZES[folder] - 2 if split == "train" else 2)
+    assert len(records) == {"train": 10, "validation": 2, "test": 2}[split]
+    assert len({r["id"] for r in records}) == len(records)
     for record in records:
       media = record[{"videos": "video", "images": "image",
                       "audio": "audio"}[folder]]
@@ -86,12 +88,23 @@ def test_videos_are_h264_with_aac_and_the_right_length(corpus):
   assert kinds >= {(True, True), (False, True), (True, False)}
 
 
-def test_test_split_uses_unseen_digit_samples(corpus):
+def test_held_out_splits_use_digit_samples_no_other_split_sees(corpus):
   _, manifests = corpus
   for folder in ("videos", "images"):
-    train = {r["digit_index"] for r in _read(manifests[f"{folder}-train"])}
-    test = {r["digit_index"] for r in _read(manifests[f"{folder}-test"])}
-    assert train and test and not train & test
+    seen = {split: {r["digit_index"] for r in _read(manifests[f"{folder}-{split}"])}
+            for split in demo.SPLITS}
+    assert all(seen.values())
+    assert not seen["train"] & seen["validation"] and not seen["train"] & seen["test"]
+    assert not seen["validation"] & seen["test"]
+
+
+def test_split_sizes_are_the_demos_and_refuse_a_share_that_leaves_no_train():
+  assert demo.split_sizes(480, demo.HELD_OUT) == {"train": 320, "validation": 80, "test": 80}
+  assert demo.split_sizes(demo.SIZES["images"], demo.HELD_OUT)["test"] == 200
+  with pytest.raises(ValueError, match="leave some for train"):
+    demo.generate("/nonexistent", held_out={"validation": 0.5, "test": 0.5})
+  with pytest.raises(ValueError, match="held_out takes shares of"):
+    demo.generate("/nonexistent", held_out={"dev": 0.1})
 
 
 def test_same_seed_gives_identical_files(corpus, tmp_path):
@@ -103,7 +116,7 @@ def test_same_seed_gives_identical_files(corpus, tmp_path):
             .hexdigest() for path in root.rglob("*") if path.is_file()}
 
   first = digests(first_dir)
-  assert len(first) == sum(SIZES.values()) + 6  # media and manifests
+  assert len(first) == sum(SIZES.values()) + 9  # media and manifests
   assert digests(tmp_path) == first
 
 
@@ -137,16 +150,18 @@ def test_the_flow_builds_the_demo_with_the_shared_tokenizer(tmp_path):
 
 
 def test_the_summary_names_the_folders_and_the_zero_shot_result_against_the_goal(capsys):
-  results = {"image_text": {"examples": 200, "zero_shot_top1": 0.675, "zero_shot_chance": 0.1},
-             "video_text": {"examples": 80, "zero_shot_top1": 0.725, "zero_shot_chance": 0.1},
-             "audio": {"examples": 40, "accuracy": 0.95}}
+  results = {"image_text": {"examples": 200, "split": "test", "zero_shot_top1": 0.675,
+                            "zero_shot_chance": 0.1},
+             "video_text": {"examples": 80, "split": "test", "zero_shot_top1": 0.725,
+                            "zero_shot_chance": 0.1},
+             "audio": {"examples": 40, "split": "test", "accuracy": 0.95}}
   assert demo.print_summary("out", "out/run", results, 61.2) == 0
   printed = capsys.readouterr().out
   assert f"prepared datasets: {os.path.join('out', 'data')}\nrun: out/run (" in printed
   assert "total time: 61 s" in printed
-  assert ("zero-shot classification (video_text) of 80 held-out examples: top-1 72.5% "
+  assert ("zero-shot classification (video_text) of 80 test examples: top-1 72.5% "
           "(chance 10%, goal 60%)") in printed
-  assert "(image_text) of 200 held-out examples: top-1 67.5% (chance 10%)\n" in printed
+  assert "(image_text) of 200 test examples: top-1 67.5% (chance 10%)\n" in printed
   # The report of your own corpora shows no goal; a run without the videos' result fails.
   assert "goal" not in "".join(demo.zero_shot_lines(results))
   assert demo.print_summary("out", "out/run", {"image_text": results["image_text"]}, 1.0) == 1
