@@ -3,7 +3,7 @@
 Everything here is a pure function of (record, target shape, random generator),
 so the loader's determinism is that of the generator it passes in. Outputs:
 
-  video        uint8 [frames, height, width, 3] (eval with clips > 1: [clips, frames, h, w, 3])
+  video        uint8 [frames, height, width, 3] (eval with views > 1: [views, frames, h, w, 3])
   image        uint8 [height, width, 3]
   waveform     float32 [samples], in [-1, 1]
   spectrogram  float32 [time_frames, mel_bins], log-mel (IMP: 128 bins, 80-7600 Hz)
@@ -122,13 +122,31 @@ def _frame_indices(num_stored: int, frames: int, start: int) -> np.ndarray:
   return np.minimum(np.arange(start, start + frames), num_stored - 1)
 
 
+def spatial_crops(box: tuple[int, int, int, int], width: int, height: int,
+                  crops: int) -> list[tuple[int, int, int, int]]:
+  """`crops` boxes the size of the centre box `box`, spaced uniformly along the frame's
+  longer side from one end to the other (3: both ends and the centre, as IMP and ViViT
+  evaluate video); 1: `box`. On a frame of the box's own aspect they coincide."""
+  if crops == 1:
+    return [box]
+  left, top, right, bottom = box
+  w, h = right - left, bottom - top
+  if width - w >= height - h:
+    return [(x, top, x + w, bottom) for x in
+            (int(round(i * (width - w) / (crops - 1))) for i in range(crops))]
+  return [(left, y, right, y + h) for y in
+          (int(round(i * (height - h) / (crops - 1))) for i in range(crops))]
+
+
 def video(features: dict, frames: int, height: int, width: int, augment: Augment | None,
-          rng: np.random.Generator, clips: int = 1) -> tuple[np.ndarray, list[float]]:
-  """uint8 [frames, h, w, 3] (or [clips, ...] in evaluation) and each clip's start in seconds.
+          rng: np.random.Generator, clips: int = 1,
+          crops: int = 1) -> tuple[np.ndarray, list[float]]:
+  """uint8 [frames, h, w, 3] (or [views, ...] in evaluation) and each clip's start in seconds.
 
   Training: a random start (temporal jitter), one random crop box and one flip
   for the whole clip, so motion stays coherent. Evaluation: `clips` starts
-  spaced uniformly over the video, centre crop.
+  spaced uniformly over the video times `crops` spatial crops (spatial_crops):
+  clips * crops views, clip-major ([clip 0 crop 0, clip 0 crop 1, ...]).
   """
   stored = features.get("video/frames") or []
   if not stored:
@@ -144,14 +162,16 @@ def video(features: dict, frames: int, height: int, width: int, augment: Augment
     starts = ([last_start // 2] if clips == 1 else
               [int(round(i * last_start / (clips - 1))) for i in range(clips)])
     box, flip = _crop_box(full_w, full_h, height, width, None, rng), False
-  decoded = {}  # clips may overlap: decode each stored frame once
-  out = np.empty((len(starts), frames, height, width, 3), np.uint8)
+  boxes = [box] if augment is not None else spatial_crops(box, full_w, full_h, crops)
+  decoded = {}  # clips may overlap: decode each stored frame (and crop) once
+  out = np.empty((len(starts) * len(boxes), frames, height, width, 3), np.uint8)
   for c, start in enumerate(starts):
     for t, i in enumerate(_frame_indices(len(stored), frames, start)):
-      if i not in decoded:
-        decoded[i] = decode_jpeg(stored[i], box, height, width, flip)
-      out[c, t] = decoded[i]
-  return (out[0] if augment is not None or clips == 1 else out), [s / fps for s in starts]
+      for k, crop in enumerate(boxes):
+        if (i, crop) not in decoded:
+          decoded[i, crop] = decode_jpeg(stored[i], crop, height, width, flip)
+        out[c * len(boxes) + k, t] = decoded[i, crop]
+  return (out[0] if len(out) == 1 else out), [s / fps for s in starts]
 
 
 def image(features: dict, height: int, width: int, augment: Augment | None,

@@ -27,8 +27,8 @@ free, with prefetch in a thread (num_workers=0) or in worker processes
 (`mp_prefetch`), both at a lower priority than the caller (`nice`).
 
 Evaluation (`train=False`) reads every example of the split once, in order,
-with deterministic preprocessing (centre crop, uniformly spaced clips) at the
-first bucket's shape; the last batch is padded and its padding marked invalid.
+with deterministic preprocessing (centre crop, or `eval_crops` crops along the longer
+side, and `eval_clips` uniformly spaced clips) at the first bucket's shape; the last batch is padded and its padding marked invalid.
 
 A task reads only the records that have every modality it needs: a video
 without a sound track is never drawn for a video-audio task (the build lists
@@ -100,6 +100,9 @@ class Task:
   eval_split: str | None = "test"  # evaluated by `impax eval` when the dataset has it
   eval_bucket: Bucket | None = None  # default: the first bucket
   eval_clips: int = 1  # evaluation: clips per video, uniformly spaced
+  # evaluation: spatial crops per clip along the frame's longer side (3: IMP's 4x3 views
+  # with eval_clips=4); embeddings and logits are averaged over clips x crops views
+  eval_crops: int = 1
   augment: decode.Augment = decode.Augment()  # training augmentation (crop, flip, jitter)
   multi_label: bool = False
   sample_rate: int = 16000
@@ -254,6 +257,7 @@ class _Plan:
   inputs: tuple[str, ...]
   buckets: tuple[Bucket, ...]  # training: the task's; evaluation: its evaluation bucket
   clips: int  # per video: 1 in training, the task's eval_clips in evaluation
+  crops: int  # per clip: 1 in training, the task's eval_crops in evaluation
   seed: int
   shard_paths: tuple[str, ...]
   num_records: int  # the task's records: `records` if given, else the split's
@@ -311,7 +315,8 @@ class _Plan:
     """{key: (per-process shape, dtype)} of a batch of this bucket."""
     b, task, inputs = self.buckets[bucket_index], self.task, self.inputs
     n = self.batch_sizes[bucket_index] // self.process_count
-    clips = () if self.clips == 1 else (self.clips,)
+    views = self.clips * self.crops
+    clips = () if views == 1 else (views,)
     out = {}
     for key, shape in input_shapes(b, inputs, task.sample_rate).items():
       if key in modalities.VISION:
@@ -359,7 +364,7 @@ class _Plan:
     out, audio_start = {}, None
     if "video" in inputs:
       out["video"], starts = decode.video(features, *bucket.video, augment, rng,
-                                          clips=self.clips)
+                                          clips=self.clips, crops=self.crops)
       audio_start = starts[0] if len(starts) == 1 else None
     if "image" in inputs:
       out["image"] = decode.image(features, *bucket.image, augment, rng)
@@ -455,7 +460,8 @@ class Loader:
     self.prefetch = prefetch
     self._plan = _Plan(
         task=task, train=train, inputs=inputs, buckets=buckets,
-        clips=task.eval_clips if not train else 1, seed=seed,
+        clips=task.eval_clips if not train else 1, crops=task.eval_crops if not train else 1,
+        seed=seed,
         shard_paths=tuple(self.dataset.shard_paths(split)), num_records=num_records,
         records=records, num_labels=len(self.dataset.labels),
         tokenizer_path=self.dataset.tokenizer_path, batch_sizes=tuple(sizes),

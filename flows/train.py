@@ -68,6 +68,13 @@ def evaluate(config_path: str, overrides: list[str], workdir: str, summary: dict
 
 
 @task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
+def evaluation_rows(results: dict) -> list[dict]:
+  """The evaluation table: a row per figure, with the protocol eval.json names for it."""
+  return [{"task": t, "metric": k, "value": v, "protocol": result.get("protocols", {}).get(k, "")}
+          for t, result in results.items() for k, v in result.items()
+          if isinstance(v, (int, float))]
+
+
 def publish(workdir: str, summary: dict, results: dict) -> None:
   name = os.path.basename(os.path.abspath(workdir))
   rows = [{"step": r["step"], "task": r["task"], "loss": round(r["loss"], 5),
@@ -97,8 +104,7 @@ def publish(workdir: str, summary: dict, results: dict) -> None:
                      f"schedule {plan['schedule']}), as `impax plan` counts them"
                      + "".join(f"; warning: {w}" for w in plan["warnings"]) + "."))
   create_table_artifact(
-      [{"task": t, "metric": k, "value": v} for t, result in results.items()
-       for k, v in result.items() if isinstance(v, (int, float))],
+      evaluation_rows(results),
       key=artifact_key("evaluation", name),
       description=f"Held-out evaluation at step {summary['step']} ({workdir}/eval.json).")
 
@@ -174,8 +180,7 @@ def evaluate_checkpoint(
   """
   results = evaluate(config, overrides or [], workdir, {})
   create_table_artifact(
-      [{"task": t, "metric": k, "value": v} for t, result in results.items()
-       for k, v in result.items() if isinstance(v, (int, float))],
+      evaluation_rows(results),
       key=artifact_key("evaluation", os.path.basename(os.path.abspath(workdir))),
       description=f"Held-out evaluation of the latest checkpoint ({workdir}/eval.json).")
   return results

@@ -13,10 +13,11 @@ import orbax.checkpoint as ocp
 
 
 class Checkpoints:
-  def __init__(self, directory: str, keep: int):
+  def __init__(self, directory: str, keep: int, create: bool = True):
+    """`create` False: reading only; a missing directory holds no checkpoint."""
     self.manager = ocp.CheckpointManager(  # Orbax refuses relative paths
         os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=create))
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()

@@ -51,8 +51,17 @@ class TrainConfig:
   log_every: int = 10
   checkpoint_every: int = 200
   keep_checkpoints: int = 3
-  eval_every: int = 0  # 0: evaluate only when asked (`impax eval`) or at the end
+  # Periodic evaluation, every eval_every steps and at the last, on validation_split (where
+  # each task's dataset has it; 0: none). keep_best "TASK/METRIC" (e.g.
+  # "video_text/zero_shot_top1", higher is better) keeps the checkpoint of its highest
+  # periodic figure in WORKDIR/best (WORKDIR/best.json says which).
+  eval_every: int = 0
+  validation_split: str = "validation"
+  keep_best: str = ""
+  # At the end: each task on its eval_split (the test split), once, with the best checkpoint
+  # when keep_best names one; WORKDIR/eval.json. Otherwise `impax eval` when asked.
   eval_at_end: bool = True
+  linear_probe: bool = False  # the evaluation at the end also fits linear probes (evaluate.py)
   plots: bool = True
 
 
@@ -86,6 +95,18 @@ def check(config: TrainConfig) -> None:
       raise ConfigError(f"{where}: interval must be >= 1 and weight > 0")
     if not t.buckets:
       raise ConfigError(f"{where}: declares no buckets")
+    if t.eval_clips < 1 or t.eval_crops < 1:
+      raise ConfigError(f"{where}: eval_clips and eval_crops must be at least 1")
+  if config.keep_best:
+    task, sep, figure = config.keep_best.partition("/")
+    if not sep or not figure or task not in names:
+      raise ConfigError(f"keep_best {config.keep_best!r}: expected TASK/METRIC with TASK one of "
+                        f"{names}, e.g. {names[0]}/zero_shot_top1")
+    if not config.eval_every:
+      raise ConfigError(f"keep_best {config.keep_best!r} chooses among the periodic "
+                        "evaluations: set eval_every too")
+  if config.eval_every < 0:
+    raise ConfigError(f"eval_every must be at least 0, not {config.eval_every}")
   if config.batch_multiple < 1:
     raise ConfigError(f"batch_multiple must be at least 1, not {config.batch_multiple}")
 

@@ -57,8 +57,9 @@ class Writer:
     self.scalars.clear()
     self._write(rows)
 
-  def add_eval(self, step: int, results: dict):
-    self._write([{"step": step, "eval": results}])
+  def add_eval(self, step: int, results: dict, split: str | None = None):
+    """A line {"step", "eval": {task: figures}, "split"}: the periodic evaluation's."""
+    self._write([{"step": step, "eval": results, **({"split": split} if split else {})}])
 
   def _write(self, rows):
     if not rows or not self.enabled:
@@ -87,10 +88,11 @@ class Writer:
 def _flat(row: dict):
   task = row.get("task")
   if "eval" in row:
+    prefix = f"eval/{row['split']}" if "split" in row else "eval"
     for name, results in row["eval"].items():
       for key, value in results.items():
         if isinstance(value, (int, float)):
-          yield f"eval/{name}/{key}", value
+          yield f"{prefix}/{name}/{key}", value
     return
   for key, value in row.items():
     if key in ("step", "task", "steps", "shapes") or isinstance(value, list):

@@ -15,6 +15,7 @@ baseline).
 import itertools
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -114,6 +115,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     if data.excluded:
       log(f"{name} skips {data.excluded} records of {data.dataset.root} excluded by "
           f"{data.task.exclude}")
+  _check_validation(config, loaders)
   mixture = plan_lib.make(config, loaders)  # `impax plan`: what each task will take
   for line in mixture.lines():
     log(line)
@@ -136,6 +138,10 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     start_step = meta["step"]
     log(f"resumed from step {start_step}")
   first = jax.process_index() == 0  # the process that writes files and logs
+  best = _Best(workdir, config.keep_best, fresh=restored is None, write=first) \
+      if config.keep_best else None
+  validation = evaluate.Context(evaluate.on_split(config, config.validation_split), model,
+                                None, model_cfg, mesh)
   if first:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       json.dump(to_json(config), f, indent=2)
@@ -209,10 +215,13 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
         counter.active = False  # Orbax compiles its own small copy programs
         ckpt.save(step, state, _loader_states(iterators), {"step": step, "seed": config.seed})
         counter.active = True
-      if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+      if config.eval_every and (step % config.eval_every == 0 or step == config.steps):
         counter.active = False  # evaluation compiles its own forward passes
-        writer.add_eval(step, evaluate.evaluate_state(config, model, state["params"], model_cfg,
-                                                      mesh, log=log))
+        validation.params = state["params"]
+        results = evaluate.evaluate_state(validation, log=log)
+        writer.add_eval(step, results, split=config.validation_split)
+        if best is not None:
+          best.offer(step, state, results, _loader_states(iterators), log)
         counter.active = True
   finally:
     counter.active = False
@@ -247,11 +256,23 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       "records_excluded": {n: data.excluded for n, data in loaders.items()},
       "plan": mixture.to_json(),
   }
+  if best is not None:
+    summary["best"] = best.record
   if step == config.steps and config.eval_at_end and status == "finished":
-    summary["eval"] = evaluate.evaluate_state(config, model, state["params"], model_cfg, mesh,
-                                              log=log)
+    # The test split, once: the best checkpoint by validation when the run keeps one.
+    params, evaluated, name = state["params"], step, "latest"
+    if best is not None and best.record is not None:
+      params, evaluated, name = best.params(state), best.record["step"], "best"
+      log(f"evaluating the best checkpoint: step {evaluated}, {best.figure} "
+          f"{best.record['value']:.3f} on {config.validation_split}")
+    final = evaluate.Context(config, model, params, model_cfg, mesh, forwards=validation.forwards,
+                             embeddings_dir=os.path.join(workdir, "embeddings", f"step-{evaluated}"))
+    summary["eval"] = evaluate.evaluate_state(final, log=log, probe=config.linear_probe)
+    summary["eval_checkpoint"] = {"checkpoint": name, "step": evaluated}
     if first:
-      evaluate.write(workdir, step, summary["eval"])
+      evaluate.write(workdir, evaluated, summary["eval"], checkpoint_name=name)
+  if best is not None:
+    best.close()
   writer.close(plots=config.plots)
   if first:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
@@ -259,6 +280,63 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   log(f"{status} at step {step}; {sum(compilations.values())} compilations "
       f"for {len(compilations)} (task, shape) pairs; workdir {workdir}")
   return summary
+
+
+def _check_validation(config: TrainConfig, loaders: dict) -> None:
+  """Periodic evaluation needs the validation split, and keep_best its task's: refused
+  before the first step rather than at the first evaluation."""
+  if not config.eval_every:
+    return
+  split = config.validation_split
+  have = [n for n, data in loaders.items() if split in data.dataset.metadata.splits]
+  if not have:
+    raise ConfigError(f"eval_every {config.eval_every} evaluates split {split!r}, which no "
+                      f"task's dataset has: build it, or set validation_split")
+  task = config.keep_best.partition("/")[0]
+  if config.keep_best and task not in have:
+    raise ConfigError(f"keep_best {config.keep_best!r}: the dataset of task {task!r} "
+                      f"({loaders[task].dataset.root}) has no split {split!r} to choose on")
+
+
+class _Best:
+  """The checkpoint of the highest periodic validation figure: WORKDIR/best/STEP (Orbax, the
+  last one only) and WORKDIR/best.json ({"step", "figure", "value", "split"})."""
+
+  def __init__(self, workdir: str, figure: str, *, fresh: bool, write: bool):
+    self.figure, self.write = figure, write
+    self.path = os.path.join(workdir, "best.json")
+    directory = os.path.join(workdir, "best")
+    if fresh:  # a run from step 0: what an earlier run kept here is not this run's
+      if write and os.path.exists(self.path):
+        os.remove(self.path)
+      if write and os.path.isdir(directory):
+        shutil.rmtree(directory)
+    self.record = None
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.record = json.load(f)
+    self.ckpt = checkpoint.Checkpoints(directory, 1)
+
+  def offer(self, step: int, state, results: dict, loader_states: dict, log) -> None:
+    """Keeps `state` when its figure beats the best so far (ties keep the earlier)."""
+    value = evaluate.metric(results, self.figure)
+    if self.record is not None and value <= self.record["value"]:
+      return
+    self.ckpt.save(step, state, loader_states, {"step": step, "best": self.figure})
+    self.ckpt.manager.wait_until_finished()  # best.json names only a finished checkpoint
+    self.record = {"step": step, "figure": self.figure, "value": value,
+                   "split": results[self.figure.partition("/")[0]]["split"]}
+    if self.write:
+      with open(self.path + ".tmp", "w") as f:
+        json.dump(self.record, f, indent=2)
+      os.replace(self.path + ".tmp", self.path)
+    log(f"best so far: {self.figure} {value:.3f} at step {step} (checkpoint in best/)")
+
+  def params(self, target):
+    return self.ckpt.restore_latest(target)[0]["params"]
+
+  def close(self) -> None:
+    self.ckpt.close()
 
 
 def _loader_states(iterators) -> dict:

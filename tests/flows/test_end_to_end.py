@@ -37,7 +37,7 @@ def test_end_to_end_builds_trains_evaluates_and_reports(run, images, api):
   assert report == result["report"]
   assert f"| {params['output']} | train | 24 | 2 | 2 |" in report
   top1 = result["train"]["eval"]["image_text"]["zero_shot_top1"]
-  assert (f"zero-shot classification (image_text) of 6 held-out examples: top-1 {top1:.1%}"
+  assert (f"zero-shot classification (image_text) of 6 test examples: top-1 {top1:.1%}"
           in report)
   assert f"- run: `{os.path.join(root, 'run')}`" in report
 
@@ -64,6 +64,11 @@ def test_train_publishes_curves_and_evaluation(run, api):
   published = {(r["task"], r["metric"]): r["value"] for r in found["evaluation-run"]}
   assert published[("image_text", "zero_shot_top1")] == evaluated["results"]["image_text"]["zero_shot_top1"]
   assert published[("image_text", "image_to_text/R@1")] == evaluated["results"]["image_text"]["image_to_text/R@1"]
+  # each figure with the protocol that made it, as eval.json names it
+  protocols = {(r["task"], r["metric"]): r["protocol"] for r in found["evaluation-run"]}
+  assert protocols[("image_text", "zero_shot_top1")].startswith("zero-shot classification: top-1")
+  assert protocols[("image_text", "zero_shot_top1")] == \
+      evaluated["results"]["image_text"]["protocols"]["zero_shot_top1"]
   # the trainer's log lines are the run's logs
   logs = api.logs(train_run["id"])
   assert "compiled image_text" in logs and "finished at step 3" in logs

@@ -173,6 +173,15 @@ def test_bad_tasks_are_refused_before_training(root, tmp_path):
                                              buckets=(Bucket(video=(4, 16, 16)),)),)))
   with pytest.raises(ConfigError, match="--set 'steps=many'"):
     config_lib.apply_overrides(base, ["steps=many"])
+  # Periodic validation: refused before the first step, not at the first evaluation.
+  with pytest.raises(ConfigError, match="evaluates split 'validation', which no task's dataset "
+                                        "has: build it, or set validation_split"):
+    trainer.train(dataclasses.replace(base, eval_every=4), str(tmp_path), log=lambda *_: None)
+  with pytest.raises(ConfigError, match="keep_best 'video_text/zero_shot_top1' chooses among the "
+                                        "periodic evaluations: set eval_every too"):
+    config_lib.check(dataclasses.replace(base, keep_best="video_text/zero_shot_top1"))
+  with pytest.raises(ConfigError, match="keep_best 'zero_shot_top1': expected TASK/METRIC"):
+    config_lib.check(dataclasses.replace(base, keep_best="zero_shot_top1", eval_every=4))
 
 
 def write_config(tmp_path, steps):
@@ -314,7 +323,47 @@ def test_any_split_is_evaluated_from_the_last_checkpoint(learned):
       "train", videos)
   assert result["results"]["audio_classification"]["examples"] == sounds
   written = json.loads((workdir / "eval-train.json").read_text())
-  assert written == {"step": 40, "results": result["results"]}
+  assert written == {"step": 40, "checkpoint": "latest", "results": result["results"]}
   assert (workdir / "eval.json").read_text() == before  # the held-out figures stay
   with pytest.raises(ConfigError, match="no task's dataset has a split 'nosuch'"):
     evaluate.evaluate_checkpoint(config, str(workdir), log=lambda *_: None, split="nosuch")
+
+
+def test_periodic_validation_keeps_the_best_checkpoint_and_the_end_evaluates_it(root, tmp_path):
+  from impax.train import evaluate
+  # The shared datasets have no validation split: their test split stands in for it here.
+  config = make_config(root, steps=4, eval_every=2, checkpoint_every=2, validation_split="test",
+                       keep_best="video_text/zero_shot_top1")
+  logged = []
+  summary = trainer.train(config, str(tmp_path), log=logged.append)
+  periodic = [r for r in metrics.read(str(tmp_path / "metrics.jsonl")) if "eval" in r]
+  assert [(r["step"], r["split"]) for r in periodic] == [(2, "test"), (4, "test")]
+  figures = {r["step"]: r["eval"] for r in periodic}
+  values = {step: e["video_text"]["zero_shot_top1"] for step, e in figures.items()}
+  best = max(values, key=lambda step: (values[step], -step))  # ties keep the earlier
+  record = json.loads((tmp_path / "best.json").read_text())
+  assert record == {"step": best, "figure": "video_text/zero_shot_top1", "value": values[best],
+                    "split": "test"}
+  assert summary["best"] == record and os.listdir(tmp_path / "best") == [str(best)]
+  # the end evaluates the best checkpoint, restored from disk: every figure of every task is
+  # the periodic evaluation's at that step (the same split here)
+  evaluated = json.loads((tmp_path / "eval.json").read_text())
+  assert (evaluated["checkpoint"], evaluated["step"]) == ("best", best)
+  for task, result in figures[best].items():
+    assert {k: v for k, v in evaluated["results"][task].items() if k != "protocols"} == \
+        {k: v for k, v in result.items() if k != "protocols"}, task
+  video = evaluated["results"]["video_text"]
+  assert "zero_shot_top1/single_view" in video  # eval_clips 2: the centre view beside
+  assert video["protocols"]["zero_shot_top1"].endswith("2 clips x 1 crops averaged")
+  assert video["protocols"]["zero_shot_top1/single_view"].endswith("centre clip, centre crop")
+  # `impax eval --checkpoint best --probe`: the same figures, and linear probes on the frozen
+  # embeddings (cached: a second probe reads them back)
+  again = evaluate.evaluate_checkpoint(config, str(tmp_path), log=lambda *_: None,
+                                       checkpoint_name="best", probe=True)
+  assert again["step"] == best and again["results"]["video_text"]["zero_shot_top1"] == values[best]
+  probe = again["results"]["audio_classification"]["linear_probe_top1/spectrogram"]
+  assert 0 <= probe <= 1
+  cached = sorted(os.listdir(tmp_path / "embeddings" / f"step-{best}"))
+  assert len(cached) == 4 and all(name.endswith(".npz") for name in cached)  # train and test
+  assert evaluate.evaluate_checkpoint(config, str(tmp_path), log=lambda *_: None,
+                                      checkpoint_name="best", probe=True) == again

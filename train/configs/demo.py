@@ -37,7 +37,7 @@ def get_config(data: str = "demo-output/data") -> TrainConfig:
       Task("video_text", videos, "contrastive", ("video", "text"),
            buckets=(Bucket(video=(4, 32, 32)), Bucket(video=(8, 24, 24)),
                     Bucket(video=(2, 48, 48))),
-           token_budget=3072, interval=1, eval_clips=2, augment=augment),
+           token_budget=3072, interval=1, eval_clips=4, eval_crops=3, augment=augment),
       Task("video_audio", videos, "contrastive", ("video", "spectrogram"),
            buckets=(Bucket(video=(4, 32, 32), audio_seconds=0.64),),
            token_budget=3072, interval=4, augment=augment),
@@ -49,4 +49,5 @@ def get_config(data: str = "demo-output/data") -> TrainConfig:
                      model_overrides=(("vision_stem", (16, 32)),
                                       ("temperature_init", 0.07)),
                      steps=2000, warmup_steps=100, learning_rate=2e-3,
-                     checkpoint_every=300, log_every=20)
+                     checkpoint_every=300, log_every=20,
+                     eval_every=500, keep_best="video_text/zero_shot_top1", linear_probe=True)
