@@ -4,12 +4,14 @@
     impax eval  train/configs/demo.py:demo-output/data --workdir demo-output/run
 
 The part after ':' is the folder `impax demo` built the prepared datasets in
-(videos/, images/, audio/, each with a train and a test split, all three
-tokenized by one tokenizer). Tasks: image-text and video-text contrastive on
-the captions, video-audio contrastive on the videos' sound, audio
-classification of digit sounds. The evaluation reports zero-shot video
-classification of the held-out videos ("a video of {label}." for each digit
-name).
+(videos/, images/, audio/, each with train, validation and test splits, all
+three tokenized by one tokenizer). Tasks: image-text and video-text contrastive
+on the captions, video-audio contrastive on the videos' sound, audio
+classification of digit sounds. Every 500 steps the run is evaluated on
+validation and the checkpoint of the best zero-shot video top-1 there is kept;
+at the end that checkpoint is evaluated once on test: zero-shot video
+classification ("a video of {label}." for each digit name) over 4 clips x 3
+crops, IMP's protocol, and linear probes on the frozen embeddings.
 
 What the settings below are for (benchmarks/README.md, "The demo's
 zero-shot", has the runs): the tiny preset with a two-layer convolutional stem
