@@ -279,7 +279,7 @@ def _run_name() -> str:
 
 def _demo_run_name() -> str:
   params = runtime.flow_run.parameters
-  return f"build {params.get('dataset', 'images')} [train, test] of the demo"
+  return f"build {params.get('dataset', 'images')} [{', '.join(demo.SPLITS)}] of the demo"
 
 
 @flow(name="build_dataset", flow_run_name=_run_name)

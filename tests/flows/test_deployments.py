@@ -135,10 +135,10 @@ def test_a_worker_runs_a_build_that_starts_training_on_new_data(deployed, demo_r
   run_worker_once(env, tmp_path)
   done = api.get(f"/flow_runs/{flow_run.id}")
   assert done["state"]["type"] == "COMPLETED", done["state"]
-  assert done["name"] == "build images [train, test] of the demo"
-  assert done["state"]["message"] == "train, test: built"
+  assert done["name"] == "build images [train, validation, test] of the demo"
+  assert done["state"]["message"] == "train, validation, test: built"
   tasks = sorted(api.task_runs(flow_run.id))
-  assert tasks == ["build test", "build train", "card", "check", "publish"]
+  assert tasks == ["build test", "build train", "build validation", "card", "check", "publish"]
   # The two broken images fail alike: one row, counted twice, its text shown by the UI.
   failures = api.artifacts(flow_run.id)["build-images-failures"]
   assert ("| image | &lt;image> is not a readable image: cannot identify image file "
@@ -172,7 +172,8 @@ def test_a_worker_runs_a_build_that_starts_training_on_new_data(deployed, demo_r
   a, b = sorted((api.get(f"/flow_runs/{i}") for i in (first.id, second.id)),
                 key=lambda r: r["start_time"])
   assert b["start_time"] >= a["end_time"]
-  assert a["state"]["message"] == b["state"]["message"] == "train, test: from the cache"
+  assert a["state"]["message"] == b["state"]["message"] == \
+      "train, validation, test: from the cache"
   # Nothing new was built: no training was started.
   time.sleep(3)
   assert finished and runs_of(api, train_id) == []
@@ -187,7 +188,7 @@ def test_a_worker_runs_a_build_that_starts_training_on_new_data(deployed, demo_r
   again = create_run("build_demo_dataset/build-images", params)
   run_worker_once(env, tmp_path, "worker-again")
   assert api.get(f"/flow_runs/{again.id}")["state"]["message"] == (
-      "train: from the cache; test: built")
+      "train, validation: from the cache; test: built")
   wait_for(lambda: [e for e in api.post("/events/filter", {"filter": {
       "event": {"name": ["impax.dataset.built"]},
       "related": {"id": [f"prefect.flow-run.{again.id}"]}}})["events"]],
