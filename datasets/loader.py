@@ -28,7 +28,8 @@ free, with prefetch in a thread (num_workers=0) or in worker processes
 
 Evaluation (`train=False`) reads every example of the split once, in order,
 with deterministic preprocessing (centre crop, or `eval_crops` crops along the longer
-side, and `eval_clips` uniformly spaced clips) at the first bucket's shape; the last batch is padded and its padding marked invalid.
+side, and `eval_clips` uniformly spaced clips) at the first bucket's shape; the last
+batch is padded and its padding marked invalid.
 
 A task reads only the records that have every modality it needs: a video
 without a sound track is never drawn for a video-audio task (the build lists

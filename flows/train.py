@@ -67,7 +67,6 @@ def evaluate(config_path: str, overrides: list[str], workdir: str, summary: dict
   return evaluate_lib.main(config_path, workdir, overrides, log=get_run_logger().info)["results"]
 
 
-@task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
 def evaluation_rows(results: dict) -> list[dict]:
   """The evaluation table: a row per figure, with the protocol eval.json names for it."""
   return [{"task": t, "metric": k, "value": v, "protocol": result.get("protocols", {}).get(k, "")}
@@ -75,6 +74,7 @@ def evaluation_rows(results: dict) -> list[dict]:
           if isinstance(v, (int, float))]
 
 
+@task(name="publish", task_run_name="publish", cache_policy=NO_CACHE)
 def publish(workdir: str, summary: dict, results: dict) -> None:
   name = os.path.basename(os.path.abspath(workdir))
   rows = [{"step": r["step"], "task": r["task"], "loss": round(r["loss"], 5),

@@ -69,16 +69,15 @@ def average_views(x: np.ndarray) -> np.ndarray:
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, val_x: np.ndarray,
                  val_y: np.ndarray, test_x: np.ndarray | None = None,
                  test_y: np.ndarray | None = None) -> dict:
-  """Logistic regression on frozen features: C chosen by validation top-1 (ties: the
-  stronger regularisation), refitted on train; {"C", "validation_top1", "top1"}, top1 on
-  the test features when given, else validation's."""
+  """Logistic regression on standardised frozen features, fitted on train for each C;
+  the C of the best validation top-1 (ties: the stronger regularisation) is kept.
+  {"C", "validation_top1", "top1"}: top1 on the test features when given, else validation's."""
   from sklearn.linear_model import LogisticRegression  # only a probe pays its import
   from sklearn.preprocessing import StandardScaler
   scaler = StandardScaler().fit(train_x)
-  fits = {c: LogisticRegression(C=c, max_iter=2000).fit(scaler.transform(train_x), train_y)
-          for c in PROBE_C}
-  scores = {c: float(np.mean(f.predict(scaler.transform(val_x)) == val_y))
-            for c, f in fits.items()}
+  train_x, val_x = scaler.transform(train_x), scaler.transform(val_x)
+  fits = {c: LogisticRegression(C=c, max_iter=2000).fit(train_x, train_y) for c in PROBE_C}
+  scores = {c: float(np.mean(f.predict(val_x) == val_y)) for c, f in fits.items()}
   best = max(PROBE_C, key=lambda c: (scores[c], -c))
   out = {"C": best, "validation_top1": scores[best], "top1": scores[best]}
   if test_x is not None:
