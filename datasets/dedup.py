@@ -9,9 +9,9 @@ media bytes read, with the clip's bounds) are equal, or when their perceptual
 fingerprints (pipelines/media.py) of the same kind (video, image or audio: a
 record's first of these) are close:
 
-- video: its 64-bit DCT hash within `threshold` bits of the other's;
-- image: its whole image's DCT hash within `threshold` bits of either of the
-  other's two (whole, centre), so a small crop still matches;
+- video and image: its whole frame's 64-bit DCT hash within `threshold` bits
+  of either of the other's two (whole, centre), so a small crop still matches
+  (a video built before format 4 has the whole frame's alone);
 - audio: one 64-bit value per 32 ms (the mel bands near the frame's peak);
   aligned at their best shift, the bits that differ are at most AUDIO_DISTANCE
   of the bits set in either (Jaccard distance), over an overlap of at least

@@ -83,8 +83,8 @@ FEATURES = {
     "label/name": ("bytes", "list", "label names, UTF-8"),
     # Written when the build's `fingerprints` option is on (the default); `impax dedup` reads them.
     "fingerprint/sha256": ("bytes", "scalar", "sha256 (hex) of the media files read and the clip's bounds"),
-    "fingerprint/video": ("int64", "scalar", "64-bit DCT hash of the mean of a few frames (as signed int64)"),
-    "fingerprint/image": ("int64", "list", "64-bit DCT hashes of the image and of its centre 93% (as signed int64)"),
+    "fingerprint/video": ("int64", "list", "64-bit DCT hashes of the mean of a few frames and of its centre 95% (as signed int64)"),
+    "fingerprint/image": ("int64", "list", "64-bit DCT hashes of the image and of its centre 95% (as signed int64)"),
     "fingerprint/audio": ("int64", "list", "one 64-bit value per 32 ms: the mel bands within 20 dB of the frame's loudest (as signed int64)"),
 }
 

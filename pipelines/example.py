@@ -178,7 +178,7 @@ def fingerprints(entry: registry.Entry, shas: Mapping[str, str], video: media.Vi
                  track: media.Audio | None, image: tuple[bytes, int, int] | None) -> dict:
   """The record's fingerprints (records.FEATURES "fingerprint/..."): the sha256 of the
   media read (storage.local_copy hashed them) and the clip's bounds, and the perceptual
-  fingerprint of each stored medium (a list of int64: one hash, two, or one per frame)."""
+  fingerprint of each stored medium (a list of int64: two hashes, or one per frame of sound)."""
   exact = json.dumps({"media": dict(shas), "start": entry.start, "end": entry.end}, sort_keys=True)
   out = {"sha256": hashlib.sha256(exact.encode()).hexdigest()}
   perceptual = (("video", media.video_fingerprint, video and video.frames),

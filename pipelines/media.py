@@ -327,7 +327,7 @@ def process_image(data: bytes, *, short_side: int, jpeg_quality: int, name: str 
 # record's int64 list).
 
 FINGERPRINT_FRAMES = 16  # frames of a clip averaged into its hash
-IMAGE_CENTRE = 0.93  # an image's second hash: its centre, which a small crop keeps whole
+CENTRE = 0.95  # a video's or image's second hash: its centre, which a crop of a few percent keeps whole
 AUDIO_HOP_SECONDS = 0.032  # one 64-bit value per 32 ms of sound
 AUDIO_MAX_FRAMES = 1024  # ~33 s: enough to tell clips apart, bounded in size
 AUDIO_BANDS = 64
@@ -355,22 +355,25 @@ def _phash(thumbnail: np.ndarray) -> int:
   return _signed64(imagehash.phash(Image.fromarray(thumbnail.round().astype(np.uint8), "L")))
 
 
-def video_fingerprint(frames: list[bytes]) -> int:
-  """DCT hash of the mean of up to FINGERPRINT_FRAMES evenly spaced frames (JPEGs).
+def video_fingerprint(frames: list[bytes]) -> list[int]:
+  """Two DCT hashes of the mean of up to FINGERPRINT_FRAMES evenly spaced frames (JPEGs):
+  of the whole frame and of its centre (CENTRE), as an image's.
 
   The mean over the clip is what survives trimming a fraction of a second and
-  a changed frame rate; a single frame would not."""
+  a changed frame rate; a single frame would not. The centre's hash is what
+  survives a crop of a few percent (image_fingerprint says why)."""
   picks = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), FINGERPRINT_FRAMES)).round())
-  return _phash(np.mean([_thumbnail(frames[int(i)]) for i in picks], axis=0))
+  return [_phash(np.mean([_thumbnail(frames[int(i)], centre) for i in picks], axis=0))
+          for centre in (1.0, CENTRE)]
 
 
 def image_fingerprint(jpeg: bytes) -> list[int]:
-  """Two DCT hashes of an image (JPEG): of the whole and of its centre (IMAGE_CENTRE).
+  """Two DCT hashes of an image (JPEG): of the whole and of its centre (CENTRE).
 
   dedup matches an image's whole hash against either of another's: a crop of a
   few percent moves everything in the whole image's hash, but the cropped
   image is close to the original's centre."""
-  return [_phash(_thumbnail(jpeg)), _phash(_thumbnail(jpeg, IMAGE_CENTRE))]
+  return [_phash(_thumbnail(jpeg)), _phash(_thumbnail(jpeg, CENTRE))]
 
 
 def audio_fingerprint(audio: Audio) -> list[int]:
