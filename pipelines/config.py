@@ -15,8 +15,8 @@ import tomllib
 
 # Bumped when the record layout or the processing changes what bytes a build
 # writes; part of the config hash so old outputs are not resumed into.
-FORMAT_VERSION = 4  # 2: a record's source is relative to the corpus root; 3: fingerprints;
-# 4: a video's centre hash
+# 2: a record's source is relative to the corpus root; 3: fingerprints; 4: a video's centre hash.
+FORMAT_VERSION = 4
 
 
 def _field(default, help_):

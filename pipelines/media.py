@@ -338,17 +338,17 @@ def _signed64(h: imagehash.ImageHash) -> int:
   return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _thumbnail(jpeg: bytes, centre: float = 1.0) -> np.ndarray:
-  """A 32x32 luma thumbnail of a JPEG (of its middle `centre` of each side); decoded at
-  1/8 scale where it can (draft)."""
+def _thumbnails(jpeg: bytes) -> tuple[np.ndarray, np.ndarray]:
+  """32x32 luma thumbnails of a JPEG, of the whole and of its middle CENTRE of each side,
+  from one decode (at 1/8 scale where it can: draft)."""
   with Image.open(io.BytesIO(jpeg)) as image:
     image.draft("L", (64, 64))
     image = image.convert("L")
-    if centre < 1.0:
-      w, h = image.size
-      image = image.crop((round(w * (1 - centre) / 2), round(h * (1 - centre) / 2),
-                          round(w * (1 + centre) / 2), round(h * (1 + centre) / 2)))
-    return np.asarray(image.resize((32, 32), Image.Resampling.BOX), np.float32)
+    w, h = image.size
+    centre = image.crop((round(w * (1 - CENTRE) / 2), round(h * (1 - CENTRE) / 2),
+                         round(w * (1 + CENTRE) / 2), round(h * (1 + CENTRE) / 2)))
+    return tuple(np.asarray(x.resize((32, 32), Image.Resampling.BOX), np.float32)
+                 for x in (image, centre))
 
 
 def _phash(thumbnail: np.ndarray) -> int:
@@ -363,8 +363,8 @@ def video_fingerprint(frames: list[bytes]) -> list[int]:
   a changed frame rate; a single frame would not. The centre's hash is what
   survives a crop of a few percent (image_fingerprint says why)."""
   picks = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), FINGERPRINT_FRAMES)).round())
-  return [_phash(np.mean([_thumbnail(frames[int(i)], centre) for i in picks], axis=0))
-          for centre in (1.0, CENTRE)]
+  whole, centre = np.mean([_thumbnails(frames[int(i)]) for i in picks], axis=0)
+  return [_phash(whole), _phash(centre)]
 
 
 def image_fingerprint(jpeg: bytes) -> list[int]:
@@ -373,7 +373,7 @@ def image_fingerprint(jpeg: bytes) -> list[int]:
   dedup matches an image's whole hash against either of another's: a crop of a
   few percent moves everything in the whole image's hash, but the cropped
   image is close to the original's centre."""
-  return [_phash(_thumbnail(jpeg)), _phash(_thumbnail(jpeg, CENTRE))]
+  return [_phash(t) for t in _thumbnails(jpeg)]
 
 
 def audio_fingerprint(audio: Audio) -> list[int]:
