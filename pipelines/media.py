@@ -105,7 +105,10 @@ def _input_info(stderr: bytes) -> tuple[float | None, list[str]]:
 
 
 def _last_error(stderr: bytes) -> str:
-  lines = [l.strip() for l in stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+  # ffmpeg names each component with its address in memory ("[mov,mp4 @ 0x55f6e9939c40]"),
+  # which differs run to run: without it, the failures file is the same bytes every time.
+  text = re.sub(r" @ 0x[0-9a-f]+\]", "]", stderr.decode("utf-8", "replace"))
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
   errors = [l for l in lines if not l.startswith(("Input #", "Stream #", "Duration:", "Metadata:"))]
   return " | ".join((errors or lines)[-3:])[:500] or "no message"
 
