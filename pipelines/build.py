@@ -123,10 +123,19 @@ def pipeline_options(beam_args: list[str], workers: int | None = None,
       args.append(f"--max_num_workers={workers}")
   elif "Flink" in runner and workers and not has("parallelism"):
     args.append(f"--parallelism={workers}")
+  elif workers and (why := _WORKERS_UNMAPPED.get(runner.rsplit(".", 1)[-1])):
+    logging.getLogger(__name__).warning("--workers has no effect on %s: %s", runner, why)
   if not has("default_sdk_harness_log_level"):
-    args.append("--default_sdk_harness_log_level=WARNING")
+    # WARN, not WARNING: Java job servers parse the option too, and know only WARN.
+    args.append("--default_sdk_harness_log_level=WARN")
   return PipelineOptions(args)
 
+
+_WORKERS_UNMAPPED = {
+    "SparkRunner": "the Spark workers' cores set the parallelism (impax engine spark start --slots N)",
+    "PortableRunner": "the job server's engine sets the parallelism (for Flink, pass --parallelism=N)",
+    "PrismRunner": "Prism runs the bundles in the launcher's own SDK worker",
+}
 
 # The flags of Beam's DaskOptions: its module imports dask, which impax does not install,
 # so they are named here, and a user who passes one is told about the runner, not that
