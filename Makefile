@@ -7,7 +7,7 @@ DEMO_DIR ?= demo-output
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh
+$(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh pipelines/engine_jars.sha256
 	VENV=$(VENV) scripts/install.sh
 	touch $@
 

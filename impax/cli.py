@@ -192,6 +192,75 @@ def _demo(args, beam_args):
   return demo.main(args.dir, workers=args.workers, steps=args.steps)
 
 
+def _engine_parser(sub):
+  p = sub.add_parser(
+      "engine", help="start, check or stop a Flink or Spark cluster on loopback for builds",
+      description="A Flink or Spark cluster on 127.0.0.1 (the engine's processes, Beam's job "
+                  "server and a Python SDK worker pool), or Beam's Python job service "
+                  "(portable). `start` prints on its last line the Beam options for "
+                  "`impax build ... -- OPTIONS`; `fetch` downloads an engine's jars once "
+                  "(make install does).",
+      usage="impax engine {flink,spark,portable,prism} {start,status,stop,fetch} [options]")
+  p.add_argument("engine", choices=("flink", "spark", "portable", "prism"))
+  p.add_argument("action", choices=("start", "status", "stop", "fetch"))
+  p.add_argument("--state-dir", help="where the cluster keeps its process ids, config and logs "
+                                     "(default: the engine cache's run/ENGINE)")
+  p.add_argument("--slots", type=int, default=2,
+                 help="task slots of the TaskManager / cores of the Spark worker (default: 2)")
+  p.add_argument("--master", help="an engine already running, to start only Beam's job server "
+                                  "and the SDK workers for: Flink's HOST:PORT (its REST port), "
+                                  "Spark's spark://HOST:PORT")
+  p.add_argument("--timeout", type=float, default=180, help="seconds to wait for each process")
+  p.set_defaults(func=_engine_command)
+
+
+def _engine_command(args, beam_args):
+  from impax.pipelines import engine
+  try:
+    if args.action == "fetch":
+      engine.fetch(args.engine, log=lambda m: print(m, file=sys.stderr))
+      print(f"{args.engine}: fetched in {engine.cache_dir()}")
+      return 0
+    if args.engine == "prism":  # the PrismRunner starts Prism for each build
+      if args.action != "start":
+        print("prism: nothing runs between builds (each build starts its own Prism)")
+        return 0
+      if not engine.fetched("prism"):
+        engine.fetch("prism", log=lambda m: print(m, file=sys.stderr))
+      print(" ".join(engine.prism_options()))
+      return 0
+    if args.action == "start":
+      state = engine.start(args.engine, args.state_dir, slots=args.slots, timeout=args.timeout,
+                           master=args.master)
+      for role, process in state["processes"].items():
+        print(f"{role:16s} pid {process['pid']:<8d} log {process['log']}")
+      if "ui" in state:
+        print(f"{'web UI':16s} {state['ui']}")
+      print(" ".join(state["beam_options"]))
+      return 0
+    directory = args.state_dir or engine.state_dir(args.engine)
+    state = engine.read_state(directory)
+    if state is None:
+      print(f"no {args.engine} cluster was started from {directory}", file=sys.stderr)
+      return 3
+    if args.action == "stop":
+      engine.stop_state(state)
+      print(f"{args.engine}: stopped {len(state['processes'])} process(es)")
+      return 0
+    alive = engine.status(state)
+    for role, running in alive.items():
+      print(f"{role:16s} pid {state['processes'][role]['pid']:<8d} "
+            f"{'running' if running else 'NOT RUNNING'}")
+    if "ui" in state:
+      print(f"{'web UI':16s} {state['ui']}")
+    if "beam_options" in state:
+      print(" ".join(state["beam_options"]))
+    return 0 if all(alive.values()) else 1
+  except engine.EngineError as e:
+    print(f"impax: error: {e}", file=sys.stderr)
+    return 2
+
+
 def _model_parser(sub):
   model = sub.add_parser("model", help="inspect model presets")
   info = model.add_subparsers(metavar="COMMAND", required=True).add_parser(
@@ -283,7 +352,7 @@ def main(argv=None) -> int:
   sub = parser.add_subparsers(metavar="COMMAND", required=True)
   for add in (_build_parser, _inspect_parser, _card_parser, _verify_parser, _dedup_parser,
               _specs_parser, _demo_corpus_parser,
-              _demo_parser, _model_parser, _plan_parser, _train_parser):
+              _demo_parser, _engine_parser, _model_parser, _plan_parser, _train_parser):
     add(sub)
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

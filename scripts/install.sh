@@ -39,4 +39,20 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test]'
+# The engines of distributed builds (README "Dataflow, Flink and Spark"), fetched once into
+# ${IMPAX_ENGINE_CACHE:-~/.cache/impax/engines} and reused: Flink's and Spark's jars from
+# PyPI's sdists, Beam's job servers from Maven Central (Java 17 and Maven), Prism built with
+# go install (minutes, the first time). Each is checked against pinned checksums.
+# IMPAX_SKIP_ENGINES=1 skips them (the engine tests then fail, saying what is missing).
+if [ "${IMPAX_SKIP_ENGINES:-0}" != 1 ]; then
+  if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
+    apt_install openjdk-17-jre-headless maven || echo "not root: without Java 17 and Maven the Flink and Spark tests fail"
+  fi
+  for engine in flink spark; do "$VENV/bin/impax" engine "$engine" fetch; done
+  if command -v go >/dev/null; then
+    "$VENV/bin/impax" engine prism fetch
+  else
+    echo "no Go toolchain: Prism is not built (https://go.dev/doc/install), and its test fails"
+  fi
+fi
 echo "installed: $("$VENV/bin/impax" --help >/dev/null && echo impax) in $VENV"

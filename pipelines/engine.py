@@ -1,0 +1,656 @@
+"""Engine clusters on loopback for distributed builds: Flink, Spark, or Beam's own job service.
+
+`impax engine flink start` brings up what a user's cluster would run, each in its own
+process on 127.0.0.1: the engine (Flink's JobManager and a TaskManager; Spark's master
+and a worker), Beam's job server for it, and a pool of Python SDK workers (the SDK
+harness, which runs impax's DoFns). Its last line of output is the Beam options that
+send `impax build ... -- OPTIONS` there. `status` and `stop` find the processes by the
+ids `start` wrote to STATE_DIR/state.json.
+
+What runs, fetched once into the cache (IMPAX_ENGINE_CACHE, default ~/.cache/impax/engines)
+by `impax engine fetch` (make install runs it), every file checked against ENGINE_JARS:
+  - Flink 1.19.3: the distribution's jars, from PyPI's apache-flink-libraries sdist;
+  - Spark 3.5.9: the distribution's jars, from PyPI's pyspark sdist;
+  - Beam's Flink and Spark job servers from Maven Central, with their dependencies.
+    Maven Central serves no Beam 2.77.0 Java artifact, and no job-server jar at any
+    version: the job servers are Beam Java 2.62.0's runner modules (their driver class
+    on a classpath), the newest with a job service, driving the Python 2.77.0 SDK over
+    Beam's portability protocol.
+"""
+
+import dataclasses
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+
+BEAM_JAVA = "2.62.0"
+ENGINE_JARS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine_jars.sha256")
+
+
+class EngineError(Exception):
+  """An engine cannot be fetched, started or reached; the message says why and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Distribution:
+  """An engine's jars, inside a PyPI sdist (the package's own wheel would install Python code)."""
+  package: str
+  version: str
+  sha256: str
+  home: str  # the folder inside the sdist that is the engine's home
+  keep: tuple[str, ...]  # what of it the engine runs
+
+
+@dataclasses.dataclass(frozen=True)
+class Engine:
+  name: str
+  distribution: Distribution | None
+  job_server: str | None  # the Maven artifact of Beam's runner (org.apache.beam:ARTIFACT)
+  job_server_main: str | None
+
+
+ENGINES = {
+    "flink": Engine("flink", Distribution("apache-flink-libraries", "1.19.3",
+                                          "4a58e3a1fb7d83340bc96b6c080624c6d792d69fae5d294b96224775204a9c60",
+                                          "apache-flink-libraries-1.19.3/deps", ("bin", "lib")),
+                    "beam-runners-flink-1.19", "org.apache.beam.runners.flink.FlinkJobServerDriver"),
+    "spark": Engine("spark", Distribution("pyspark", "3.5.9",
+                                          "ea27adc39ddac9413b8951e45aa748cbed6c785971b81386efc41938f6243d93",
+                                          "pyspark-3.5.9/deps", ("jars",)),
+                    "beam-runners-spark-3", "org.apache.beam.runners.spark.SparkJobServerDriver"),
+    # Beam's Python job service (the FnApiRunner behind the portability protocol): nothing to fetch.
+    "portable": Engine("portable", None, None, None),
+}
+
+# Prism, Beam's portable runner in Go: built from its module at the pinned Beam version.
+# The PrismRunner starts it for each job; there is no cluster to keep running.
+PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
+PRISM_VERSION = "v2.77.0"
+
+
+def cache_dir() -> str:
+  return os.environ.get("IMPAX_ENGINE_CACHE") or os.path.join(
+      os.path.expanduser("~"), ".cache", "impax", "engines")
+
+
+def state_dir(engine: str) -> str:
+  return os.path.join(cache_dir(), "run", engine)
+
+
+def _engine(name: str) -> Engine:
+  if name not in ENGINES:
+    raise EngineError(f"unknown engine {name!r}: one of {', '.join(ENGINES)}")
+  return ENGINES[name]
+
+
+# -- fetch ----------------------------------------------------------------------------
+
+def _home(engine: Engine) -> str:
+  return os.path.join(cache_dir(), f"{engine.name}-{engine.distribution.version}")
+
+
+def _job_server_dir(engine: Engine) -> str:
+  return os.path.join(cache_dir(), f"beam-{engine.name}-job-server-{BEAM_JAVA}")
+
+
+def _pinned() -> dict[str, dict[str, str]]:
+  """ENGINE_JARS: for each fetched folder, every file's sha256 (`sha256  folder/name`)."""
+  out = {}
+  with open(ENGINE_JARS) as f:
+    for line in f:
+      if line.strip() and not line.startswith("#"):
+        digest, path = line.split()
+        folder, name = path.split("/", 1)
+        out.setdefault(folder, {})[name] = digest
+  return out
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _check(folder: str, files: dict[str, str], key: str) -> None:
+  pinned = _pinned().get(key)
+  if pinned is None:
+    raise EngineError(f"{ENGINE_JARS} lists no files for {key}")
+  if set(files) != set(pinned):
+    extra, missing = sorted(set(files) - set(pinned)), sorted(set(pinned) - set(files))
+    raise EngineError(f"{folder}: the fetched files differ from {ENGINE_JARS} "
+                      f"(not pinned: {extra[:5]}, missing: {missing[:5]})")
+  for name, digest in pinned.items():
+    if files[name] != digest:
+      raise EngineError(f"{folder}/{name}: sha256 {files[name]} is not the pinned {digest}")
+
+
+def _jar_digests(folder: str) -> dict[str, str]:
+  out = {}
+  for root, _, names in os.walk(folder):
+    for name in names:
+      if name.endswith(".jar"):
+        path = os.path.join(root, name)
+        out[os.path.relpath(path, folder)] = _sha256(path)
+  return out
+
+
+def _publish(tmp: str, final: str) -> None:
+  """A fetched folder appears whole or not at all."""
+  if os.path.isdir(final):
+    shutil.rmtree(tmp)
+  else:
+    os.replace(tmp, final)
+
+
+def _fetch_distribution(engine: Engine, log: Callable[[str], None]) -> str:
+  home = _home(engine)
+  if os.path.isdir(home):
+    return home
+  dist = engine.distribution
+  os.makedirs(cache_dir(), exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+    log(f"fetching {dist.package}=={dist.version} from PyPI (its jars are {engine.name}'s)")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
+                    ":all:", "-d", tmp, f"{dist.package}=={dist.version}"], check=True)
+    (sdist,) = [os.path.join(tmp, n) for n in os.listdir(tmp)]
+    if (digest := _sha256(sdist)) != dist.sha256:
+      raise EngineError(f"{os.path.basename(sdist)}: sha256 {digest} is not the pinned {dist.sha256}")
+    keep = tuple(f"{dist.home}/{k}/" for k in dist.keep)
+    with tarfile.open(sdist) as tar:
+      members = [m for m in tar.getmembers() if m.name.startswith(keep) and (m.isfile() or m.isdir())]
+      tar.extractall(tmp, members=members, filter="data")
+    extracted = os.path.join(tmp, dist.home)
+    _check(home, _jar_digests(extracted), os.path.basename(home))
+    _publish(extracted, home)
+  return home
+
+
+POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>impax</groupId><artifactId>{artifact}-deps</artifactId><version>1</version>
+  <packaging>pom</packaging>
+  <dependencies><dependency>
+    <groupId>org.apache.beam</groupId><artifactId>{artifact}</artifactId><version>{version}</version>
+  </dependency></dependencies>
+</project>
+"""
+
+
+def _fetch_job_server(engine: Engine, log: Callable[[str], None]) -> str:
+  folder = _job_server_dir(engine)
+  if os.path.isdir(folder):
+    return folder
+  if not shutil.which("mvn"):
+    raise EngineError("Maven (mvn) is needed to fetch Beam's job server: apt-get install maven")
+  os.makedirs(cache_dir(), exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+    log(f"fetching org.apache.beam:{engine.job_server}:{BEAM_JAVA} and its dependencies from Maven Central")
+    with open(os.path.join(tmp, "pom.xml"), "w") as f:
+      f.write(POM.format(artifact=engine.job_server, version=BEAM_JAVA))
+    # -C: a download whose checksum does not match the repository's fails the fetch.
+    result = subprocess.run(["mvn", "-B", "-q", "-C", "dependency:copy-dependencies",
+                             "-DoutputDirectory=lib"], cwd=tmp, capture_output=True, text=True)
+    if result.returncode:
+      raise EngineError(f"Maven could not fetch {engine.job_server}:{BEAM_JAVA}:\n"
+                        f"{result.stdout[-3000:]}{result.stderr[-2000:]}")
+    lib = os.path.join(tmp, "lib")
+    _check(folder, _jar_digests(lib), os.path.basename(folder))
+    os.makedirs(os.path.join(tmp, "out"))
+    os.replace(lib, os.path.join(tmp, "out", "lib"))
+    _publish(os.path.join(tmp, "out"), folder)
+  return folder
+
+
+def prism_binary() -> str:
+  return os.path.join(cache_dir(), f"prism-{PRISM_VERSION}", "prism")
+
+
+def prism_options() -> list[str]:
+  """The Beam options of a build on Prism."""
+  return ["--runner=PrismRunner", f"--prism_location={prism_binary()}"]
+
+
+def _fetch_prism(log: Callable[[str], None]) -> None:
+  if os.path.exists(prism_binary()):
+    return
+  if not shutil.which("go"):
+    raise EngineError("Go is needed to build Prism (go install): https://go.dev/doc/install")
+  log(f"building {PRISM_MODULE}@{PRISM_VERSION} with go install (minutes, the first time)")
+  os.makedirs(cache_dir(), exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+    # The module proxy checks every module against the Go checksum database (go.sum).
+    result = subprocess.run(["go", "install", f"{PRISM_MODULE}@{PRISM_VERSION}"], cwd=tmp,
+                            env={**os.environ, "GOBIN": tmp, "GOFLAGS": "-mod=mod"},
+                            capture_output=True, text=True)
+    if result.returncode:
+      raise EngineError(f"go install {PRISM_MODULE}@{PRISM_VERSION} failed:\n{result.stderr[-3000:]}")
+    os.makedirs(os.path.dirname(prism_binary()), exist_ok=True)
+    os.replace(os.path.join(tmp, "prism"), prism_binary())
+
+
+def fetch(name: str, log: Callable[[str], None] = print) -> None:
+  """Fetches an engine's jars (or builds Prism) into the cache once; a fetched one is kept."""
+  if name == "prism":
+    return _fetch_prism(log)
+  engine = _engine(name)
+  if engine.distribution:
+    _fetch_distribution(engine, log)
+  if engine.job_server:
+    _fetch_job_server(engine, log)
+
+
+def fetched(name: str) -> bool:
+  if name == "prism":
+    return os.path.exists(prism_binary())
+  engine = _engine(name)
+  return ((not engine.distribution or os.path.isdir(_home(engine)))
+          and (not engine.job_server or os.path.isdir(_job_server_dir(engine))))
+
+
+# -- processes ------------------------------------------------------------------------
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _java() -> str:
+  home = os.environ.get("JAVA_HOME")
+  java = os.path.join(home, "bin", "java") if home else shutil.which("java")
+  if not java or not os.path.exists(java):
+    raise EngineError("Java 17 is needed to run Flink, Spark and Beam's job servers: "
+                      "apt-get install openjdk-17-jre-headless, or set JAVA_HOME")
+  return java
+
+
+def _classpath(*entries: str) -> str:
+  """A Java classpath of folders (each one's jars) and single jars."""
+  return ":".join(e if e.endswith(".jar") else os.path.join(e, "*") for e in entries)
+
+
+def _spawn(state: dict, role: str, argv: list[str], env: dict | None = None) -> None:
+  """Starts one process in its own session (its children die with it) and records it."""
+  log_path = os.path.join(state["dir"], f"{role}.log")
+  with open(log_path, "ab") as log:
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            cwd=state["dir"], env={**os.environ, **(env or {})},
+                            start_new_session=True)
+  state["processes"][role] = {"pid": proc.pid, "log": log_path, "argv": argv}
+  _write_state(state)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  # A child of this process that exited stays a zombie until reaped.
+  try:
+    done, _ = os.waitpid(pid, os.WNOHANG)
+    return done == 0
+  except ChildProcessError:
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+  except OSError:
+    return False
+
+
+def _write_state(state: dict) -> None:
+  path = os.path.join(state["dir"], "state.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(state, f, indent=2)
+  os.replace(path + ".tmp", path)
+
+
+def read_state(directory: str) -> dict | None:
+  try:
+    with open(os.path.join(directory, "state.json")) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return None
+
+
+def _wait(what: str, ready: Callable[[], bool], state: dict, role: str, timeout: float) -> None:
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if ready():
+      return
+    if not _alive(state["processes"][role]["pid"]):
+      raise EngineError(f"{what} exited while starting: {_tail(state, role)}")
+    time.sleep(0.5)
+  raise EngineError(f"{what} was not ready after {timeout:.0f} s: {_tail(state, role)}")
+
+
+def _tail(state: dict, role: str, lines: int = 15) -> str:
+  path = state["processes"][role]["log"]
+  try:
+    with open(path, errors="replace") as f:
+      return f"the end of {path}:\n" + "".join(f.readlines()[-lines:])
+  except OSError:
+    return f"no log at {path}"
+
+
+def _listening(port: int) -> Callable[[], bool]:
+  def ready():
+    with socket.socket() as s:
+      s.settimeout(0.5)
+      return s.connect_ex(("127.0.0.1", port)) == 0
+  return ready
+
+
+def _get_json(port: int, path: str):
+  conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+  try:
+    conn.request("GET", path)
+    response = conn.getresponse()
+    return json.loads(response.read()) if response.status == 200 else None
+  except (OSError, ValueError):
+    return None
+  finally:
+    conn.close()
+
+
+def _sdk_worker_pool(state: dict, timeout: float) -> None:
+  """Beam's external worker pool: it starts a Python SDK worker process for each request.
+
+  The pool binds every interface (Beam hard-codes it); its workers run this interpreter,
+  so this environment's bin comes first on PATH (else they die on `import apache_beam`).
+  """
+  port = state["ports"]["sdk_worker_pool"] = free_port()
+  env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
+  _spawn(state, "sdk_worker_pool", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
+                                    f"--service_port={port}"], env)
+  _wait("Beam's SDK worker pool", _listening(port), state, "sdk_worker_pool", timeout)
+
+
+# The job server's log, to its process's output (its log file): warnings and errors, and
+# each job's state changes.
+JOB_SERVER_LOG4J = """rootLogger.level = WARN
+rootLogger.appenderRef.out.ref = Out
+appender.out.name = Out
+appender.out.type = Console
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = %d{HH:mm:ss,SSS} %-5p %c - %m%n
+logger.jobs.name = org.apache.beam.runners.jobsubmission
+logger.jobs.level = INFO
+"""
+
+
+def _job_server(state: dict, engine: Engine, master_flag: str, extra_classpath: tuple[str, ...],
+                timeout: float, jvm: tuple[str, ...] = ()) -> None:
+  ports = state["ports"]
+  for name in ("job", "artifact", "expansion"):
+    ports[name] = free_port()
+  with open(os.path.join(state["dir"], "log4j2.properties"), "w") as f:
+    f.write(JOB_SERVER_LOG4J)
+  _spawn(state, "job_server", [
+      _java(), *jvm, "-Xmx1g", f"-Dlog4j2.configurationFile=file:{os.path.join(state['dir'], 'log4j2.properties')}",
+      "-cp", _classpath(os.path.join(_job_server_dir(engine), "lib"), *extra_classpath),
+      engine.job_server_main, master_flag, "--job-host=127.0.0.1", f"--job-port={ports['job']}",
+      f"--artifact-port={ports['artifact']}", f"--expansion-port={ports['expansion']}"])
+  _wait(f"Beam's {engine.name} job server", _listening(ports["job"]), state, "job_server", timeout)
+
+
+# -- Flink ----------------------------------------------------------------------------
+
+FLINK_LOG4J = """rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = MainAppender
+appender.main.name = MainAppender
+appender.main.type = File
+appender.main.append = true
+appender.main.fileName = ${sys:log.file}
+appender.main.layout.type = PatternLayout
+appender.main.layout.pattern = %d{yyyy-MM-dd HH:mm:ss,SSS} %-5p %-60c %x - %m%n
+logger.pekko.name = org.apache.pekko
+logger.pekko.level = WARN
+"""
+
+
+def _flink_conf(state: dict, slots: int) -> str:
+  ports = state["ports"]
+  conf = {
+      "jobmanager.rpc.address": "127.0.0.1", "jobmanager.bind-host": "127.0.0.1",
+      "jobmanager.rpc.port": ports["flink_rpc"],
+      "rest.address": "127.0.0.1", "rest.bind-address": "127.0.0.1", "rest.port": ports["flink_rest"],
+      "taskmanager.host": "127.0.0.1", "taskmanager.bind-host": "127.0.0.1",
+      "taskmanager.numberOfTaskSlots": slots, "parallelism.default": 1,
+      "jobmanager.memory.process.size": "1024m", "taskmanager.memory.process.size": "1536m",
+      # The default network memory (a fraction of 1.5 GB) holds too few buffers for a
+      # build's shuffles at 2 slots.
+      "taskmanager.memory.network.min": "128m", "taskmanager.memory.network.max": "128m",
+      "taskmanager.network.sort-shuffle.min-buffers": 64,
+      # A killed TaskManager is noticed in seconds, not the default 50.
+      "heartbeat.interval": 2000, "heartbeat.timeout": 10000,
+      "io.tmp.dirs": os.path.join(state["dir"], "tmp"),
+      "web.tmpdir": os.path.join(state["dir"], "tmp"),
+  }
+  conf_dir = os.path.join(state["dir"], "conf")
+  os.makedirs(conf_dir, exist_ok=True)
+  os.makedirs(conf["io.tmp.dirs"], exist_ok=True)
+  with open(os.path.join(conf_dir, "config.yaml"), "w") as f:
+    f.writelines(f"{k}: {v}\n" for k, v in conf.items())
+  with open(os.path.join(conf_dir, "log4j.properties"), "w") as f:
+    f.write(FLINK_LOG4J)
+  return conf_dir
+
+
+def _flink_resources(home: str, conf_dir: str, which: str) -> tuple[list[str], list[str]]:
+  """What Flink's start scripts ask BashJavaUtils: the JVM's memory flags and the -D settings
+  that go with them, computed from config.yaml."""
+  result = subprocess.run([_java(), "-cp", _classpath(os.path.join(home, "bin"), os.path.join(home, "lib")),
+                           "org.apache.flink.runtime.util.bash.BashJavaUtils", which,
+                           "--configDir", conf_dir], capture_output=True, text=True, timeout=120)
+  lines = [l.split(":", 1)[1] for l in result.stdout.splitlines()
+           if l.startswith("BASH_JAVA_UTILS_EXEC_RESULT:")]
+  if result.returncode or len(lines) < 2:
+    raise EngineError(f"Flink's BashJavaUtils {which} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+  return lines[-2].split(), lines[-1].split()
+
+
+def _flink_process(state: dict, role: str, main_class: str, which: str, extra: list[str]) -> None:
+  home, conf_dir = state["home"], state["conf"]
+  jvm, dynamic = _flink_resources(home, conf_dir, which)
+  _spawn(state, role, [
+      _java(), *jvm, f"-Dlog.file={os.path.join(state['dir'], role + '.flink.log')}",
+      f"-Dlog4j.configurationFile=file:{os.path.join(conf_dir, 'log4j.properties')}",
+      "-cp", _classpath(os.path.join(home, "lib")), main_class, "--configDir", conf_dir, *extra, *dynamic])
+
+
+def start_taskmanager(state: dict, timeout: float = 120) -> None:
+  """Starts (or restarts) the Flink cluster's TaskManager and waits until its slots register."""
+  before = (_get_json(state["ports"]["flink_rest"], "/overview") or {}).get("taskmanagers", 0)
+  _flink_process(state, "taskmanager", "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
+                 "GET_TM_RESOURCE_PARAMS", [])
+  # A TaskManager that was killed stays listed until its heartbeat times out.
+  _wait("Flink's TaskManager",
+        lambda: (_get_json(state["ports"]["flink_rest"], "/overview") or {}).get("taskmanagers", 0)
+        > (0 if before == 0 else before - 1) and _flink_free_slots(state) >= state["slots"],
+        state, "taskmanager", timeout)
+
+
+def _flink_free_slots(state: dict) -> int:
+  tms = (_get_json(state["ports"]["flink_rest"], "/taskmanagers") or {}).get("taskmanagers", [])
+  return sum(tm.get("freeSlots", 0) for tm in tms)
+
+
+def _start_flink(state: dict, slots: int, timeout: float, master: str | None) -> list[str]:
+  engine = ENGINES["flink"]
+  state["home"] = _home(engine)
+  ports = state["ports"]
+  if master is None:
+    ports["flink_rpc"], ports["flink_rest"] = free_port(), free_port()
+    state["slots"] = slots
+    state["conf"] = _flink_conf(state, slots)
+    _flink_process(state, "jobmanager", "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
+                   "GET_JM_RESOURCE_PARAMS", ["--executionMode", "cluster"])
+    _wait("Flink's JobManager", lambda: _get_json(ports["flink_rest"], "/overview") is not None,
+          state, "jobmanager", timeout)
+    start_taskmanager(state, timeout)
+    master = f"127.0.0.1:{ports['flink_rest']}"
+  # Beam's runner brings no logging backend: Flink's log4j jars give it one.
+  log4j = tuple(os.path.join(state["home"], "lib", n) for n in sorted(os.listdir(os.path.join(state["home"], "lib")))
+                if n.startswith("log4j-"))
+  _job_server(state, engine, f"--flink-master={master}", log4j, timeout)
+  _sdk_worker_pool(state, timeout)
+  state["ui"] = f"http://{master}"
+  return ["--runner=FlinkRunner", f"--flink_master={master}"]
+
+
+# -- Spark ----------------------------------------------------------------------------
+
+# What Spark's launcher scripts pass on Java 17 (org.apache.spark.launcher.JavaModuleOptions).
+SPARK_JAVA17 = ["-XX:+IgnoreUnrecognizedVMOptions", "--add-opens=java.base/java.lang=ALL-UNNAMED",
+                "--add-opens=java.base/java.lang.invoke=ALL-UNNAMED",
+                "--add-opens=java.base/java.lang.reflect=ALL-UNNAMED",
+                "--add-opens=java.base/java.io=ALL-UNNAMED", "--add-opens=java.base/java.net=ALL-UNNAMED",
+                "--add-opens=java.base/java.nio=ALL-UNNAMED", "--add-opens=java.base/java.util=ALL-UNNAMED",
+                "--add-opens=java.base/java.util.concurrent=ALL-UNNAMED",
+                "--add-opens=java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+                "--add-opens=java.base/jdk.internal.ref=ALL-UNNAMED",
+                "--add-opens=java.base/sun.nio.ch=ALL-UNNAMED", "--add-opens=java.base/sun.nio.cs=ALL-UNNAMED",
+                "--add-opens=java.base/sun.security.action=ALL-UNNAMED",
+                "--add-opens=java.base/sun.util.calendar=ALL-UNNAMED",
+                "-Djdk.reflect.useDirectMethodHandle=false"]
+
+
+def _start_spark(state: dict, slots: int, timeout: float, master: str | None) -> list[str]:
+  engine = ENGINES["spark"]
+  home = state["home"] = _home(engine)
+  if master is None:
+    master = _spark_cluster(state, home, slots, timeout)
+  # Beam's runner is the Spark driver, inside the job server: Spark's jars go after Beam's.
+  _job_server(state, engine, f"--spark-master-url={master}", (os.path.join(home, "jars"),), timeout,
+              jvm=tuple(SPARK_JAVA17))
+  _sdk_worker_pool(state, timeout)
+  return ["--runner=SparkRunner"]
+
+
+def _spark_cluster(state: dict, home: str, slots: int, timeout: float) -> str:
+  """A standalone master and a worker; returns the master's URL."""
+  ports = state["ports"]
+  for name in ("spark_master", "spark_master_ui", "spark_worker_ui"):
+    ports[name] = free_port()
+  jars = _classpath(os.path.join(home, "jars"))
+  # The worker starts executors from SPARK_HOME's jars; SPARK_SCALA_VERSION spares it
+  # looking for a source build's assembly folders.
+  env = {"SPARK_HOME": home, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_SCALA_VERSION": "2.12",
+         "SPARK_WORKER_DIR": os.path.join(state["dir"], "work"), "SPARK_LOG_DIR": state["dir"]}
+  master = f"spark://127.0.0.1:{ports['spark_master']}"
+  _spawn(state, "master", [_java(), *SPARK_JAVA17, "-Xmx512m", "-cp", jars, "org.apache.spark.deploy.master.Master",
+                           "--host", "127.0.0.1", "--port", str(ports["spark_master"]),
+                           "--webui-port", str(ports["spark_master_ui"])], env)
+  _wait("Spark's master", lambda: _get_json(ports["spark_master_ui"], "/json/") is not None,
+        state, "master", timeout)
+  _spawn(state, "worker", [_java(), *SPARK_JAVA17, "-Xmx512m", "-cp", jars, "org.apache.spark.deploy.worker.Worker",
+                           "--host", "127.0.0.1", "--webui-port", str(ports["spark_worker_ui"]),
+                           "--cores", str(slots), "--memory", "2g", master], env)
+  _wait("Spark's worker", lambda: any(w.get("state") == "ALIVE" for w in
+                                      (_get_json(ports["spark_master_ui"], "/json/") or {}).get("workers", [])),
+        state, "worker", timeout)
+  state["ui"] = f"http://127.0.0.1:{ports['spark_master_ui']}"
+  return master
+
+
+# -- Beam's Python job service --------------------------------------------------------
+
+def _start_portable(state: dict, slots: int, timeout: float, master: str | None) -> list[str]:
+  if master:
+    raise EngineError("the portable engine has no master: it is Beam's job service itself")
+  port = state["ports"]["job"] = free_port()
+  _spawn(state, "job_server", [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+                               f"--port={port}"])
+  _wait("Beam's Python job service", _listening(port), state, "job_server", timeout)
+  _sdk_worker_pool(state, timeout)
+  return ["--runner=PortableRunner"]
+
+
+# -- start, status, stop --------------------------------------------------------------
+
+STARTERS = {"flink": _start_flink, "spark": _start_spark, "portable": _start_portable}
+
+
+def start(name: str, directory: str | None = None, slots: int = 2, timeout: float = 180,
+          master: str | None = None) -> dict:
+  """Starts an engine's loopback cluster; returns its state, with the Beam options to pass
+  after `impax build ... --` under "beam_options".
+
+  master: an engine already running (Flink's HOST:REST_PORT, Spark's spark://HOST:PORT):
+  only Beam's job server for it and the SDK worker pool are started.
+  """
+  engine = _engine(name)
+  directory = os.path.abspath(directory or state_dir(name))
+  if (old := read_state(directory)) and any(_alive(p["pid"]) for p in old["processes"].values()):
+    raise EngineError(f"a {name} cluster started from {directory} is still running: "
+                      f"`impax engine {name} stop` first (or --state-dir for another one)")
+  if not fetched(name):
+    fetch(name, log=lambda m: print(m, file=sys.stderr))
+  shutil.rmtree(directory, ignore_errors=True)
+  os.makedirs(directory)
+  state = {"engine": name, "dir": directory, "ports": {}, "processes": {}, "started": time.time()}
+  try:
+    options = STARTERS[name](state, slots, timeout, master)
+  except BaseException:
+    stop_state(state)  # a failed start leaves nothing running
+    raise
+  state["beam_options"] = options + [
+      f"--job_endpoint=127.0.0.1:{state['ports']['job']}", "--environment_type=EXTERNAL",
+      f"--environment_config=127.0.0.1:{state['ports']['sdk_worker_pool']}"]
+  _write_state(state)
+  return state
+
+
+def status(state: dict) -> dict[str, bool]:
+  """Each process's role: whether it is running."""
+  return {role: _alive(p["pid"]) for role, p in state["processes"].items()}
+
+
+def kill(state: dict, role: str, sig: int = signal.SIGKILL) -> None:
+  """Signals one process of the cluster (and its children) by the id start recorded."""
+  try:
+    os.killpg(state["processes"][role]["pid"], sig)
+  except ProcessLookupError:
+    pass
+
+
+def stop_state(state: dict, timeout: float = 20) -> None:
+  """Stops every process the state names: SIGTERM, then SIGKILL after `timeout` seconds."""
+  roles = list(state["processes"])
+  for role in reversed(roles):
+    kill(state, role, signal.SIGTERM)
+  deadline = time.monotonic() + timeout
+  while any(_alive(state["processes"][r]["pid"]) for r in roles) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  for role in roles:
+    if _alive(state["processes"][role]["pid"]):
+      kill(state, role, signal.SIGKILL)
+  for role in roles:
+    _alive(state["processes"][role]["pid"])  # reaps a child
+
+
+def stop(name: str, directory: str | None = None) -> bool:
+  """Stops the cluster started from `directory`; False if none was recorded there."""
+  state = read_state(os.path.abspath(directory or state_dir(_engine(name).name)))
+  if state is None:
+    return False
+  stop_state(state)
+  return True

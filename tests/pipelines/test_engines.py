@@ -1,0 +1,213 @@
+"""Builds on real engines on loopback: a Flink session cluster and a Spark standalone cluster
+(each through Beam's job server, with Python SDK workers in their own processes), Beam's
+portable runner over its Python job service, and Prism. Each gives the DirectRunner's bytes.
+
+Each cluster is started once for this module with `impax engine ENGINE start`, as a user
+would, and stopped by the process ids it recorded.
+"""
+
+import glob
+import hashlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from impax.pipelines import engine
+
+SMALL = ["--video-short-side", "32", "--image-short-side", "32", "--video-fps", "5.0"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _bad_input_module():
+  spec = importlib.util.spec_from_file_location("impax_test_bad_input",
+                                                os.path.join(HERE, "test_bad_input.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def impax(*argv, timeout=600, check=True):
+  result = subprocess.run([sys.executable, "-m", "impax.cli", *argv], capture_output=True,
+                          text=True, timeout=timeout)
+  if check:
+    assert result.returncode == 0, f"impax {' '.join(argv)}:\n{result.stdout}\n{result.stderr[-4000:]}"
+  return result
+
+
+def build(manifest, output, *beam_options, workers=2, check=True, timeout=600):
+  return impax("build", "jsonl", "--input", str(manifest), "--output", str(output),
+               "--workers", str(workers), "--num-shards", "3", *SMALL, "--", *beam_options,
+               check=check, timeout=timeout)
+
+
+def contents(output) -> dict:
+  """What a build must reproduce: each file's sha256, and metadata.json less its clock."""
+  out = {}
+  for path in sorted(glob.glob(os.path.join(output, "*"))):
+    name = os.path.basename(path)
+    if name == "metadata.json":
+      with open(path) as f:
+        meta = json.load(f)
+      meta.pop("created")
+      for split in meta["splits"].values():
+        split.pop("created"), split.pop("build_seconds")
+      out[name] = meta
+    else:
+      with open(path, "rb") as f:
+        out[name] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+@pytest.fixture(scope="module")
+def corpora(corpus, tmp_path_factory, helpers):
+  """The demo corpus's videos and the corpus of bad inputs, each built on the DirectRunner."""
+  bad = _bad_input_module()
+  media = bad.make_media(tmp_path_factory.mktemp("media"))
+  out = {"videos": corpus["videos-train"], "bad": str(bad.write_manifest(media))}
+  reference = tmp_path_factory.mktemp("direct")
+  for name, manifest in out.items():
+    build(manifest, reference / name)
+  return out, reference
+
+
+class Cluster:
+  def __init__(self, name, directory, *options):
+    self.name, self.dir = name, str(directory)
+    started = impax("engine", name, "start", "--state-dir", self.dir, *options, timeout=400)
+    self.options = started.stdout.strip().splitlines()[-1].split()
+    self.state = engine.read_state(self.dir)
+
+  def stop(self):
+    stopped = impax("engine", self.name, "stop", "--state-dir", self.dir, check=False)
+    pids = [p["pid"] for p in engine.read_state(self.dir)["processes"].values()]
+    for pid in pids:  # whatever happened, nothing outlives the tests
+      try:
+        os.killpg(pid, signal.SIGKILL)
+      except ProcessLookupError:
+        pass
+    assert stopped.returncode == 0, stopped.stderr
+
+
+@pytest.fixture(scope="module")
+def flink(tmp_path_factory):
+  cluster = Cluster("flink", tmp_path_factory.mktemp("flink"))
+  yield cluster
+  cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory):
+  cluster = Cluster("spark", tmp_path_factory.mktemp("spark"))
+  yield cluster
+  cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def portable(tmp_path_factory):
+  cluster = Cluster("portable", tmp_path_factory.mktemp("portable"))
+  yield cluster
+  cluster.stop()
+
+
+def test_engine_start_runs_each_part_in_its_own_process(flink):
+  assert flink.options[:2] == ["--runner=FlinkRunner", f"--flink_master=127.0.0.1:{flink.state['ports']['flink_rest']}"]
+  assert "--environment_type=EXTERNAL" in flink.options
+  roles = flink.state["processes"]
+  assert set(roles) == {"jobmanager", "taskmanager", "job_server", "sdk_worker_pool"}
+  assert len({p["pid"] for p in roles.values()}) == 4
+  status = impax("engine", "flink", "status", "--state-dir", flink.dir)
+  assert status.stdout.count("running") == 4 and "NOT RUNNING" not in status.stdout
+  # A second start from the same state folder is refused while the first runs.
+  again = impax("engine", "flink", "start", "--state-dir", flink.dir, check=False)
+  assert again.returncode == 2 and "is still running" in again.stderr
+
+
+def test_flink_builds_the_direct_runners_bytes(flink, corpora, tmp_path):
+  manifests, reference = corpora
+  build(manifests["videos"], tmp_path / "videos", *flink.options)
+  assert contents(tmp_path / "videos") == contents(reference / "videos")
+  # A cluster of one's own: `--master` starts only Beam's job server and the SDK workers for it.
+  master = f"127.0.0.1:{flink.state['ports']['flink_rest']}"
+  attached = Cluster("flink", tmp_path / "attached", "--master", master)
+  try:
+    assert set(attached.state["processes"]) == {"job_server", "sdk_worker_pool"}
+    assert f"--flink_master={master}" in attached.options
+    build(manifests["bad"], tmp_path / "bad", *attached.options)
+  finally:
+    attached.stop()
+  assert contents(tmp_path / "bad") == contents(reference / "bad")
+  assert contents(tmp_path / "bad")["metadata.json"]["splits"]["train"]["num_failed"] > 10
+  # The jobs ran on the cluster, not in the launcher.
+  jobs = engine._get_json(flink.state["ports"]["flink_rest"], "/jobs/overview")["jobs"]
+  assert sum(j["state"] == "FINISHED" for j in jobs) >= 2
+
+
+def _examples_done(output):
+  return len(glob.glob(os.path.join(output, ".impax-tmp", "train", "examples", "*.json")))
+
+
+def test_a_killed_taskmanager_then_a_rerun_gives_the_same_bytes(flink, corpora, tmp_path):
+  manifests, reference = corpora
+  out = tmp_path / "videos"
+  argv = [sys.executable, "-m", "impax.cli", "build", "jsonl", "--input", manifests["videos"],
+          "--output", str(out), "--workers", "2", "--num-shards", "3", *SMALL, "--", *flink.options]
+  proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+  deadline = time.monotonic() + 300
+  while _examples_done(out) < 1:
+    assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+    assert time.monotonic() < deadline, "the build never started processing"
+    time.sleep(0.02)
+  engine.kill(flink.state, "taskmanager")  # kill -9, mid-build
+  assert not os.path.exists(out / "metadata.json")
+  engine.start_taskmanager(flink.state)  # as a cluster manager would bring one back
+  try:
+    proc.wait(timeout=400)  # the job fails, or Flink recovers it: either way it ends
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  log = proc.stdout.read().decode()
+  if proc.returncode:
+    # Nothing half-written is taken for a finished shard: whatever is published is whole.
+    from array_record.python.array_record_module import ArrayRecordReader
+    assert not os.path.exists(out / "metadata.json")
+    for path in glob.glob(str(out / "*.array_record-*-of-*")):
+      if "partial" not in path:
+        shard = int(path.rsplit("-of-", 1)[0][-5:])
+        with open(out / ".impax-tmp" / "train" / "shards" / f"{shard:05d}.json") as f:
+          assert ArrayRecordReader(path).num_records() == json.load(f)["num_records"]
+    build(manifests["videos"], out, *flink.options)
+  assert contents(out) == contents(reference / "videos"), log[-3000:]
+  assert not os.path.exists(out / ".impax-tmp")
+
+
+def test_spark_builds_the_direct_runners_bytes(spark, corpora, tmp_path):
+  manifests, reference = corpora
+  build(manifests["bad"], tmp_path / "bad", *spark.options)
+  assert contents(tmp_path / "bad") == contents(reference / "bad")
+  assert set(spark.state["processes"]) == {"master", "worker", "job_server", "sdk_worker_pool"}
+
+
+def test_portable_runner_over_its_job_service(portable, corpora, tmp_path):
+  manifests, reference = corpora
+  # A job service that is not there: a clear failure, and nothing left that blocks the next build.
+  dead = f"--job_endpoint=127.0.0.1:{engine.free_port()}"
+  failed = build(manifests["videos"], tmp_path / "videos", "--runner=PortableRunner", dead,
+                 "--job_server_timeout=5", "--environment_type=EXTERNAL",
+                 f"--environment_config=127.0.0.1:{engine.free_port()}", check=False, timeout=120)
+  assert failed.returncode != 0
+  for name, manifest in manifests.items():
+    build(manifest, tmp_path / name, *portable.options)
+    assert contents(tmp_path / name) == contents(reference / name), name
+
+
+def test_prism_builds_the_direct_runners_bytes(corpora, tmp_path):
+  assert engine.fetched("prism"), "make install builds Prism: impax engine prism fetch"
+  manifests, reference = corpora
+  build(manifests["bad"], tmp_path / "bad", *engine.prism_options())
+  assert contents(tmp_path / "bad") == contents(reference / "bad")
