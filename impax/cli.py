@@ -28,6 +28,8 @@ def _build_parser(sub):
   p.add_argument("--overwrite", action="store_true",
                  help="replace an existing build of another config or input")
   p.add_argument("--verbose", action="store_true", help="show Beam's logs as it runs")
+  p.add_argument("--quiet", action="store_true",
+                 help="no progress line (examples processed, failures, rate, time left)")
   group = p.add_argument_group("processing options (defaults in brackets)")
   for name, field in config_lib.FIELDS.items():
     group.add_argument(f"--{name.replace('_', '-')}", dest=f"set_{name}",
@@ -55,7 +57,8 @@ def _build(args, beam_args):
                        overwrite=args.overwrite, beam_args=beam_args)
   if plan.resumed_shards:
     print(f"resuming: {plan.resumed_shards} shard(s) already finished", file=sys.stderr)
-  summary = build.run(plan, workers=args.workers, beam_args=beam_args, quiet=not args.verbose)
+  summary = build.run(plan, workers=args.workers, beam_args=beam_args, quiet=not args.verbose,
+                      progress=not args.quiet)
   print(build.describe(summary))
   return 0
 

@@ -38,7 +38,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 
 from impax.datasets import metadata, registry
-from impax.pipelines import graph, plan as plan_lib, publish, read
+from impax.pipelines import graph, plan as plan_lib, progress as progress_lib, publish, read
 from impax.pipelines.plan import BuildError, Plan
 
 
@@ -56,23 +56,37 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
 
 
 def run(plan: Plan, workers: int | None = None, beam_args: list[str] = (),
-        quiet: bool = True) -> dict:
+        quiet: bool = True, progress: bool = True) -> dict:
   """Runs the pipeline and publishes metadata.json; returns the split's summary:
   its entry of metadata.json's splits, with split and output (and skipped when
   it was already built).
 
   quiet: Beam's logs go to a temporary file, shown only if the pipeline fails.
+  progress: report examples processed on stderr as it runs (pipelines/progress.py).
   """
   if plan.up_to_date:
     return {**_split_json(plan_lib.read_metadata(plan.output), plan),
             "skipped": "already built with this config and input"}
   spec = registry.resolve(plan.spec_name, plan.spec_source)
   options = pipeline_options(list(beam_args), workers, read.max_entries(plan.input, spec))
+  total = read.max_entries(plan.input, spec, within=None) if progress else None
   plan_lib.mark_started(plan)
   start = time.monotonic()
-  with _worker_logs(quiet), beam.Pipeline(options=options) as p:
+  # The progress line goes where stderr goes now, not into _worker_logs' file.
+  with _progress(plan, total, progress), _worker_logs(quiet), \
+       beam.Pipeline(options=options) as p:
     graph.build_pipeline(p, plan)
   return _split_json(publish.finalize(plan, seconds=time.monotonic() - start), plan)
+
+
+@contextlib.contextmanager
+def _progress(plan: Plan, total: int | None, show: bool):
+  if not show:
+    yield
+    return
+  sys.stderr.flush()
+  with os.fdopen(os.dup(2), "w") as stream, progress_lib.Progress(plan, total, stream):
+    yield
 
 
 def _split_json(meta: metadata.Metadata, plan: Plan) -> dict:

@@ -123,13 +123,23 @@ def splittable(input_path: str, spec: registry.DatasetSpec) -> int | None:
   return metadata[0].size_in_bytes if len(metadata) == 1 else None
 
 
-def max_entries(input_path: str, spec: registry.DatasetSpec, within: int = 1 << 16) -> int | None:
-  """At most how many entries a line-oriented input of up to `within` bytes holds (its
-  lines), so a small build starts no more workers than it has entries; None when unknown."""
+def max_entries(input_path: str, spec: registry.DatasetSpec, within: int | None = 1 << 16) -> int | None:
+  """At most how many entries a line-oriented input of up to `within` bytes (None: any
+  size) holds: its lines, less the header. A small build starts no more workers than
+  that, and the progress line counts towards it. None when unknown."""
   size = splittable(input_path, spec)
-  if size is None or size > within:
+  if size is None or (within is not None and size > within):
     return None
-  return max(0, len(storage.read(input_path).splitlines()) - spec.lines.header_lines)
+  if within is not None:
+    return max(0, len(storage.read(input_path).splitlines()) - spec.lines.header_lines)
+  # Any size, for the progress line: streamed, newlines only (a bare \r ends no line here).
+  lines, last = 0, b"\n"
+  with storage.open_raw(input_path) as f:
+    for block in iter(lambda: f.read(1 << 22), b""):
+      lines += block.count(b"\n")
+      last = block[-1:]
+  lines += last != b"\n"  # a last line without its newline
+  return max(0, lines - spec.lines.header_lines)
 
 
 class ReadEntries(beam.PTransform):
