@@ -232,7 +232,7 @@ def _fetch_prism(log: Callable[[str], None]) -> None:
   with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
     # The module proxy checks every module against the Go checksum database (go.sum).
     result = subprocess.run(["go", "install", f"{PRISM_MODULE}@{PRISM_VERSION}"], cwd=tmp,
-                            env={**os.environ, "GOBIN": tmp, "GOFLAGS": "-mod=mod"},
+                            env={**os.environ, "GOBIN": tmp},
                             capture_output=True, text=True)
     if result.returncode:
       raise EngineError(f"go install {PRISM_MODULE}@{PRISM_VERSION} failed:\n{result.stderr[-3000:]}")
@@ -288,11 +288,30 @@ def _spawn(state: dict, role: str, argv: list[str], env: dict | None = None) -> 
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             cwd=state["dir"], env={**os.environ, **(env or {})},
                             start_new_session=True)
-  state["processes"][role] = {"pid": proc.pid, "log": log_path, "argv": argv}
+  state["processes"][role] = {"pid": proc.pid, "started": _start_time(proc.pid), "log": log_path,
+                               "argv": argv}
   _write_state(state)
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> str | None:
+  """When the process started (in clock ticks since boot): with its id, it names one process,
+  so a recorded id that the system has since given to another is not taken for ours."""
+  try:
+    with open(f"/proc/{pid}/stat") as f:
+      return f.read().rsplit(")", 1)[1].split()[19]
+  except (OSError, IndexError):
+    return None
+
+
+def _ours(process: dict) -> bool:
+  return process.get("started") is None or _start_time(process["pid"]) == process["started"]
+
+
+def _alive(process: dict) -> bool:
+  """Whether a recorded process still runs."""
+  pid = process["pid"]
+  if not _ours(process):
+    return False
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -335,7 +354,7 @@ def _wait(what: str, ready: Callable[[], bool], state: dict, role: str, timeout:
   while time.monotonic() < deadline:
     if ready():
       return
-    if not _alive(state["processes"][role]["pid"]):
+    if not _alive(state["processes"][role]):
       raise EngineError(f"{what} exited while starting: {_tail(state, role)}")
     time.sleep(0.5)
   raise EngineError(f"{what} was not ready after {timeout:.0f} s: {_tail(state, role)}")
@@ -599,7 +618,7 @@ def start(name: str, directory: str | None = None, slots: int = 2, timeout: floa
   """
   engine = _engine(name)
   directory = os.path.abspath(directory or state_dir(name))
-  if (old := read_state(directory)) and any(_alive(p["pid"]) for p in old["processes"].values()):
+  if (old := read_state(directory)) and any(_alive(p) for p in old["processes"].values()):
     raise EngineError(f"a {name} cluster started from {directory} is still running: "
                       f"`impax engine {name} stop` first (or --state-dir for another one)")
   if not fetched(name):
@@ -621,13 +640,16 @@ def start(name: str, directory: str | None = None, slots: int = 2, timeout: floa
 
 def status(state: dict) -> dict[str, bool]:
   """Each process's role: whether it is running."""
-  return {role: _alive(p["pid"]) for role, p in state["processes"].items()}
+  return {role: _alive(p) for role, p in state["processes"].items()}
 
 
 def kill(state: dict, role: str, sig: int = signal.SIGKILL) -> None:
   """Signals one process of the cluster (and its children) by the id start recorded."""
+  process = state["processes"][role]
+  if not _ours(process):
+    return  # gone, and its id is another process's now
   try:
-    os.killpg(state["processes"][role]["pid"], sig)
+    os.killpg(process["pid"], sig)
   except ProcessLookupError:
     pass
 
@@ -638,13 +660,14 @@ def stop_state(state: dict, timeout: float = 20) -> None:
   for role in reversed(roles):
     kill(state, role, signal.SIGTERM)
   deadline = time.monotonic() + timeout
-  while any(_alive(state["processes"][r]["pid"]) for r in roles) and time.monotonic() < deadline:
+  alive = lambda role: _alive(state["processes"][role])
+  while any(alive(r) for r in roles) and time.monotonic() < deadline:
     time.sleep(0.2)
   for role in roles:
-    if _alive(state["processes"][role]["pid"]):
+    if alive(role):
       kill(state, role, signal.SIGKILL)
   for role in roles:
-    _alive(state["processes"][role]["pid"])  # reaps a child
+    alive(role)  # reaps a child
 
 
 def stop(name: str, directory: str | None = None) -> bool:

@@ -211,3 +211,17 @@ def test_prism_builds_the_direct_runners_bytes(corpora, tmp_path):
   manifests, reference = corpora
   build(manifests["bad"], tmp_path / "bad", *engine.prism_options())
   assert contents(tmp_path / "bad") == contents(reference / "bad")
+
+
+def test_stop_never_signals_a_process_that_reused_a_recorded_id(tmp_path):
+  state = {"dir": str(tmp_path), "processes": {}}
+  engine._spawn(state, "sleeper", ["sleep", "60"])
+  process = state["processes"]["sleeper"]
+  assert engine.status(state) == {"sleeper": True}
+  recorded = dict(process)
+  process["started"] = "1"  # as if the system had given the id to another process since
+  engine.stop_state(state)
+  assert os.path.exists(f"/proc/{process['pid']}")  # left alone
+  state["processes"]["sleeper"] = recorded
+  engine.stop_state(state)
+  assert engine.status(state) == {"sleeper": False}
