@@ -25,6 +25,7 @@ import imagehash
 import numpy as np
 import soxr
 from PIL import Image, ImageOps
+from threadpoolctl import ThreadpoolController
 
 from impax.pipelines.tools import ffmpeg_binary
 
@@ -453,8 +454,23 @@ def melspectrogram(samples: np.ndarray, sample_rate: int, n_fft: int, hop: int, 
   spectrum = np.zeros((1 + n_fft // 2, frames.shape[1]), dtype=np.complex64, order="F")
   spectrum[:] = np.fft.rfft(_hann(n_fft)[:, np.newaxis] * frames, axis=-2)
   power = np.abs(spectrum) ** 2.0
-  return np.einsum("...ft,mf->...mt", power, _mel_filters(sample_rate, n_fft, n_mels, fmin, fmax),
-                   optimize=True)
+  # On one BLAS thread: after each call OpenBLAS's other threads spin waiting for work,
+  # about 60 ms of a core per clip, as much as the rest of the build's own work on a video.
+  # The product's last bits depend on the thread count, so one thread also makes them the
+  # same on every machine (the fingerprints, thresholds of it, matched in every clip tried).
+  with _BLAS_LOCK, _blas().limit(limits=1, user_api="blas"):
+    return np.einsum("...ft,mf->...mt", power,
+                     _mel_filters(sample_rate, n_fft, n_mels, fmin, fmax), optimize=True)
+
+
+# The limit is process-wide: the lock keeps two threads of a worker from restoring each
+# other's setting.
+_BLAS_LOCK = threading.Lock()
+
+
+@functools.cache
+def _blas() -> ThreadpoolController:
+  return ThreadpoolController()  # finds the loaded BLAS libraries: once per process
 
 
 def _power_to_db(power: np.ndarray, top_db: float, amin: float = 1e-10) -> np.ndarray:
