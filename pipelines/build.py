@@ -94,6 +94,9 @@ def _split_json(meta: metadata.Metadata, plan: Plan) -> dict:
           "output": plan.output}
 
 
+THREADED_WORKERS = 4  # pipeline_options: a small build on up to this many workers runs on threads
+
+
 def pipeline_options(beam_args: list[str], workers: int | None = None,
                      max_entries: int | None = None) -> PipelineOptions:
   """Beam options from the pass-through args; refuses options Beam does not know.
@@ -102,11 +105,14 @@ def pipeline_options(beam_args: list[str], workers: int | None = None,
   DirectRunner's processes (default: the CPUs), Dataflow's worker count, Flink's
   parallelism.
 
-  max_entries: at most how many entries the input holds, if known. The DirectRunner
-  starts no more processes than that, and a build with one worker runs in the
-  launcher's process (in_memory): a worker process costs seconds to start (it
-  imports Beam), more than a small build's whole work. Shards are the same bytes
-  in every mode.
+  max_entries: at most how many entries the input holds, if known (a small input).
+  The DirectRunner starts no more workers than that. A worker process costs seconds
+  to start and stop (it imports Beam), more than a small build's whole work: a build
+  with one worker runs in the launcher's process (in_memory), and a small input on
+  up to THREADED_WORKERS workers on threads of it (multi_threading; ffmpeg, Pillow
+  and numpy do the work outside the GIL). Larger builds get processes, which the GIL
+  does not hold back (a corpus of small images is mostly Python's work).
+  Shards are the same bytes in every mode.
   """
   args = list(beam_args)
   given = PipelineOptions(args)
@@ -124,7 +130,9 @@ def pipeline_options(beam_args: list[str], workers: int | None = None,
     if max_entries is not None:
       processes = max(1, min(processes, max_entries))
     if not has("direct_running_mode"):
-      args.append(f"--direct_running_mode={'in_memory' if processes == 1 else 'multi_processing'}")
+      mode = ("in_memory" if processes == 1 else "multi_threading"
+              if max_entries is not None and processes <= THREADED_WORKERS else "multi_processing")
+      args.append(f"--direct_running_mode={mode}")
     if not has("direct_num_workers"):
       args.append(f"--direct_num_workers={processes}")
   elif "Dataflow" in runner:

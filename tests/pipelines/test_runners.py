@@ -76,12 +76,17 @@ def test_flink_spark_and_the_direct_runner(launched):
   assert spark.get_all_options()["spark_master_url"] == "spark://host:7077"
   direct = launched("--workers", "3").get_all_options()
   assert (direct["runner"], direct["direct_running_mode"], direct["direct_num_workers"]) == (
-      "DirectRunner", "multi_processing", 3)
+      "DirectRunner", "multi_threading", 3)
 
 
 def test_a_small_input_starts_no_more_workers_than_it_has_entries(launched):
   mode = lambda o: (o.get_all_options()["direct_running_mode"], o.get_all_options()["direct_num_workers"])
-  assert mode(launched("--workers", "3", lines=2)) == ("multi_processing", 2)
+  # Threads of the launcher: no worker process to start.
+  assert mode(launched("--workers", "3", lines=2)) == ("multi_threading", 2)
+  assert mode(launched("--workers", "4", lines=9)) == ("multi_threading", 4)
+  # More workers than that, or an input the launcher did not count: processes.
+  assert mode(launched("--workers", "5", lines=9)) == ("multi_processing", 5)
+  assert mode(launched("--workers", "3", lines=3000)) == ("multi_processing", 3)  # over 64 KB
   # One entry or one worker: the launcher's own process, no worker to start.
   assert mode(launched("--workers", "3", lines=1)) == ("in_memory", 1)
   assert mode(launched("--workers", "1")) == ("in_memory", 1)
