@@ -5,29 +5,34 @@
 Generates H.264/AAC videos (1280x720, 30 fps, with sound), then in one run:
   - baseline: bare ffmpeg doing the same trim, fps and resize (frames to JPEG
     files, sound to a mono 16 kHz WAV), N processes at a time, one thread each;
-  - impax build of the same files with N workers (DirectRunner, multi-process),
-    end to end: Beam's start-up, tokenizer, shards and metadata included;
+  - impax build of the same files with N workers (DirectRunner, in the mode the build
+    picks: threads for this small manifest), end to end: Beam's start-up, tokenizer,
+    shards and metadata included;
 for N = 1 and 2. Prints JSON with the ratios the issue names:
   pipeline / bare ffmpeg at equal parallelism (goal >= 0.9),
   pipeline with 2 workers / with 1 worker (goal >= 1.7).
 Each is given end to end, and in steady state: the pipeline's fixed cost
 (Beam's start-up, worker imports, the global steps) is measured by building
-one video in the N-video build's own mode (N worker processes, or in-process for 1),
-and taken out: steady = (V - 1) / (T(V) - T(1)). `impax_one_video_s` is a one-video
-build as users run it (in the launcher's process, whatever --workers).
+one video in the N-video build's own mode (`mode`: its N workers), and taken out:
+steady = (V - 1) / (T(V) - T(1)). `impax_one_video_s` is a one-video build as users
+run it (in the launcher's process, whatever --workers). The machine may be shared:
+each `*_cpu_s` is the CPU time (user + sys, ffmpeg and worker processes included)
+of that wall time, which another job's load changes less.
 """
 
 import argparse
 import concurrent.futures
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 
-from impax.pipelines import build, publish
+from impax.datasets import registry
+from impax.pipelines import build, publish, read
 from impax.pipelines.tools import ffmpeg_binary
 
 SETTINGS = {"video_fps": 8.0, "video_short_side": 256, "video_max_frames": 128, "num_shards": 4}
@@ -100,6 +105,16 @@ def pipeline(manifest: str, out: str, workers: int, beam_args=()) -> float:
   return elapsed
 
 
+def with_cpu(run, *args) -> tuple[float, float]:
+  """run(*args)'s result (its wall seconds) and the CPU seconds it took, children included."""
+  def cpu():
+    return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
+                                                 resource.getrusage(resource.RUSAGE_CHILDREN)))
+  before = cpu()
+  wall = run(*args)
+  return wall, cpu() - before
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--videos", type=int, default=48)
@@ -112,19 +127,26 @@ def main():
   for n in (1, 2):
     out = os.path.join(args.workdir, f"out{n}")
     shutil.rmtree(out, ignore_errors=True)
-    bare = bare_ffmpeg(manifest, os.path.join(out, "bare"), n)
-    impax = pipeline(manifest, os.path.join(out, "impax"), n)
+    bare, bare_cpu = with_cpu(bare_ffmpeg, manifest, os.path.join(out, "bare"), n)
+    impax, impax_cpu = with_cpu(pipeline, manifest, os.path.join(out, "impax"), n)
     # A one-video build as users run it: in the launcher's process, whatever --workers.
-    one = pipeline(first_video(manifest, out), os.path.join(out, "impax-one"), n)
+    one, one_cpu = with_cpu(pipeline, first_video(manifest, out), os.path.join(out, "impax-one"), n)
     # The fixed cost taken out of the N-video build: one video in that build's own mode
-    # (with N workers, their processes' start-up), so that what is left is per video.
-    mode = ["--direct_running_mode=" + ("in_memory" if n == 1 else "multi_processing"),
-            f"--direct_num_workers={n}"]
-    fixed = pipeline(first_video(manifest, out), os.path.join(out, "impax-one-same-mode"), n, mode)
+    # (with its N workers and their start-up), so that what is left is per video.
+    own = build.pipeline_options([], n, read.max_entries(manifest, registry.get("jsonl")))
+    own = own.get_all_options()
+    mode = [f"--direct_running_mode={own['direct_running_mode']}",
+            f"--direct_num_workers={own['direct_num_workers']}"]
+    fixed, fixed_cpu = with_cpu(pipeline, first_video(manifest, out),
+                                os.path.join(out, "impax-one-same-mode"), n, mode)
     steady = (args.videos - 1) / (impax - fixed)
     results[f"workers_{n}"] = {
+        "mode": own["direct_running_mode"],
         "bare_ffmpeg_s": round(bare, 2), "impax_s": round(impax, 2),
         "impax_one_video_s": round(one, 2), "fixed_cost_s": round(fixed, 2),
+        "bare_ffmpeg_cpu_s": round(bare_cpu, 2), "impax_cpu_s": round(impax_cpu, 2),
+        "impax_one_video_cpu_s": round(one_cpu, 2), "fixed_cost_cpu_s": round(fixed_cpu, 2),
+        "load_average": round(os.getloadavg()[0], 2),
         "bare_ffmpeg_videos_per_s": round(args.videos / bare, 3),
         "impax_videos_per_s": round(args.videos / impax, 3),
         "impax_steady_videos_per_s": round(steady, 3),
