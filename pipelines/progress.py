@@ -86,7 +86,11 @@ class Progress:
     return len(self._seen), sum(self._seen.values())
 
   def _run(self):
-    while not self._stop.wait(self.interval):
+    # Once more when the pipeline ends: a log's last line counts every example, however
+    # soon after the last poll the build finished.
+    stopped = False
+    while not stopped:
+      stopped = self._stop.wait(self.interval)
       try:
         done, failed = self.poll()
       except Exception:  # progress is a convenience: never the reason a build fails
