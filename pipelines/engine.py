@@ -496,20 +496,25 @@ def _flink_process(state: dict, role: str, main_class: str, which: str, extra: l
 
 
 def start_taskmanager(state: dict, timeout: float = 120) -> None:
-  """Starts (or restarts) the Flink cluster's TaskManager and waits until its slots register."""
-  before = (_get_json(state["ports"]["flink_rest"], "/overview") or {}).get("taskmanagers", 0)
+  """Starts (or restarts) the Flink cluster's one TaskManager and waits until it is the only
+  one the JobManager lists, with every slot free.
+
+  A TaskManager that was killed stays listed until its heartbeat times out (10 s), and a job
+  given its slots in that time would fail: so the wait lasts until it is gone.
+  """
+  before = {tm["id"] for tm in _flink_taskmanagers(state)}
   _flink_process(state, "taskmanager", "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
                  "GET_TM_RESOURCE_PARAMS", [])
-  # A TaskManager that was killed stays listed until its heartbeat times out.
-  _wait("Flink's TaskManager",
-        lambda: (_get_json(state["ports"]["flink_rest"], "/overview") or {}).get("taskmanagers", 0)
-        > (0 if before == 0 else before - 1) and _flink_free_slots(state) >= state["slots"],
-        state, "taskmanager", timeout)
+
+  def ready():
+    tms = _flink_taskmanagers(state)
+    return (len(tms) == 1 and tms[0]["id"] not in before
+            and tms[0].get("freeSlots", 0) >= state["slots"])
+  _wait("Flink's TaskManager", ready, state, "taskmanager", timeout)
 
 
-def _flink_free_slots(state: dict) -> int:
-  tms = (_get_json(state["ports"]["flink_rest"], "/taskmanagers") or {}).get("taskmanagers", [])
-  return sum(tm.get("freeSlots", 0) for tm in tms)
+def _flink_taskmanagers(state: dict) -> list[dict]:
+  return (_get_json(state["ports"]["flink_rest"], "/taskmanagers") or {}).get("taskmanagers", [])
 
 
 def _start_flink(state: dict, slots: int, timeout: float, master: str | None) -> list[str]:
