@@ -86,7 +86,7 @@ def _settings(options, config_file: str | None) -> tuple[dict, ...]:
 
 @task(name="check", task_run_name="check", cache_policy=NO_CACHE)
 def check(spec: str, output: str, splits: list[Split], settings: tuple[dict, ...],
-          overwrite: bool | Literal["changed"]) -> list[dict]:
+          overwrite: bool | Literal["changed"], beam_options: list[str] = ()) -> list[dict]:
   """Refuses a build that cannot run; returns each split's cache key and whether it is built.
 
   With overwrite, whatever the build would replace is removed here, as `impax build
@@ -99,8 +99,9 @@ def check(spec: str, output: str, splits: list[Split], settings: tuple[dict, ...
   for split in splits:
     plan = build.prepare(spec, split.input, output, split.name, settings,
                          overwrite=_input_changed(output, split) if overwrite == "changed"
-                         else overwrite)
-    # What the built split depends on, as the build itself decides "already built".
+                         else overwrite, beam_args=beam_options)
+    # What the built split depends on, as the build itself decides "already built"; not
+    # the runner, which gives the same bytes.
     key = {"output": _absolute(output), "split": split.name, "config_hash": plan.config_hash,
            "input_sha256": plan.input_sha256,
            "sharding": {k: getattr(plan.config, k) for k in config_lib.SPLIT_FIELDS}}
@@ -127,13 +128,13 @@ def _absolute(path: str) -> str:
 @task(name="build_split", task_run_name="build {split}", persist_result=True,
       cache_key_fn=lambda context, parameters: parameters["cache_key"])
 def build_split(spec: str, input: str, output: str, split: str, settings: tuple[dict, ...],
-                workers: int | None, cache_key: str) -> dict:
+                workers: int | None, cache_key: str, beam_options: list[str] = ()) -> dict:
   """Builds (or resumes) one split; returns the build's summary (see pipelines/build.py)."""
   logger = get_run_logger()
-  plan = build.prepare(spec, input, output, split, settings)
+  plan = build.prepare(spec, input, output, split, settings, beam_args=beam_options)
   if plan.resumed_shards:
     logger.info("resuming: %d shard(s) already finished", plan.resumed_shards)
-  summary = build.run(plan, workers=workers)
+  summary = build.run(plan, workers=workers, beam_args=beam_options)
   logger.info("%s [%s]: %d examples, %d failed, %d shard(s)%s", output, split,
               summary["num_examples"], summary["num_failed"], len(summary["shards"]),
               f" ({summary['skipped']})" if "skipped" in summary else
@@ -294,6 +295,7 @@ def build_dataset(
     retries: Annotated[int, pydantic.Field(ge=0)] = 2,
     retry_delay_seconds: Annotated[float, pydantic.Field(ge=0)] = 30.0,
     timeout_minutes: Annotated[float, pydantic.Field(gt=0)] = 360.0,
+    beam_options: list[str] | None = None,
 ) -> dict[str, dict]:
   """Builds each split of one dataset into ArrayRecord shards with metadata (`impax build`).
 
@@ -309,13 +311,17 @@ def build_dataset(
     retries: attempts after a failed split build; each resumes the last.
     retry_delay_seconds: wait before the first retry, doubled for each next one.
     timeout_minutes: a split build running longer fails (and is retried).
+    beam_options: Beam pipeline options, what `impax build ... --` takes: a runner and
+      its settings, e.g. the last line of `impax engine flink start`, split on spaces.
+      The runner gives the same bytes, so a build on another is served from the cache.
 
   Returns: {split: the build's summary}.
   """
   resource = {"prefect.resource.id": f"impax.dataset.{_absolute(output)}",
               "prefect.resource.name": os.path.basename(output.rstrip("/"))}
   return _build(spec, output, splits, _settings(options, config_file), overwrite, workers,
-                retries, retry_delay_seconds, timeout_minutes, resource, payload={})
+                retries, retry_delay_seconds, timeout_minutes, resource, payload={},
+                beam_options=beam_options or [])
 
 
 @flow(name="build_demo_dataset", flow_run_name=_demo_run_name)
@@ -360,12 +366,12 @@ def build_demo_dataset(
 
 
 def _build(spec, output, splits, settings, overwrite, workers, retries, retry_delay_seconds,
-           timeout_minutes, resource: dict, payload: dict):
+           timeout_minutes, resource: dict, payload: dict, beam_options: list[str] = ()):
   """Both flows' body: check, build each split, card, publish, and the event when
   something was built. The final state (Completed or, refused, Failed) has the message."""
   logger = get_run_logger()
   try:
-    checked = check(spec, output, splits, settings, overwrite)
+    checked = check(spec, output, splits, settings, overwrite, beam_options)
   except build.BuildError as e:  # refused before anything ran: the reason is the message
     return Failed(message=str(e), data=e)
   results = {}
@@ -376,7 +382,7 @@ def _build(spec, output, splits, settings, overwrite, workers, retries, retry_de
         # Not built in the output (deleted, half built): build, whatever the cache holds.
         refresh_cache=not facts["up_to_date"])
     state = build_task(spec, split.input, output, split.name, settings, workers,
-                       facts["cache_key"], return_state=True)
+                       facts["cache_key"], beam_options, return_state=True)
     summary = state.result()
     results[split.name] = (summary, state.name == "Cached")
     if state.name == "Cached":

@@ -142,6 +142,27 @@ def test_a_failing_split_build_is_retried(image_corpus, api, tmp_path):
   assert read_json(output / "metadata.json")["splits"]["train"]["num_examples"] == 24
 
 
+def test_build_dataset_runs_on_the_runner_beam_options_name(images, api, tmp_path):
+  """A scheduled build on a cluster: here Beam's portable runner and its job service, as
+  `impax engine portable start` brings them up; the bytes are the DirectRunner's."""
+  from impax.flows.build import build_dataset
+  from impax.pipelines import engine
+  from impax.pipelines.build import BuildError
+  params, _ = images
+  output = tmp_path / "portable" / os.path.basename(params["output"])
+  cluster = engine.start("portable", str(tmp_path / "engine"))
+  try:
+    state = build_dataset(**{**params, "output": str(output)}, beam_options=cluster["beam_options"],
+                          return_state=True)
+  finally:
+    engine.stop_state(cluster)
+  assert state.is_completed(), state.message
+  digests = lambda d: {name: sha for name, (sha, _) in shard_digests(d).items()}
+  assert digests(output) == digests(params["output"]) and len(digests(output)) == 4
+  with pytest.raises(BuildError, match=r"unknown Beam pipeline option.*--num_wrkers=3"):
+    build_dataset(**{**params, "output": str(tmp_path / "other")}, beam_options=["--num_wrkers=3"])
+
+
 def test_bad_parameters_are_refused_with_the_field_named(image_corpus, prefect_server, tmp_path):
   from prefect.exceptions import ParameterTypeError
 
