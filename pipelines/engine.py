@@ -585,7 +585,12 @@ def _spark_cluster(state: dict, home: str, slots: int, timeout: float) -> str:
                            "--webui-port", str(ports["spark_master_ui"])], env)
   _wait("Spark's master", lambda: _get_json(ports["spark_master_ui"], "/json/") is not None,
         state, "master", timeout)
-  _spawn(state, "worker", [_java(), *SPARK_JAVA17, "-Xmx512m", "-cp", jars, "org.apache.spark.deploy.worker.Worker",
+  # Each job stages the job server's classpath (about 420 MB) into the worker's folder: a
+  # finished job's copy is removed after 10 minutes (and all of them by `stop`).
+  cleanup = ["-Dspark.worker.cleanup.enabled=true", "-Dspark.worker.cleanup.interval=120",
+             "-Dspark.worker.cleanup.appDataTtl=600"]
+  _spawn(state, "worker", [_java(), *SPARK_JAVA17, *cleanup, "-Xmx512m", "-cp", jars,
+                           "org.apache.spark.deploy.worker.Worker",
                            "--host", "127.0.0.1", "--webui-port", str(ports["spark_worker_ui"]),
                            "--cores", str(slots), "--memory", "2g", master], env)
   _wait("Spark's worker", lambda: any(w.get("state") == "ALIVE" for w in
@@ -673,6 +678,8 @@ def stop_state(state: dict, timeout: float = 20) -> None:
       kill(state, role, signal.SIGKILL)
   for role in roles:
     alive(role)  # reaps a child
+  # What Spark's worker staged for each job: copies of jars, not results or logs.
+  shutil.rmtree(os.path.join(state["dir"], "work"), ignore_errors=True)
 
 
 def stop(name: str, directory: str | None = None) -> bool:

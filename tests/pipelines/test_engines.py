@@ -191,6 +191,8 @@ def test_spark_builds_the_direct_runners_bytes(spark, corpora, tmp_path):
   build(manifests["bad"], tmp_path / "bad", *spark.options)
   assert contents(tmp_path / "bad") == contents(reference / "bad")
   assert set(spark.state["processes"]) == {"master", "worker", "job_server", "sdk_worker_pool"}
+  spark.stop()  # and what the job staged in the worker's folder goes with the cluster
+  assert not os.path.exists(os.path.join(spark.dir, "work"))
 
 
 def test_portable_runner_over_its_job_service(portable, corpora, tmp_path):
