@@ -415,7 +415,7 @@ logger.jobs.level = INFO
 """
 
 
-def _job_server(state: dict, engine: Engine, master_flag: str, extra_classpath: tuple[str, ...],
+def _job_server(state: dict, engine: Engine, flags: tuple[str, ...], extra_classpath: tuple[str, ...],
                 timeout: float, jvm: tuple[str, ...] = ()) -> None:
   ports = state["ports"]
   for name in ("job", "artifact", "expansion"):
@@ -425,7 +425,7 @@ def _job_server(state: dict, engine: Engine, master_flag: str, extra_classpath: 
   _spawn(state, "job_server", [
       _java(), *jvm, "-Xmx1g", f"-Dlog4j2.configurationFile=file:{os.path.join(state['dir'], 'log4j2.properties')}",
       "-cp", _classpath(os.path.join(_job_server_dir(engine), "lib"), *extra_classpath),
-      engine.job_server_main, master_flag, "--job-host=127.0.0.1", f"--job-port={ports['job']}",
+      engine.job_server_main, *flags, "--job-host=127.0.0.1", f"--job-port={ports['job']}",
       f"--artifact-port={ports['artifact']}", f"--expansion-port={ports['expansion']}"])
   _wait(f"Beam's {engine.name} job server", _listening(ports["job"]), state, "job_server", timeout)
 
@@ -452,7 +452,8 @@ def _flink_conf(state: dict, slots: int) -> str:
       "jobmanager.rpc.port": ports["flink_rpc"],
       "rest.address": "127.0.0.1", "rest.bind-address": "127.0.0.1", "rest.port": ports["flink_rest"],
       "taskmanager.host": "127.0.0.1", "taskmanager.bind-host": "127.0.0.1",
-      "taskmanager.numberOfTaskSlots": slots, "parallelism.default": 1,
+      # A build without --workers (so without --parallelism) uses every slot.
+      "taskmanager.numberOfTaskSlots": slots, "parallelism.default": slots,
       "jobmanager.memory.process.size": "1024m", "taskmanager.memory.process.size": "1536m",
       # The default network memory (a fraction of 1.5 GB) holds too few buffers for a
       # build's shuffles at 2 slots.
@@ -534,7 +535,10 @@ def _start_flink(state: dict, slots: int, timeout: float, master: str | None) ->
   # Beam's runner brings no logging backend: Flink's log4j jars give it one.
   log4j = tuple(os.path.join(state["home"], "lib", n) for n in sorted(os.listdir(os.path.join(state["home"], "lib")))
                 if n.startswith("log4j-"))
-  _job_server(state, engine, f"--flink-master={master}", log4j, timeout)
+  # On the cluster started here the job server reads its config.yaml too: a job without
+  # --parallelism then runs on every slot (parallelism.default), not on one.
+  conf = (f"--flink-conf-dir={state['conf']}",) if "conf" in state else ()
+  _job_server(state, engine, (f"--flink-master={master}", *conf), log4j, timeout)
   _sdk_worker_pool(state, timeout)
   state["ui"] = f"http://{master}"
   return ["--runner=FlinkRunner", f"--flink_master={master}"]
@@ -563,7 +567,7 @@ def _start_spark(state: dict, slots: int, timeout: float, master: str | None) ->
   if master is None:
     master = _spark_cluster(state, home, slots, timeout)
   # Beam's runner is the Spark driver, inside the job server: Spark's jars go after Beam's.
-  _job_server(state, engine, f"--spark-master-url={master}", (os.path.join(home, "jars"),), timeout,
+  _job_server(state, engine, (f"--spark-master-url={master}",), (os.path.join(home, "jars"),), timeout,
               jvm=tuple(SPARK_JAVA17))
   _sdk_worker_pool(state, timeout)
   return ["--runner=SparkRunner"]

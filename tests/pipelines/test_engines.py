@@ -42,8 +42,8 @@ def impax(*argv, timeout=600, check=True):
 
 def build(manifest, output, *beam_options, workers=2, check=True, timeout=600):
   return impax("build", "jsonl", "--input", str(manifest), "--output", str(output),
-               "--workers", str(workers), "--num-shards", "3", *SMALL, "--", *beam_options,
-               check=check, timeout=timeout)
+               *(("--workers", str(workers)) if workers else ()), "--num-shards", "3", *SMALL,
+               "--", *beam_options, check=check, timeout=timeout)
 
 
 def contents(output) -> dict:
@@ -130,8 +130,13 @@ def test_engine_start_runs_each_part_in_its_own_process(flink):
 
 def test_flink_builds_the_direct_runners_bytes(flink, corpora, tmp_path):
   manifests, reference = corpora
-  build(manifests["videos"], tmp_path / "videos", *flink.options)
+  build(manifests["videos"], tmp_path / "videos", *flink.options, workers=None)
   assert contents(tmp_path / "videos") == contents(reference / "videos")
+  # Without --workers, the job runs on every slot of the cluster.
+  rest = flink.state["ports"]["flink_rest"]
+  job = max(engine._get_json(rest, "/jobs/overview")["jobs"], key=lambda j: j["start-time"])
+  vertices = engine._get_json(rest, f"/jobs/{job['jid']}")["vertices"]
+  assert {v["parallelism"] for v in vertices} == {flink.state["slots"]} == {2}
   # A cluster of one's own: `--master` starts only Beam's job server and the SDK workers for it.
   master = f"127.0.0.1:{flink.state['ports']['flink_rest']}"
   attached = Cluster("flink", tmp_path / "attached", "--master", master)
