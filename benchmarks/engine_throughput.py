@@ -29,20 +29,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from pipeline_throughput import make_videos, pipeline  # noqa: E402
+from pipeline_throughput import first_video, make_videos, pipeline  # noqa: E402
 
 from impax.pipelines import engine  # noqa: E402
-
-
-def first(manifest: str, count: int, folder: str) -> str:
-  with open(manifest) as f:
-    lines = f.readlines()[:count]
-  assert len(lines) == count, f"{manifest} has fewer than {count} videos"
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, f"first{count}.jsonl")
-  with open(path, "w") as f:
-    f.writelines(lines)
-  return path
 
 
 def shards(output: str) -> dict[str, str]:
@@ -72,14 +61,14 @@ def main():
   try:
     bytes_seen = {}
     for name, options in runners.items():
-      pipeline(first(manifest, 2, corpora), os.path.join(args.workdir, "out", name, "warm-up", "videos"),
+      pipeline(first_video(manifest, corpora, 2), os.path.join(args.workdir, "out", name, "warm-up", "videos"),
                n, options)
       times = {}
       sizes = (1, v, 5 * v) if name == "direct" else (1, v // 2, v, 5 * v)
       for count in sizes:
         out = os.path.join(args.workdir, "out", name, f"n{count}", "videos")
         shutil.rmtree(os.path.dirname(out), ignore_errors=True)
-        times[count] = pipeline(first(manifest, count, corpora), out, n, options)
+        times[count] = pipeline(first_video(manifest, corpora, count), out, n, options)
         bytes_seen.setdefault(count, {})[name] = shards(out)
         print(json.dumps({name: {count: round(times[count], 2)}}), file=sys.stderr)
       steady = 4 * v / (times[5 * v] - times[v])

@@ -86,13 +86,15 @@ def bare_ffmpeg(manifest: str, out: str, parallel: int) -> float:
   return time.perf_counter() - start
 
 
-def first_video(manifest: str, folder: str) -> str:
+def first_video(manifest: str, folder: str, count: int = 1) -> str:
+  """A manifest of the first `count` videos of `manifest`, in `folder`."""
   with open(manifest) as f:
-    line = f.readline()
+    lines = f.readlines()[:count]
+  assert len(lines) == count, f"{manifest} has fewer than {count} videos"
   os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, "one.jsonl")
+  path = os.path.join(folder, "one.jsonl" if count == 1 else f"first{count}.jsonl")
   with open(path, "w") as f:
-    f.write(line)
+    f.writelines(lines)
   return path
 
 

@@ -125,14 +125,12 @@ def splittable(input_path: str, spec: registry.DatasetSpec) -> int | None:
 
 def max_entries(input_path: str, spec: registry.DatasetSpec, within: int | None = 1 << 16) -> int | None:
   """At most how many entries a line-oriented input of up to `within` bytes (None: any
-  size) holds: its lines, less the header. A small build starts no more workers than
-  that, and the progress line counts towards it. None when unknown."""
+  size) holds: its lines as range_lines counts them, less the header. A small build
+  starts no more workers than that, and the progress line counts towards it. None when
+  unknown."""
   size = splittable(input_path, spec)
   if size is None or (within is not None and size > within):
     return None
-  if within is not None:
-    return max(0, len(storage.read(input_path).splitlines()) - spec.lines.header_lines)
-  # Any size, for the progress line: streamed, newlines only (a bare \r ends no line here).
   lines, last = 0, b"\n"
   with storage.open_raw(input_path) as f:
     for block in iter(lambda: f.read(1 << 22), b""):

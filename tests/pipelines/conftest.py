@@ -1,5 +1,6 @@
 """Shared fixtures: a small demo corpus and a way to build it."""
 
+import glob
 import hashlib
 import json
 import os
@@ -34,6 +35,22 @@ def shard_hashes(output) -> dict[str, str]:
   return out
 
 
+def shards_published(output) -> list[str]:
+  """The shards under their final names (not a temporary .partial)."""
+  return [p for p in glob.glob(os.path.join(output, "*.array_record-*-of-*")) if "partial" not in p]
+
+
+def nothing_half_written(output):
+  """After a kill: no metadata, and every shard under its final name is complete."""
+  from array_record.python.array_record_module import ArrayRecordReader
+  assert not os.path.exists(os.path.join(output, "metadata.json"))
+  for path in shards_published(output):
+    shard = int(path.rsplit("-of-", 1)[0][-5:])
+    with open(os.path.join(output, ".impax-tmp", "train", "shards", f"{shard:05d}.json")) as f:
+      sidecar = json.load(f)
+    assert ArrayRecordReader(path).num_records() == sidecar["num_records"]
+
+
 def read_failures(output, split="train") -> list[dict]:
   with open(os.path.join(output, f"failures-{split}.jsonl")) as f:
     return [json.loads(line) for line in f]
@@ -51,4 +68,5 @@ def helpers():
     hashes = staticmethod(shard_hashes)
     failures = staticmethod(read_failures)
     metadata = staticmethod(read_metadata)
+    nothing_half_written = staticmethod(nothing_half_written)
   return H

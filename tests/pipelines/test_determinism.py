@@ -77,23 +77,12 @@ def _published(output):
   return [p for p in glob.glob(os.path.join(output, "*.array_record-*-of-*")) if "partial" not in p]
 
 
-def _check_nothing_half_written(output):
-  """After a kill: no metadata, and every shard under its final name is complete."""
-  from array_record.python.array_record_module import ArrayRecordReader
-  assert not os.path.exists(os.path.join(output, "metadata.json"))
-  for path in _published(output):
-    shard = int(path.rsplit("-of-", 1)[0][-5:])
-    with open(os.path.join(output, ".impax-tmp", "train", "shards", f"{shard:05d}.json")) as f:
-      sidecar = json.load(f)
-    assert ArrayRecordReader(path).num_records() == sidecar["num_records"]
-
-
 def test_killed_while_processing_resumes_to_the_same_bytes(corpus, reference, tmp_path, helpers):
   out = tmp_path / "videos"
   examples = out / ".impax-tmp" / "train" / "examples"
   proc = _start_build(corpus["videos-train"], out)
   _kill_when(proc, lambda: len(glob.glob(str(examples / "*.json"))) >= 3)
-  _check_nothing_half_written(out)
+  helpers.nothing_half_written(out)
   helpers.build(corpus["videos-train"], out, num_shards=3)
   assert helpers.hashes(out) == helpers.hashes(reference)
   assert not os.path.exists(out / ".impax-tmp")
@@ -103,7 +92,7 @@ def test_killed_after_a_shard_finishes_only_the_missing_shards(corpus, reference
   out = tmp_path / "videos"
   proc = _start_build(corpus["videos-train"], out)
   _kill_when(proc, lambda: _published(out))
-  _check_nothing_half_written(out)
+  helpers.nothing_half_written(out)
   done = {p: os.stat(p) for p in _published(out)}
   plan = build.prepare("jsonl", corpus["videos-train"], str(out), "train",
                        ({**SMALL, "num_shards": 3},))
