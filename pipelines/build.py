@@ -10,6 +10,7 @@ Follow one example top to bottom:
      given, a SentencePiece tokenizer trained on the corpus's captions and label names.
   4. Layout (graph.py): the number of shards, and each entry's shard from its
      index, so which record lands where depends only on the input, never on the runner.
+     Steps 3 and 4 share one pass over the entries (the Corpus step).
   5. Process (graph.py, pipelines/example.py): each example is decoded,
      tokenized and serialized on its own, in parallel, into a temporary blob
      (its result, with stats, beside it). A worker holds one example at a

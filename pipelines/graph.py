@@ -6,6 +6,7 @@ which record lands in which shard depends on the input alone, never on the
 runner or the number of workers.
 """
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -40,7 +41,12 @@ def _dedupe(keyed):
                             f"{good[0].source}", e.id, stage="duplicate")
 
 
-# -- 3: vocabularies ----------------------------------------------------------
+# -- 3 and 4: what the whole corpus says ------------------------------------
+# One pass over the entries gathers everything that needs all of them: the label
+# names and the captions (step 3, the vocabularies) and the entries' count and index
+# range (step 4, the layout). One global step, not one per question: each of Beam's
+# steps costs a local build about 10 ms to plan and run, and a Flink build a task of its
+# own (four combines, each nine steps, were 0.4 s of a one-video build).
 
 
 def _label_names(entry):
@@ -57,24 +63,6 @@ def _captions(entry):
         yield text.normalize(caption)
 
 
-def _save_labels(labels: list[str], plan: Plan) -> list[str]:
-  storage.patch_beam()  # a Map step: no DoFn.setup runs before it on a worker
-  storage.write_atomic(storage.join(plan.tmp, "labels.json"), json.dumps(labels).encode())
-  return labels
-
-
-def _train_tokenizer(captions: list[tuple[str, int]], labels: list[str], plan: Plan) -> bytes:
-  storage.patch_beam()  # a Map step, as _save_labels
-  spec = registry.resolve(plan.spec_name, plan.spec_source)
-  texts = text.corpus_texts(captions, labels, sorted(spec.prompts.values()))
-  model = text.train_tokenizer(texts, plan.config.vocab_size, plan.config.tokenizer_type) if texts else b""
-  storage.write_atomic(storage.join(plan.tmp, "tokenizer.model"), model)
-  return model
-
-
-# -- 4: layout ----------------------------------------------------------------
-
-
 @dataclasses.dataclass(frozen=True)
 class Layout:
   num_shards: int
@@ -85,31 +73,90 @@ class Layout:
     return (index - self.min_index) * self.num_shards // (self.max_index - self.min_index + 1)
 
 
-class _LayoutFn(beam.CombineFn):
-  """Counts the entries and finds the largest index, then sizes the shards."""
+@dataclasses.dataclass
+class _Tally:
+  """_CorpusFn's accumulator."""
+  count: int = 0
+  max_index: int = -1
+  min_index: int | None = None
+  labels: set[str] = dataclasses.field(default_factory=set)
+  captions: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
-  def __init__(self, config: config_lib.BuildConfig):
-    self.config = config
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  layout: Layout
+  labels: list[str]  # sorted, distinct; [] unless gathered
+  captions: list[tuple[str, int]]  # (normalized caption, count), sorted; [] unless gathered
+
+
+class _CorpusFn(beam.CombineFn):
+  """Counts the entries and finds their index range, then sizes the shards; gathers the
+  distinct label names and counts the captions, where the plan does not give the
+  labels or the tokenizer."""
+
+  def __init__(self, config: config_lib.BuildConfig, labels: bool, captions: bool):
+    self.config, self.labels, self.captions = config, labels, captions
 
   def create_accumulator(self):
-    return 0, -1, None
+    return _Tally()
 
   def add_input(self, acc, entry):
-    low = entry.index if acc[2] is None else min(acc[2], entry.index)
-    return acc[0] + 1, max(acc[1], entry.index), low
+    acc.count += 1
+    acc.max_index = max(acc.max_index, entry.index)
+    acc.min_index = entry.index if acc.min_index is None else min(acc.min_index, entry.index)
+    if self.labels:
+      acc.labels.update(_label_names(entry))
+    if self.captions:
+      acc.captions.update(_captions(entry))
+    return acc
 
   def merge_accumulators(self, accs):
-    accs = list(accs)
-    lows = [a[2] for a in accs if a[2] is not None]
-    return sum(a[0] for a in accs), max(a[1] for a in accs), min(lows) if lows else None
+    merged, *rest = accs
+    for acc in rest:
+      merged.count += acc.count
+      merged.max_index = max(merged.max_index, acc.max_index)
+      if acc.min_index is not None:
+        merged.min_index = (acc.min_index if merged.min_index is None
+                            else min(merged.min_index, acc.min_index))
+      merged.labels |= acc.labels
+      merged.captions.update(acc.captions)
+    return merged
 
   def extract_output(self, acc):
-    count, max_index, min_index = acc
-    num_shards = self.config.num_shards or max(1, -(-count // self.config.shard_size))
-    return Layout(num_shards=num_shards, max_index=max_index, min_index=min_index or 0)
+    num_shards = self.config.num_shards or max(1, -(-acc.count // self.config.shard_size))
+    layout = Layout(num_shards=num_shards, max_index=acc.max_index, min_index=acc.min_index or 0)
+    return Corpus(layout, sorted(acc.labels), sorted(acc.captions.items()))
 
 
-def _assign(entry, layout: Layout, plan: Plan):
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+  """What processing an example and writing a shard need of the whole corpus: the
+  side input of steps 5 and 6."""
+  layout: Layout
+  labels: tuple[str, ...]
+  tokenizer_model: bytes
+
+
+def _prepare(corpus: Corpus, plan: Plan) -> Prepared:
+  """The vocabularies (the plan's, or learnt from the corpus and saved for step 7) and the layout."""
+  storage.patch_beam()  # a Map step: no DoFn.setup runs before it on a worker
+  labels = plan.labels
+  if labels is None:
+    labels = corpus.labels
+    storage.write_atomic(storage.join(plan.tmp, "labels.json"), json.dumps(labels).encode())
+  model = plan.tokenizer
+  if model is None:
+    spec = registry.resolve(plan.spec_name, plan.spec_source)
+    texts = text.corpus_texts(corpus.captions, labels, sorted(spec.prompts.values()))
+    model = (text.train_tokenizer(texts, plan.config.vocab_size, plan.config.tokenizer_type)
+             if texts else b"")
+    storage.write_atomic(storage.join(plan.tmp, "tokenizer.model"), model)
+  return Prepared(corpus.layout, tuple(labels), model)
+
+
+def _assign(entry, prepared: Prepared, plan: Plan):
+  layout = prepared.layout
   shard = layout.shard_of(entry.index)
   if plan.shard_name(shard, layout.num_shards) not in plan.finished:
     yield shard, entry
@@ -128,7 +175,7 @@ class Process(beam.DoFn):
   def setup(self):
     storage.patch_beam()
 
-  def process(self, item, tokenizer_model: bytes, labels: list[str]):
+  def process(self, item, prepared: Prepared):
     shard, entry = item
     if isinstance(entry, registry.BadEntry):
       yield shard, example.Failure.of(entry, entry.stage, entry.error)
@@ -137,9 +184,9 @@ class Process(beam.DoFn):
     if storage.exists(result_path):  # processed by a build that was killed
       yield shard, example.result_from_json(json.loads(storage.read(result_path)))
       return
-    if self._labels[0] is not labels:
-      self._labels = (labels, {name: i for i, name in enumerate(labels)})
-    result, record = example.process_entry(entry, self.plan.config, tokenizer_model,
+    if self._labels[0] is not prepared.labels:
+      self._labels = (prepared.labels, {name: i for i, name in enumerate(prepared.labels)})
+    result, record = example.process_entry(entry, self.plan.config, prepared.tokenizer_model,
                                            self._labels[1], self.plan.media_base)
     if record is not None:
       storage.write_atomic(self.plan.record_blob(entry.index), record)
@@ -194,9 +241,9 @@ class WriteShard(beam.DoFn):
   def setup(self):
     storage.patch_beam()
 
-  def process(self, item, layout: Layout):
+  def process(self, item, prepared: Prepared):
     shard, results = item
-    plan = self.plan
+    plan, layout = self.plan, prepared.layout
     name = plan.shard_name(shard, layout.num_shards)
     final = storage.join(plan.output, name)
     if name in plan.finished and storage.exists(plan.sidecar(shard)):
@@ -250,40 +297,21 @@ def build_pipeline(p: beam.Pipeline, plan: Plan):
       | "KeyById" >> beam.Map(lambda e: (_id_key(e), e))
       | "GroupById" >> beam.GroupByKey()
       | "Dedupe" >> beam.FlatMap(_dedupe))
-
-  if plan.labels is None:
-    labels = (entries
-              | "LabelNames" >> beam.FlatMap(_label_names)
-              | "DistinctLabels" >> beam.Distinct()
-              | "LabelList" >> beam.combiners.ToList()
-              | "SortLabels" >> beam.Map(sorted)
-              | "SaveLabels" >> beam.Map(_save_labels, plan))
-  else:
-    labels = p | "FixedLabels" >> beam.Create([list(plan.labels)])
-
-  if plan.tokenizer is None:
-    tokenizer = (entries
-                 | "Captions" >> beam.FlatMap(_captions)
-                 | "CountCaptions" >> beam.combiners.Count.PerElement()
-                 | "CaptionList" >> beam.combiners.ToList()
-                 | "TrainTokenizer" >> beam.Map(
-                     _train_tokenizer, beam.pvalue.AsSingleton(labels), plan))
-  else:
-    tokenizer = p | "GivenTokenizer" >> beam.Create([plan.tokenizer])
-
-  layout = entries | "Layout" >> beam.CombineGlobally(_LayoutFn(plan.config))
-  layout_side = beam.pvalue.AsSingleton(layout)
+  whole = (entries
+           | "Corpus" >> beam.CombineGlobally(_CorpusFn(plan.config, labels=plan.labels is None,
+                                                        captions=plan.tokenizer is None))
+           | "Vocabularies" >> beam.Map(_prepare, plan))
+  prepared = beam.pvalue.AsSingleton(whole)
   results = (
       entries
-      | "AssignShard" >> beam.FlatMap(_assign, layout_side, plan)
+      | "AssignShard" >> beam.FlatMap(_assign, prepared, plan)
       | "Spread" >> beam.Reshuffle()
-      | "Process" >> beam.ParDo(Process(plan), beam.pvalue.AsSingleton(tokenizer),
-                                beam.pvalue.AsSingleton(labels)))
+      | "Process" >> beam.ParDo(Process(plan), prepared))
   # Every shard gets a group, even one whose entries all failed or were skipped.
-  markers = layout | "ShardMarkers" >> beam.FlatMap(
-      lambda l: [(s, None) for s in range(l.num_shards)])
+  markers = whole | "ShardMarkers" >> beam.FlatMap(
+      lambda prep: [(s, None) for s in range(prep.layout.num_shards)])
   return (
       (results, markers)
       | "Together" >> beam.Flatten()
       | "GroupByShard" >> beam.GroupByKey()
-      | "WriteShard" >> beam.ParDo(WriteShard(plan), layout_side))
+      | "WriteShard" >> beam.ParDo(WriteShard(plan), prepared))

@@ -5,7 +5,8 @@ byte ranges of RANGE_BYTES. Each range's newlines are counted first, on the
 workers, which numbers every range's first line; then each range is parsed on
 its own. No worker holds more than the line it is parsing, and the launcher
 holds only the list of ranges: a manifest of millions of lines is read like a
-small one, and its line numbers in failure messages are exact.
+small one, and its line numbers in failure messages are exact. An input of one
+range has nothing to count: its first line is line 1.
 
 Any other input (a JSON file, a folder) is read by one worker as a stream;
 so is a compressed line file, which cannot be entered in the middle.
@@ -157,14 +158,18 @@ class ReadEntries(beam.PTransform):
       return (pbegin
               | "Input" >> beam.Create([self.input])
               | "ReadAll" >> beam.FlatMap(_read_all, self.spec_name, self.spec_source, self.split))
+    reader = _ReadRange(self.input, self.spec_name, self.spec_source, self.split)
+    spans = byte_ranges(size, self.range_bytes)
+    if len(spans) <= 1:  # one range: its first line is line 1, nothing to count or spread
+      return (pbegin
+              | "Ranges" >> beam.Create(spans)
+              | "ReadRanges" >> beam.ParDo(reader, {0: 1}))
     path = self.input
     ranges = (pbegin
-              | "Ranges" >> beam.Create(byte_ranges(size, self.range_bytes))
+              | "Ranges" >> beam.Create(spans)
               | "SpreadRanges" >> beam.Reshuffle())
     first_numbers = (ranges
                      | "CountLines" >> beam.Map(lambda r: (r[0], count_newlines(path, *r)))
                      | "AllCounts" >> beam.combiners.ToList()
                      | "FirstLines" >> beam.Map(_first_numbers))
-    return ranges | "ReadRanges" >> beam.ParDo(
-        _ReadRange(self.input, self.spec_name, self.spec_source, self.split),
-        beam.pvalue.AsSingleton(first_numbers))
+    return ranges | "ReadRanges" >> beam.ParDo(reader, beam.pvalue.AsSingleton(first_numbers))
