@@ -1,6 +1,6 @@
 """Video throughput of `impax build` against bare ffmpeg, and two workers against one.
 
-    .venv/bin/python benchmarks/pipeline_throughput.py [--videos 48] [--seconds 10]
+    .venv/bin/python benchmarks/pipeline_throughput.py [--videos 48] [--seconds 10] [--repeat 1]
 
 Generates H.264/AAC videos (1280x720, 30 fps, with sound), then in one run:
   - baseline: bare ffmpeg doing the same trim, fps and resize (frames to JPEG
@@ -17,7 +17,8 @@ one video in the N-video build's own mode (`mode`: its N workers), and taken out
 steady = (V - 1) / (T(V) - T(1)). `impax_one_video_s` is a one-video build as users
 run it (in the launcher's process, whatever --workers). The machine may be shared:
 each `*_cpu_s` is the CPU time (user + sys, ffmpeg and worker processes included)
-of that wall time, which another job's load changes less.
+of that wall time, which another job's load changes less. With --repeat R, each
+build runs R times, interleaved, and each figure is the median of its R runs.
 """
 
 import argparse
@@ -26,6 +27,7 @@ import json
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -121,6 +123,8 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--videos", type=int, default=48)
   parser.add_argument("--seconds", type=float, default=10.0)
+  parser.add_argument("--repeat", type=int, default=1,
+                      help="runs of each build, interleaved; each figure is their median")
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "impax-bench-throughput"))
   args = parser.parse_args()
   manifest = make_videos(os.path.join(args.workdir, "videos"), args.videos, args.seconds)
@@ -128,22 +132,29 @@ def main():
              "settings": SETTINGS, "ffmpeg": publish.ffmpeg_version()}
   for n in (1, 2):
     out = os.path.join(args.workdir, f"out{n}")
-    shutil.rmtree(out, ignore_errors=True)
-    bare, bare_cpu = with_cpu(bare_ffmpeg, manifest, os.path.join(out, "bare"), n)
-    impax, impax_cpu = with_cpu(pipeline, manifest, os.path.join(out, "impax"), n)
-    # A one-video build as users run it: in the launcher's process, whatever --workers.
-    one, one_cpu = with_cpu(pipeline, first_video(manifest, out), os.path.join(out, "impax-one"), n)
     # The fixed cost taken out of the N-video build: one video in that build's own mode
     # (with its N workers and their start-up), so that what is left is per video.
     own = build.pipeline_options([], n, read.max_entries(manifest, registry.get("jsonl")))
     own = own.get_all_options()
     mode = [f"--direct_running_mode={own['direct_running_mode']}",
             f"--direct_num_workers={own['direct_num_workers']}"]
-    fixed, fixed_cpu = with_cpu(pipeline, first_video(manifest, out),
-                                os.path.join(out, "impax-one-same-mode"), n, mode)
+    runs = []
+    for _ in range(args.repeat):  # interleaved, so that a slow spell of the machine hits all
+      shutil.rmtree(out, ignore_errors=True)
+      bare = with_cpu(bare_ffmpeg, manifest, os.path.join(out, "bare"), n)
+      impax = with_cpu(pipeline, manifest, os.path.join(out, "impax"), n)
+      # A one-video build as users run it: in the launcher's process, whatever --workers.
+      one = with_cpu(pipeline, first_video(manifest, out), os.path.join(out, "impax-one"), n)
+      fixed = with_cpu(pipeline, first_video(manifest, out),
+                       os.path.join(out, "impax-one-same-mode"), n, mode)
+      runs.append((bare, impax, one, fixed))
+    # Each figure the median of its runs (wall and CPU seconds apart).
+    (bare, bare_cpu), (impax, impax_cpu), (one, one_cpu), (fixed, fixed_cpu) = (
+        (statistics.median(r[k][0] for r in runs), statistics.median(r[k][1] for r in runs))
+        for k in range(4))
     steady = (args.videos - 1) / (impax - fixed)
     results[f"workers_{n}"] = {
-        "mode": own["direct_running_mode"],
+        "mode": own["direct_running_mode"], "runs": args.repeat,
         "bare_ffmpeg_s": round(bare, 2), "impax_s": round(impax, 2),
         "impax_one_video_s": round(one, 2), "fixed_cost_s": round(fixed, 2),
         "bare_ffmpeg_cpu_s": round(bare_cpu, 2), "impax_cpu_s": round(impax_cpu, 2),
@@ -153,6 +164,7 @@ def main():
         "impax_videos_per_s": round(args.videos / impax, 3),
         "impax_steady_videos_per_s": round(steady, 3),
         "impax_over_bare": round(bare / impax, 3),
+        "impax_over_bare_each_run": [round(b[0] / i[0], 3) for b, i, _, _ in runs],
         "impax_steady_over_bare": round(steady / (args.videos / bare), 3)}
     print(json.dumps({f"workers_{n}": results[f"workers_{n}"]}), file=sys.stderr)
   w1, w2 = results["workers_1"], results["workers_2"]
