@@ -143,10 +143,10 @@ def main():
       shutil.rmtree(out, ignore_errors=True)
       bare = with_cpu(bare_ffmpeg, manifest, os.path.join(out, "bare"), n)
       impax = with_cpu(pipeline, manifest, os.path.join(out, "impax"), n)
+      one_video = first_video(manifest, out)
       # A one-video build as users run it: in the launcher's process, whatever --workers.
-      one = with_cpu(pipeline, first_video(manifest, out), os.path.join(out, "impax-one"), n)
-      fixed = with_cpu(pipeline, first_video(manifest, out),
-                       os.path.join(out, "impax-one-same-mode"), n, mode)
+      one = with_cpu(pipeline, one_video, os.path.join(out, "impax-one"), n)
+      fixed = with_cpu(pipeline, one_video, os.path.join(out, "impax-one-same-mode"), n, mode)
       runs.append((bare, impax, one, fixed))
     # Each figure the median of its runs (wall and CPU seconds apart).
     (bare, bare_cpu), (impax, impax_cpu), (one, one_cpu), (fixed, fixed_cpu) = (

@@ -87,7 +87,7 @@ class _Tally:
 class Corpus:
   layout: Layout
   labels: list[str]  # sorted, distinct; [] unless gathered
-  captions: list[tuple[str, int]]  # (normalized caption, count), sorted; [] unless gathered
+  captions: Mapping[str, int]  # {normalized caption: count}; empty unless gathered
 
 
 class _CorpusFn(beam.CombineFn):
@@ -126,7 +126,7 @@ class _CorpusFn(beam.CombineFn):
   def extract_output(self, acc):
     num_shards = self.config.num_shards or max(1, -(-acc.count // self.config.shard_size))
     layout = Layout(num_shards=num_shards, max_index=acc.max_index, min_index=acc.min_index or 0)
-    return Corpus(layout, sorted(acc.labels), sorted(acc.captions.items()))
+    return Corpus(layout, sorted(acc.labels), dict(acc.captions))  # corpus_texts sorts them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +148,7 @@ def _prepare(corpus: Corpus, plan: Plan) -> Prepared:
   model = plan.tokenizer
   if model is None:
     spec = registry.resolve(plan.spec_name, plan.spec_source)
-    texts = text.corpus_texts(corpus.captions, labels, sorted(spec.prompts.values()))
+    texts = text.corpus_texts(corpus.captions.items(), labels, sorted(spec.prompts.values()))
     model = (text.train_tokenizer(texts, plan.config.vocab_size, plan.config.tokenizer_type)
              if texts else b"")
     storage.write_atomic(storage.join(plan.tmp, "tokenizer.model"), model)

@@ -8,7 +8,7 @@ import apache_beam as beam
 import pytest
 
 from impax.datasets import registry
-from impax.pipelines import build, config as config_lib, graph
+from impax.pipelines import build, config as config_lib, graph, read
 
 
 def entries():
@@ -34,8 +34,8 @@ def test_the_corpus_pass_gives_the_same_result_however_it_is_split(seed):
   whole = one_pass(fn, items)
   assert whole.layout == graph.Layout(num_shards=4, max_index=41, min_index=2)
   assert whole.labels == ["class 0", "class 1", "class 2"]  # distinct, sorted; no bad text
-  assert whole.captions == [(f"a caption {k}", sum(1 for i in range(3, 40) if i % 4 == k))
-                            for k in range(4)]
+  assert whole.captions == {f"a caption {k}": sum(1 for i in range(3, 40) if i % 4 == k)
+                            for k in range(4)}
   rng = random.Random(seed)
   rng.shuffle(items)
   cuts = sorted(rng.sample(range(1, len(items)), 4))
@@ -53,7 +53,7 @@ def test_the_corpus_pass_gives_the_same_result_however_it_is_split(seed):
 def test_the_corpus_pass_gathers_only_what_the_plan_lacks():
   fn = graph._CorpusFn(config_lib.BuildConfig(num_shards=3), False, False)
   corpus = one_pass(fn, entries())
-  assert corpus.labels == [] and corpus.captions == []
+  assert corpus.labels == [] and corpus.captions == {}
   assert corpus.layout == graph.Layout(num_shards=3, max_index=41, min_index=2)
   empty = fn.extract_output(fn.create_accumulator())
   assert empty.layout.num_shards == 3 and empty.labels == []
@@ -76,6 +76,6 @@ def test_a_small_input_is_read_in_one_step_and_the_graph_stays_small(tmp_path, m
   # 29 today; it was 74 with a combine per question and the line count for one range.
   assert len(steps) <= 30, steps
   # An input of several ranges numbers its lines from each range's count.
-  monkeypatch.setattr(graph.read, "RANGE_BYTES", 300)
+  monkeypatch.setattr(read, "RANGE_BYTES", 300)
   steps = leaf_steps(build.prepare("jsonl", str(manifest), str(tmp_path / "out")))
   assert "Read/CountLines" in steps
