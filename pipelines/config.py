@@ -10,6 +10,7 @@ same hash or be run with --overwrite.
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import tomllib
 
@@ -17,6 +18,8 @@ import tomllib
 # writes; part of the config hash so old outputs are not resumed into.
 # 2: a record's source is relative to the corpus root; 3: fingerprints; 4: a video's centre hash.
 FORMAT_VERSION = 4
+
+JPEG_MAX_SIDE = 65500  # libjpeg's largest width or height
 
 
 def _field(default, help_):
@@ -38,6 +41,11 @@ class BuildConfig:
   audio_max_seconds: float = _field(30.0, "most seconds of audio stored per audio clip")
   # Images.
   image_short_side: int = _field(256, "images are resized so their short side is this many pixels; 0 keeps the size")
+  # 8:1 at the default short side: only banners and spacers are wider, and a model
+  # trained on crops of a few hundred pixels loses nothing when they shrink.
+  max_long_side: int = _field(2048, "frames and images whose long side would be longer are shrunk "
+                              "to this, keeping the aspect (so the short side is smaller); "
+                              f"0: only JPEG's limit, {JPEG_MAX_SIDE}")
   # Text and labels.
   tokenizer: str = _field("", "SentencePiece .model to use; empty: train one on the corpus's text")
   vocab_size: int = _field(8000, "vocabulary size of a trained tokenizer (an upper bound on small corpora)")
@@ -58,6 +66,10 @@ class BuildConfig:
 
   def validate(self):
     """Raises ValueError naming the field and what to do."""
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"config field {field.name}={value!r} must be a finite number")
     checks = [
         ("video_fps", self.video_fps > 0, "must be > 0"),
         ("video_max_frames", self.video_max_frames > 0, "must be > 0"),
@@ -68,6 +80,10 @@ class BuildConfig:
         ("audio_sample_rate", 1000 <= self.audio_sample_rate <= 384000, "must be between 1000 and 384000"),
         ("audio_max_seconds", self.audio_max_seconds > 0, "must be > 0"),
         ("image_short_side", self.image_short_side >= 0, "must be >= 0"),
+        ("max_long_side", self.max_long_side == 0 or max(
+            self.video_short_side, self.image_short_side) <= self.max_long_side <= JPEG_MAX_SIDE,
+         f"must be 0 (JPEG's limit) or from the short sides "
+         f"({max(self.video_short_side, self.image_short_side)}) up to {JPEG_MAX_SIDE}"),
         ("vocab_size", self.vocab_size >= 8, "must be >= 8"),
         ("tokenizer_type", self.tokenizer_type in ("unigram", "bpe"), "must be unigram or bpe"),
         ("num_shards", self.num_shards >= 0, "must be >= 0"),
