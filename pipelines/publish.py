@@ -11,6 +11,7 @@ import glob
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import subprocess
 
@@ -104,9 +105,23 @@ def _split(plan: Plan, infos: list[ShardInfo], failures: list[example.Failure], 
       ffmpeg=ffmpeg_version(),
       created=now,
       lacking=_lacking(infos, composition),
-      # Shards on an object store are not read back here: `impax dedup` reads a local copy.
-      duplicates=dedup.split_summary([storage.join(plan.output, i.path) for i in infos], plan.split)
-      if plan.config.fingerprints and storage.is_local(plan.output) else None)
+      duplicates=_duplicates(plan, infos))
+
+
+def _duplicates(plan: Plan, infos: list[ShardInfo]) -> dict | None:
+  """The split's duplicate summary; None when not computed. It is an extra: if it fails,
+  the dataset is published without it, since a rerun would resume the finished shards
+  only to fail here again."""
+  # Shards on an object store are not read back here: `impax dedup` reads a local copy.
+  if not plan.config.fingerprints or not storage.is_local(plan.output):
+    return None
+  try:
+    return dedup.split_summary([storage.join(plan.output, i.path) for i in infos], plan.split)
+  except Exception as e:  # MemoryError included
+    logging.getLogger(__name__).warning(
+        "the duplicates of split %r were not summarized (%s: %s); metadata.json is written "
+        "without them: `impax dedup %s` finds them", plan.split, type(e).__name__, e, plan.output)
+    return None
 
 
 def _lacking(infos: list[ShardInfo], composition: metadata.Composition
