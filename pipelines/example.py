@@ -161,7 +161,7 @@ def decode(medium: str, local: str, path: str, entry: registry.Entry,
           jpeg_quality=config.jpeg_quality,
           audio_track="ignore" if "audio" in entry.media else config.audio_track,
           sample_rate=config.audio_sample_rate, timeout=config.ffmpeg_timeout,
-          threads=config.ffmpeg_threads)
+          threads=config.ffmpeg_threads, max_long_side=config.max_long_side)
     if medium == "audio":
       return media.decode_audio(
           local, start=entry.start, end=entry.end, sample_rate=config.audio_sample_rate,
@@ -169,7 +169,8 @@ def decode(medium: str, local: str, path: str, entry: registry.Entry,
           threads=config.ffmpeg_threads)
     with open(local, "rb") as f:
       return media.process_image(f.read(), short_side=config.image_short_side,
-                                 jpeg_quality=config.jpeg_quality, name=path)
+                                 jpeg_quality=config.jpeg_quality,
+                                 max_long_side=config.max_long_side, name=path)
   except media.MediaError as e:
     raise media.MediaError(str(e).replace(local, path)) from None
 

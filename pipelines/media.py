@@ -16,6 +16,7 @@ import dataclasses
 import fcntl
 import functools
 import io
+import math
 import os
 import re
 import struct
@@ -29,6 +30,7 @@ import soxr
 from PIL import Image, ImageOps
 from threadpoolctl import ThreadpoolController
 
+from impax.pipelines.config import JPEG_MAX_SIDE
 from impax.pipelines.tools import ffmpeg_binary
 
 
@@ -149,9 +151,10 @@ def _wav_samples(data: bytes | bytearray) -> tuple[np.ndarray, int]:
 
 
 def _resample(samples: np.ndarray, rate: int, target: int) -> Audio:
+  # A float file can hold them; stored as PCM they would be silence and full scale.
+  if not np.isfinite(samples).all():
+    raise MediaError("the audio decodes to samples that are not finite (NaN or infinity)")
   if rate != target and samples.size:
-    if not np.isfinite(samples).all():
-      raise MediaError("the audio decodes to samples that are not finite (NaN or infinity)")
     # What librosa.resample(res_type="soxr_hq") computes (the same bytes, tested): soxr,
     # then cut or zero-padded to ceil(n * ratio) samples.
     size = int(np.ceil(samples.shape[-1] * (float(target) / rate)))
@@ -173,6 +176,10 @@ def _clip_input(path: str, start: float | None, duration: float | None, threads:
 
 
 def _clip_duration(start, end, cap):
+  # A spec file's reader may hand on any float: NaN as an end would mean "no end".
+  for name, value in (("start", start), ("end", end)):
+    if value is not None and not math.isfinite(value):
+      raise MediaError(f"clip {name} {value} is not a finite number of seconds")
   return min(cap, end - (start or 0.0)) if end is not None else cap
 
 
@@ -193,22 +200,42 @@ def _read_frames(stdout, jpeg_quality: int):
 
 def decode_video(path: str, *, start: float | None, end: float | None, fps: float,
                  max_frames: int, short_side: int, jpeg_quality: int, audio_track: str,
-                 sample_rate: int, timeout: float, threads: int = 1) -> VideoClip:
-  """Frames of the clip [start, end) at `fps`, short side resized, as JPEGs; and its audio."""
+                 sample_rate: int, timeout: float, threads: int = 1,
+                 max_long_side: int = 0) -> VideoClip:
+  """Frames of the clip [start, end) at `fps` as a viewer sees them, resized to
+  `short_side` (`_scale`), as JPEGs; and its audio."""
   duration = _clip_duration(start, end, max_frames / fps)
   want_audio = audio_track != "ignore"
-  clip = _run_video(path, start, duration, fps, max_frames, short_side, jpeg_quality,
+  scale = _scale(short_side, max_long_side)
+  clip = _run_video(path, start, duration, fps, max_frames, scale, jpeg_quality,
                     want_audio, sample_rate, timeout, threads)
   if clip.audio is None and audio_track == "required":
     raise MediaError(f"{path} has no audio stream, and audio_track=required")
   return clip
 
 
-def _run_video(path, start, duration, fps, max_frames, short_side, jpeg_quality,
+def _long_side_cap(max_long_side: int) -> int:
+  return min(max_long_side or JPEG_MAX_SIDE, JPEG_MAX_SIDE)
+
+
+def _scale(short_side: int, max_long_side: int) -> tuple[str, str]:
+  """ffmpeg's scale expressions (width, height): the frame as a viewer sees it, iw*sar by
+  ih (an anamorphic DVD's 720x576 is 4:3 or 16:9, not 5:4), resized so its short side is
+  `short_side`, or smaller where the long side would pass `max_long_side`; the other
+  side even."""
+  s, cap = short_side, _long_side_cap(max_long_side)
+  even = lambda size: f"max(2,2*round({size}/2))"
+  # dar is iw/ih*sar, with sar 1 where the file gives none.
+  tall_w = f"if(gt({s},{cap}*dar),{even(f'{cap}*dar')},{s})"
+  tall_h = f"if(gt({s},{cap}*dar),{cap},{even(f'{s}/dar')})"
+  wide_w = f"if(gt({s}*dar,{cap}),{cap},{even(f'{s}*dar')})"
+  wide_h = f"if(gt({s}*dar,{cap}),{even(f'{cap}/dar')},{s})"
+  return f"if(lte(dar,1),{tall_w},{wide_w})", f"if(lte(dar,1),{tall_h},{wide_h})"
+
+
+def _run_video(path, start, duration, fps, max_frames, scale, jpeg_quality,
                want_audio, sample_rate, timeout, threads) -> VideoClip:
   source = _clip_input(path, start, duration, threads)
-  # Resize by the short side, keeping the aspect ratio (-2: an even size).
-  scale = (f"if(lte(iw,ih),{short_side},-2)", f"if(lte(iw,ih),-2,{short_side})")
   video = source["V:0"].filter("fps", fps=fps).filter("scale", *scale, flags="bicubic")
   outputs = [ffmpeg.output(video, "pipe:1", format="image2pipe", vcodec="bmp",
                            frames=max_frames)]
@@ -252,7 +279,7 @@ def _run_video(path, start, duration, fps, max_frames, short_side, jpeg_quality,
   if code != 0:
     if want_audio and "video" in kinds and "audio" not in kinds:
       # The audio output had nothing to map: decode again without it.
-      return _run_video(path, start, duration, fps, max_frames, short_side, jpeg_quality,
+      return _run_video(path, start, duration, fps, max_frames, scale, jpeg_quality,
                         False, sample_rate, timeout, threads)
     if kinds and "video" not in kinds:
       raise MediaError(f"{path} has no video stream")
@@ -321,9 +348,11 @@ def _to_rgb(image: Image.Image) -> Image.Image:
   return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
-def process_image(data: bytes, *, short_side: int, jpeg_quality: int, name: str = "image"
-                  ) -> tuple[bytes, int, int]:
-  """JPEG bytes, height, width of an image: EXIF orientation applied, RGB, resized."""
+def process_image(data: bytes, *, short_side: int, jpeg_quality: int, max_long_side: int = 0,
+                  name: str = "image") -> tuple[bytes, int, int]:
+  """JPEG bytes, height, width of an image: EXIF orientation applied, RGB, resized so its
+  short side is `short_side` (0: as it is) or smaller where its long side would pass
+  `max_long_side` (0: JPEG's limit)."""
   if not data:
     raise MediaError(f"{name} is empty")
   try:
@@ -334,8 +363,9 @@ def process_image(data: bytes, *, short_side: int, jpeg_quality: int, name: str 
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise MediaError(f"{name} is not a readable image: {e}") from None
   width, height = image.size
-  if short_side and min(width, height) != short_side:
-    ratio = short_side / min(width, height)
+  ratio = short_side / min(width, height) if short_side else 1.0
+  ratio = min(ratio, _long_side_cap(max_long_side) / max(width, height))
+  if ratio != 1.0:
     size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
     image = image.resize(size, Image.Resampling.LANCZOS if ratio < 1 else Image.Resampling.BICUBIC)
   return _jpeg(image, jpeg_quality), image.size[1], image.size[0]

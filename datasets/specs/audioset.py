@@ -13,6 +13,7 @@ times as the CSV writes them (balanced_train_segments/--PJHxphWEs_30.000_40.000.
 already cut to the segment; a missing clip is a failure of the read stage.
 """
 
+import math
 import posixpath
 
 from impax.datasets import registry
@@ -46,8 +47,9 @@ def _seconds(value: str, field: str, number: int) -> float:
     seconds = float(value)
   except ValueError:
     seconds = -1.0
-  if not seconds >= 0:
-    raise _csv.LineError(f"line {number}: {field} must be a number of seconds, got {value!r}")
+  if not (math.isfinite(seconds) and seconds >= 0):  # float() reads "nan" and "inf"
+    raise _csv.LineError(f"line {number}: {field} must be a finite, non-negative number of "
+                         f"seconds, got {value!r}")
   return seconds
 
 

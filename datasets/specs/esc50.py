@@ -37,7 +37,7 @@ def parse(ctx: dict, number: int, raw: bytes) -> registry.Entry | registry.BadEn
     if row is None:
       return None
     filename, fold, category = (row[columns[k]].strip() for k in ("filename", "fold", "category"))
-    if not fold.isdigit():
+    if not (fold.isascii() and fold.isdigit()):  # int() refuses "²", which isdigit() takes
       raise _csv.LineError(f"line {number}: fold must be a fold number (1-5), got {fold!r}")
     if not filename or "/" in filename:
       raise _csv.LineError(f"line {number}: filename must name a file in audio/, got {filename!r}")

@@ -12,6 +12,7 @@ bounds). Other keys are ignored.
 """
 
 import json
+import math
 import os
 import posixpath
 
@@ -42,6 +43,8 @@ def parse_line(manifest: str, number: int, raw: bytes) -> registry.Entry | regis
     obj = json.loads(text)
   except json.JSONDecodeError as e:
     return bad(f"line {number} is not valid JSON: {e.msg} at column {e.colno}")
+  except (ValueError, RecursionError) as e:  # an integer of 4,300+ digits, arrays nested too deep
+    return bad(f"line {number} cannot be read as JSON: {e}")
   if not isinstance(obj, dict):
     return bad(f"line {number} is a JSON {type(obj).__name__}, expected an object")
   for key in ("id", *modalities.MEDIA):
@@ -74,9 +77,10 @@ def parse_line(manifest: str, number: int, raw: bytes) -> registry.Entry | regis
 
   start, end = obj.get("start"), obj.get("end")
   for key, value in (("start", start), ("end", end)):
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
-                              or value < 0):
-      return bad(f"line {number}: '{key}' must be a non-negative number of seconds", id_)
+    if value is not None and _seconds(value) is None:
+      # Python's json reads NaN and Infinity: NaN as an end would mean "no end".
+      return bad(f"line {number}: '{key}' must be a non-negative number of seconds, and "
+                 f"finite, got {json.dumps(value)[:40]}", id_)
   if start is not None and end is not None and end <= start:
     return bad(f"line {number}: 'end' ({end}) must be after 'start' ({start})", id_)
 
@@ -86,8 +90,19 @@ def parse_line(manifest: str, number: int, raw: bytes) -> registry.Entry | regis
       id_ += f"@{start or 0:g}-{'' if end is None else f'{end:g}'}"
   return registry.Entry(
       index=number - 1, source=source, id=id_, media=media,
-      start=None if start is None else float(start), end=None if end is None else float(end),
+      start=None if start is None else _seconds(start), end=None if end is None else _seconds(end),
       labels=tuple(labels), captions=tuple(captions))
+
+
+def _seconds(value) -> float | None:
+  """A clip bound in seconds; None unless a finite, non-negative number."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)):
+    return None
+  try:
+    seconds = float(value)
+  except OverflowError:  # an integer past a float's range
+    return None
+  return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _is_unicode(value: str) -> bool:
@@ -103,7 +118,7 @@ FORMAT = registry.LineFormat(parse=parse_line)
 
 def read(path: str):
   for number, raw in registry.read_lines(path):
-    if (entry := parse_line(path, number, raw)) is not None:
+    if (entry := FORMAT.entry(path, path, number, raw)) is not None:
       yield entry
 
 

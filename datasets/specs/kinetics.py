@@ -15,6 +15,7 @@ that is not there (many have left YouTube) is counted as a failure of the read
 stage, like any missing file, and the build goes on.
 """
 
+import math
 import os
 import re
 
@@ -35,7 +36,8 @@ def _seconds(value: str, field: str, number: int) -> int:
     seconds = float(value)
   except ValueError:
     seconds = -1.0
-  if seconds < 0 or seconds != int(seconds):
+  # float() reads "nan" and "inf", which int() refuses.
+  if not (math.isfinite(seconds) and seconds >= 0 and seconds == int(seconds)):
     raise _csv.LineError(f"line {number}: {field} must be a whole number of seconds, got {value!r}")
   return int(seconds)
 
