@@ -18,13 +18,20 @@ record's first of these) are close:
   half the longer clip. A trimmed clip is the original shifted.
 Groups are the connected components of that relation (union-find).
 
-Nothing compares all pairs. Near hashes are found with multi-index hashing:
-the 64 bits are cut into 4 blocks of 16, and by pigeonhole two hashes within k
-bits agree within k // 4 bits on some block; each block is an index (a bucket
-per 16-bit value), probed with every key within that radius. Sounds are
-candidates when they share one frame value exactly (an inverted index; values
-that more than AUDIO_COMMON records share, such as one steady tone, are left
-out of it); only candidates are aligned.
+Nothing compares all pairs, and memory is bounded whatever the groups' sizes
+(200,000 copies of one placeholder image are one group): records with equal
+sha256, and records with equal perceptual fingerprints, are joined as classes
+first, so a class is searched once, by its first record; candidate pairs are
+compared and joined a bounded batch at a time (time still grows with the square
+of a cluster's distinct near fingerprints).
+
+Near hashes are found with multi-index hashing: the 64 bits are cut into 4
+blocks of 16, and by pigeonhole two hashes within k bits agree within k // 4
+bits on some block; each block is an index (a bucket per 16-bit value), probed
+with every key within that radius. Sounds are candidates when they share one
+frame value exactly (an inverted index; values that more than AUDIO_COMMON
+distinct sounds share, such as one steady tone, are left out of it); only
+candidates are aligned.
 """
 
 import dataclasses
@@ -42,8 +49,10 @@ KINDS = ("video", "image", "audio")  # a record's perceptual fingerprint: its fi
 DEFAULT_THRESHOLD = 10  # bits of 64; re-encodes differ in a few, different clips in ~20 or more
 BLOCKS = 4  # 16-bit blocks of the multi-index
 AUDIO_DISTANCE = 0.25  # re-encoded and trimmed sounds align within ~0.17, different ones ~0.35 or more
-AUDIO_COMMON = 64  # an audio frame value shared by more records than this is no evidence
+AUDIO_COMMON = 64  # a frame value more distinct sounds than this share is no evidence
 REPORT_GROUPS = 20  # groups listed in metadata.json; the report lists all
+REPORT_IDS = 20  # ids listed of each of those groups (6,000 copies of one image would be 6,000)
+CANDIDATES = 1 << 19  # pairs compared at a time: about 50 MB of arrays
 
 
 class DedupError(ValueError):
@@ -155,16 +164,16 @@ def popcount(x: np.ndarray) -> np.ndarray:
   return np.bitwise_count(x.astype(np.uint64))
 
 
-def near_pairs(hashes: np.ndarray, threshold: int, queries: np.ndarray | None = None
-               ) -> np.ndarray:
-  """[n, 2] (query row, hash row) of every pair within `threshold` bits, each pair once
-  (query < row) when `queries` is None (the hashes against themselves)."""
+def near_chunks(hashes: np.ndarray, threshold: int, queries: np.ndarray | None = None,
+                budget: int = CANDIDATES):
+  """Yields (query rows, hash rows) of pairs within `threshold` bits, `budget` candidates
+  at a time, so memory stays bounded however many hashes share a bucket. Every pair
+  comes at least once (a pair close on two blocks, twice); query < row when `queries`
+  is None (the hashes against themselves)."""
   hashes = np.asarray(hashes, np.uint64)
   own = queries is None
   queries = hashes if own else np.asarray(queries, np.uint64)
-  radius = threshold // BLOCKS
-  masks = _flip_masks(64 // BLOCKS, radius)
-  found = []
+  masks = _flip_masks(64 // BLOCKS, threshold // BLOCKS)
   for block in range(BLOCKS):
     shift = np.uint64(block * 16)
     keys = ((hashes >> shift) & np.uint64(0xFFFF)).astype(np.int64)
@@ -173,20 +182,28 @@ def near_pairs(hashes: np.ndarray, threshold: int, queries: np.ndarray | None = 
     qkeys = ((queries >> shift) & np.uint64(0xFFFF))
     for mask in masks:
       probe = (qkeys ^ mask).astype(np.int64)
-      lo, hi = starts[probe], starts[probe + 1]
-      counts = hi - lo
-      if not counts.any():
-        continue
-      q = np.repeat(np.arange(len(queries)), counts)
-      offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-      h = order[np.repeat(lo, counts) + offsets]
-      keep = popcount(queries[q] ^ hashes[h]) <= threshold
-      if own:
-        keep &= q < h
-      found.append(np.stack([q[keep], h[keep]], 1))
+      lo = starts[probe]
+      ends = np.cumsum(starts[probe + 1] - lo)  # candidates of queries up to each
+      # Candidate k is query q's (k - ends[q - 1])-th: a slice of k is a slice of pairs.
+      for first in range(0, int(ends[-1]) if len(ends) else 0, budget):
+        k = np.arange(first, min(first + budget, int(ends[-1])))
+        q = np.searchsorted(ends, k, side="right")
+        h = order[lo[q] + k - np.where(q > 0, ends[q - 1], 0)]
+        keep = popcount(queries[q] ^ hashes[h]) <= threshold
+        if own:
+          keep &= q < h
+        yield q[keep], h[keep]
+
+
+def near_pairs(hashes: np.ndarray, threshold: int, queries: np.ndarray | None = None
+               ) -> np.ndarray:
+  """[n, 2] (query row, hash row) of every pair within `threshold` bits, each pair once
+  (query < row) when `queries` is None (the hashes against themselves). As many as
+  there are pairs: groups use near_chunks, whose memory is bounded."""
+  found = [np.stack(pair, 1) for pair in near_chunks(hashes, threshold, queries)]
   if not found:
     return np.zeros((0, 2), np.int64)
-  return np.unique(np.concatenate(found), axis=0)  # a pair close on two blocks is found twice
+  return np.unique(np.concatenate(found), axis=0)
 
 
 def brute_force_pairs(hashes: np.ndarray, threshold: int) -> np.ndarray:
@@ -206,16 +223,19 @@ def _gather(fp: Fingerprints, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]
   return fp.values[np.repeat(fp.starts[rows], counts) + offsets], np.repeat(np.arange(len(rows)), counts)
 
 
-def _hash_pairs(fp: Fingerprints, rows: np.ndarray, threshold: int) -> np.ndarray:
-  """Pairs of `rows` (video or image) whose first hash is within `threshold` bits of
-  any hash of the other."""
+def _hash_chunks(fp: Fingerprints, rows: np.ndarray, threshold: int):
+  """Yields (a, b), pairs of `rows` (video or image) whose first hash is within `threshold`
+  bits of any hash of the other, a bounded number at a time."""
   firsts = fp.values[fp.starts[rows]]
   if (np.diff(fp.starts)[rows] == 1).all():
-    return rows[near_pairs(firsts, threshold)]
+    for q, h in near_chunks(firsts, threshold):
+      yield rows[q], rows[h]
+    return
   values, owner = _gather(fp, rows)
-  found = near_pairs(values, threshold, firsts)
-  found = np.sort(np.stack([found[:, 0], owner[found[:, 1]]], 1), axis=1)
-  return rows[np.unique(found[found[:, 0] != found[:, 1]], axis=0)]
+  for q, h in near_chunks(values, threshold, firsts):
+    h = owner[h]
+    keep = q != h
+    yield rows[q[keep]], rows[h[keep]]
 
 
 def aligned_distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -252,45 +272,80 @@ def _audio_pairs(fp: Fingerprints, rows: np.ndarray) -> np.ndarray:
   return np.array(found, np.int64).reshape(-1, 2)
 
 
+def _near_chunks(fp: Fingerprints, rows: np.ndarray, threshold: int):
+  """Yields (a, b), pairs of `rows` whose perceptual fingerprints of the same kind are close,
+  a bounded number at a time; each close pair at least once."""
+  for kind in range(len(KINDS)):
+    of_kind = rows[fp.kind[rows] == kind]
+    if len(of_kind) < 2:
+      continue
+    if KINDS[kind] == "audio":
+      pairs = _audio_pairs(fp, of_kind)
+      yield pairs[:, 0], pairs[:, 1]
+    else:
+      yield from _hash_chunks(fp, of_kind, threshold)
+
+
 # -- groups -------------------------------------------------------------------
 
 
-class _UnionFind:
+def _class_of(keys: Iterable) -> np.ndarray:
+  """Each key's class: equal keys one class, numbered in order of first appearance."""
+  ids = {}
+  return np.fromiter((ids.setdefault(k, len(ids)) for k in keys), np.int64)
+
+
+def _firsts(class_of: np.ndarray) -> np.ndarray:
+  """Each class's first row."""
+  return np.unique(class_of, return_index=True)[1]
+
+
+def _perceptual_classes(fp: Fingerprints) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(each row's class of equal perceptual fingerprints, each class's first row, whether
+  a class is close to itself). Equal fingerprints have the same near records, so only
+  a class's first row is searched: a thousand copies of one image are one query."""
+  class_of = _class_of((int(fp.kind[i]), fp.of(i).tobytes()) for i in range(len(fp)))
+  firsts = _firsts(class_of)
+  kinds = fp.kind[firsts]
+  itself = (kinds >= 0) & (kinds != KINDS.index("audio"))  # a hash is 0 bits from itself
+  for c in np.flatnonzero(kinds == KINDS.index("audio")):  # silence is no evidence
+    itself[c] = aligned_distance(fp.of(firsts[c]), fp.of(firsts[c])) <= AUDIO_DISTANCE
+  return class_of, firsts, itself
+
+
+class _Components:
+  """Union-find over rows, on arrays: a batch of pairs is joined at once, and each
+  component's root is its first row."""
+
   def __init__(self, n: int):
-    self.parent = list(range(n))
+    self.parent = np.arange(n)
 
-  def find(self, i: int) -> int:
-    while self.parent[i] != i:
-      self.parent[i] = self.parent[self.parent[i]]
-      i = self.parent[i]
-    return i
+  def roots(self, rows: np.ndarray | None = None) -> np.ndarray:
+    while not np.array_equal(up := self.parent[self.parent], self.parent):
+      self.parent = up  # pointer jumping: a path halves each time
+    return self.parent if rows is None else self.parent[rows]
 
-  def union(self, a: int, b: int):
-    a, b = self.find(a), self.find(b)
-    if a != b:
-      self.parent[max(a, b)] = min(a, b)
-
-
-def _pairs(fp: Fingerprints, threshold: int) -> tuple[list[tuple[int, int]], np.ndarray]:
-  """(exact pairs: each row with the first of its sha256, near pairs of the same kind)."""
-  first, exact = {}, []
-  for i, sha in enumerate(fp.sha256):
-    if sha in first:
-      exact.append((first[sha], i))
-    else:
-      first[sha] = i
-  return exact, _near(fp, threshold)
+  def join(self, a: np.ndarray, b: np.ndarray):
+    while len(a):
+      ra, rb = self.roots(a), self.roots(b)
+      apart = ra != rb
+      a, b, ra, rb = a[apart], b[apart], ra[apart], rb[apart]
+      # Each later root hangs under the first it meets; pairs still apart go round again.
+      np.minimum.at(self.parent, np.maximum(ra, rb), np.minimum(ra, rb))
 
 
-def _near(fp: Fingerprints, threshold: int) -> np.ndarray:
-  """[n, 2] (a < b) rows whose perceptual fingerprints of the same kind are close."""
-  near = [np.zeros((0, 2), np.int64)]
-  for kind in range(len(KINDS)):
-    rows = np.flatnonzero(fp.kind == kind)
-    if len(rows) > 1:
-      near.append(_audio_pairs(fp, rows) if KINDS[kind] == "audio" else
-                  _hash_pairs(fp, rows, threshold))
-  return np.concatenate(near)
+NOUNS = {"video": "video", "image": "image", "audio": "sound"}
+
+
+def _describe_group(kinds: np.ndarray, copies: np.ndarray) -> str:
+  """A group in a few words, from its members' kinds and its byte-identical sets' sizes."""
+  kind = int(kinds[0]) if (kinds == kinds[0]).all() else -1
+  noun = NOUNS[KINDS[kind]] if kind >= 0 else "example"
+  size = int(copies.sum())
+  if len(copies) == 1:
+    return f"{size:,} copies of one {noun}"
+  identical = f", {int(copies.max()):,} byte-identical" if copies.max() > 1 else ""
+  return f"{size:,} copies of one {noun} in {len(copies):,} versions{identical}"
 
 
 @dataclasses.dataclass
@@ -298,36 +353,49 @@ class Found:
   groups: list[list[Member]]  # each: two or more records of one example, in input order
   exact_groups: int  # groups of equal sha256
   near_groups: int  # groups whose members are not all byte-identical
+  descriptions: list[str]  # each group's in a few words: "6,000 copies of one image"
 
   @property
   def records_in_groups(self) -> int:
     return sum(len(g) for g in self.groups)
 
-  def summary(self, limit: int = REPORT_GROUPS) -> dict:
+  def summary(self, limit: int = REPORT_GROUPS, ids: int = REPORT_IDS) -> dict:
     """What metadata.json's Split.duplicates holds."""
     return {"exact_groups": self.exact_groups, "near_groups": self.near_groups,
             "records_in_groups": self.records_in_groups,
-            "groups": [[m.id for m in g] for g in self.groups[:limit]]}
+            "groups": [[m.id for m in g[:ids]] for g in self.groups[:limit]],
+            "sizes": [len(g) for g in self.groups[:limit]],
+            "descriptions": self.descriptions[:limit]}
 
 
 def find(parts: Sequence[Fingerprints], threshold: int = DEFAULT_THRESHOLD) -> Found:
-  """Duplicate groups among all the records given, within and across datasets and splits."""
+  """Duplicate groups among all the records given, within and across datasets and splits.
+  Memory is bounded whatever the groups' sizes: byte-identical and perceptually equal
+  records are joined by class, and only one row a class is searched for near ones."""
   fp = Fingerprints.concat(parts)
-  exact, near = _pairs(fp, threshold)
-  uf = _UnionFind(len(fp))
-  exact_sets = _UnionFind(len(fp))
-  for a, b in exact:
-    uf.union(a, b)
-    exact_sets.union(a, b)
-  for a, b in near.tolist():
-    uf.union(a, b)
-  components = {}
-  for i in range(len(fp)):
-    components.setdefault(uf.find(i), []).append(i)
-  groups = [rows for rows in components.values() if len(rows) > 1]
-  exact_groups = len({exact_sets.find(a) for a, _ in exact})
-  near_groups = sum(len({fp.sha256[i] for i in rows}) > 1 for rows in groups)
-  return Found([[fp.members[i] for i in rows] for rows in groups], exact_groups, near_groups)
+  rows = np.arange(len(fp))
+  components = _Components(len(fp))
+  exact = _class_of(fp.sha256)
+  components.join(rows, _firsts(exact)[exact])
+  perceptual, firsts, itself = _perceptual_classes(fp)
+  joined = itself[perceptual]
+  components.join(rows[joined], firsts[perceptual][joined])
+  for a, b in _near_chunks(fp, firsts, threshold):
+    components.join(a, b)
+
+  roots = components.roots()
+  order = np.argsort(roots, kind="stable")  # by first member, each in input order
+  bounds = np.flatnonzero(np.r_[True, roots[order][1:] != roots[order][:-1], True])
+  groups, descriptions, near_groups = [], [], 0
+  for lo, hi in zip(bounds[:-1], bounds[1:]):
+    if hi - lo > 1:
+      group = order[lo:hi]
+      copies = np.unique(exact[group], return_counts=True)[1]
+      near_groups += len(copies) > 1
+      groups.append([fp.members[i] for i in group])
+      descriptions.append(_describe_group(fp.kind[group], copies))
+  exact_groups = int((np.bincount(exact, minlength=1) > 1).sum())
+  return Found(groups, exact_groups, near_groups, descriptions)
 
 
 def split_summary(shard_paths: Sequence[str], split: str) -> dict | None:
@@ -350,10 +418,29 @@ def leaks(train: Fingerprints, evaluation: Fingerprints, threshold: int = DEFAUL
   for i, sha in enumerate(train.sha256):
     for j in by_sha.get(sha, ()):
       matches.setdefault(i, set()).add(j)
+  # Near ones by class of equal fingerprints, as in find: a class's pairs are its rows'.
+  fp = Fingerprints.concat([train, evaluation])
   n = len(train)
-  for a, b in _near(Fingerprints.concat([train, evaluation]), threshold).tolist():
-    if a < n <= b:  # a training record and an evaluation record
-      matches.setdefault(a, set()).add(b - n)
+  perceptual, firsts, itself = _perceptual_classes(fp)
+  in_train = np.zeros(len(firsts), bool)
+  in_train[perceptual[:n]] = True
+  in_evaluation = np.zeros(len(firsts), bool)
+  in_evaluation[perceptual[n:]] = True
+  both = np.flatnonzero(itself & in_train & in_evaluation)
+  close = [np.stack([both, both], 1)]  # (training class, evaluation class)
+  for a, b in _near_chunks(fp, firsts, threshold):
+    a, b = perceptual[a], perceptual[b]
+    for t, e in ((a, b), (b, a)):
+      keep = in_train[t] & in_evaluation[e]
+      close.append(np.unique(np.stack([t[keep], e[keep]], 1), axis=0))
+  rows_of = {}
+  for row, c in enumerate(perceptual.tolist()):
+    rows_of.setdefault(c, []).append(row)
+  for t, e in np.unique(np.concatenate(close), axis=0).tolist():
+    matched = [j - n for j in rows_of[e] if j >= n]
+    for i in rows_of[t]:
+      if i < n:
+        matches.setdefault(i, set()).update(matched)
   return [(train.members[i], [evaluation.members[j] for j in sorted(matches[i])])
           for i in sorted(matches)]
 
@@ -364,7 +451,8 @@ def report(found: Found, leaked: list[tuple[Member, list[Member]]] | None,
   out = {"threshold": threshold, "datasets": list(datasets), "against": list(against),
          "exact_groups": found.exact_groups, "near_groups": found.near_groups,
          "records_in_groups": found.records_in_groups,
-         "groups": [[m.to_json() for m in g] for g in found.groups]}
+         "groups": [[m.to_json() for m in g] for g in found.groups],
+         "descriptions": found.descriptions}
   if leaked is not None:
     out["leaks"] = [{**m.to_json(), "matches": [x.to_json() for x in ms]} for m, ms in leaked]
   return out
@@ -372,12 +460,14 @@ def report(found: Found, leaked: list[tuple[Member, list[Member]]] | None,
 
 def describe(found: Found, leaked: list[tuple[Member, list[Member]]] | None, total: int,
              threshold: int, shown: int = 10) -> str:
-  """The readable summary `impax dedup` prints."""
+  """The readable summary `impax dedup` prints: each group's first `shown` members."""
   lines = [f"{total} records, threshold {threshold} bits: {len(found.groups)} duplicate groups "
            f"({found.exact_groups} exact, {found.near_groups} near) holding "
            f"{found.records_in_groups} records"]
-  for g in found.groups[:shown]:
-    lines.append("  " + ", ".join(f"{m.dataset}:{m.split}:{m.id}" for m in g))
+  for g, about in zip(found.groups[:shown], found.descriptions):
+    more = f", ... {len(g) - shown:,} more" if len(g) > shown else ""
+    lines.append(f"  {about}: " + ", ".join(f"{m.dataset}:{m.split}:{m.id}" for m in g[:shown])
+                 + more)
   if len(found.groups) > shown:
     lines.append(f"  ... {len(found.groups) - shown} more (write them all with --json)")
   if leaked is not None:

@@ -9,8 +9,10 @@ generator, nearby pitches) and must stay apart.
 """
 
 import json
+import logging
 import os
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -18,7 +20,7 @@ from array_record.python import array_record_module
 
 from impax import cli
 from impax.datasets import dedup, loader, metadata, prepared, records
-from impax.pipelines import build, tools
+from impax.pipelines import build, publish, tools
 
 SETTINGS = {"video_short_side": 48, "image_short_side": 48, "video_fps": 5.0, "num_shards": 2}
 LIFE = "life=s=160x120:seed={}:mold=10:r=25:ratio=0.5"
@@ -156,7 +158,8 @@ def test_metadata_summarizes_the_duplicates_of_each_split(built):
   assert summary["records_in_groups"] == sum(map(len, EXPECTED))
   assert sorted(map(set, summary["groups"]), key=sorted) == sorted(EXPECTED, key=sorted)
   assert test_meta.splits["test"].duplicates == {
-      "exact_groups": 0, "near_groups": 0, "records_in_groups": 0, "groups": []}
+      "exact_groups": 0, "near_groups": 0, "records_in_groups": 0, "groups": [], "sizes": [],
+      "descriptions": []}
 
 
 def test_old_metadata_without_duplicates_still_loads():
@@ -209,6 +212,11 @@ def test_near_pairs_by_index_equal_all_pairs():
     by_index = {tuple(p) for p in dedup.near_pairs(hashes, threshold).tolist()}
     assert by_index == {tuple(p) for p in dedup.brute_force_pairs(hashes, threshold).tolist()}
   assert len(dedup.near_pairs(hashes, 12)) >= 300  # every planted copy
+  # A few candidates at a time, slices cutting through a query's: the same pairs.
+  chunks = list(dedup.near_chunks(hashes, 10, budget=1000))
+  assert max(len(q) for q, _ in chunks) <= 1000
+  assert {(q, h) for qs, hs in chunks for q, h in zip(qs.tolist(), hs.tolist())} == {
+      tuple(p) for p in dedup.brute_force_pairs(hashes, 10).tolist()}
 
 
 def test_a_trimmed_sound_aligns_with_its_original():
@@ -258,3 +266,90 @@ def test_fingerprints_off_writes_none(tmp_path):
   reader.close()
   assert not any(k.startswith("fingerprint/") for k in keys)
   assert dataset.split("train").duplicates is None
+
+
+# -- many copies of one image ----------------------------------------------------
+
+COPIES = """
+import json, resource, sys, tracemalloc
+import numpy as np
+from impax.datasets import dedup
+n, same_bytes = int(sys.argv[1]), sys.argv[2] == "same"
+# A small image's two hashes (whole, centre), n times; the same file or n re-encodes.
+fp = dedup.Fingerprints(
+    [dedup.Member("", "train", f"copy-{i}", i) for i in range(n)],
+    ["ab" * 32 if same_bytes else f"{i:064x}" for i in range(n)], np.ones(n, np.int8),
+    np.tile(np.array([0x9F3A5C7E1B2D4F60, 0x9F3A5C7E1B2D4F61], np.uint64), n),
+    np.arange(0, 2 * n + 1, 2))
+resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))  # a quadratic search fails here
+tracemalloc.start()
+summary = dedup.find([fp]).summary()
+print(json.dumps({"summary": summary, "peak": tracemalloc.get_traced_memory()[1]}))
+"""
+
+
+def find_copies(n: int, same_bytes: bool = True) -> tuple[dict, int]:
+  """(the summary, peak bytes allocated) of finding the duplicates of n copies of one image,
+  in a process held to 1 GiB of address space."""
+  done = subprocess.run([sys.executable, "-c", COPIES, str(n), "same" if same_bytes else "other"],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  out = json.loads(done.stdout)
+  return out["summary"], out["peak"]
+
+
+def test_thousands_of_copies_of_one_image_are_one_group_in_bounded_memory():
+  summary, peak = find_copies(3000)
+  assert peak < 64 << 20, peak  # comparing all pairs held ~4 GB
+  assert summary["descriptions"] == ["3,000 copies of one image"]
+  assert summary["sizes"] == [3000] and summary["records_in_groups"] == 3000
+  assert summary["groups"] == [[f"copy-{i}" for i in range(dedup.REPORT_IDS)]]
+  assert (summary["exact_groups"], summary["near_groups"]) == (1, 0)
+  # Re-encodes: other bytes, one perceptual hash.
+  summary, peak = find_copies(3000, same_bytes=False)
+  assert peak < 64 << 20, peak
+  assert summary["descriptions"] == ["3,000 copies of one image in 3,000 versions"]
+  assert (summary["exact_groups"], summary["near_groups"]) == (0, 1)
+
+
+def test_memory_does_not_grow_with_the_square_of_the_copies():
+  (_, small), (summary, large) = find_copies(2000), find_copies(20000)
+  # 10 times the copies: 100 times the memory if all pairs were held; the ids, 10 times.
+  assert large < 20 * small, (small, large)
+  assert summary["descriptions"] == ["20,000 copies of one image"]
+
+
+@pytest.fixture(scope="module")
+def copies(tmp_path_factory):
+  """A manifest of 1,000 lines of one small PNG, distinct ids: {manifest, image}."""
+  raw = tmp_path_factory.mktemp("copies")
+  ffmpeg("-f", "lavfi", "-i", "cellauto=s=32x24:rule=110:seed=4", "-frames:v", "1",
+         str(raw / "placeholder.png"))
+  (raw / "m.jsonl").write_text("".join(
+      json.dumps({"id": f"copy-{i}", "image": "placeholder.png"}) + "\n" for i in range(1000)))
+  return str(raw / "m.jsonl")
+
+
+def test_a_build_of_copies_of_one_image_publishes_them_as_one_group(copies, tmp_path):
+  out = str(tmp_path / "out")
+  build.run(build.prepare("jsonl", copies, out, "train",
+                          ({"image_short_side": 24, "num_shards": 2},)), workers=1)
+  found = prepared.open_dataset(out).split("train").duplicates
+  assert found["descriptions"] == ["1,000 copies of one image"] and found["sizes"] == [1000]
+  assert len(found["groups"][0]) == dedup.REPORT_IDS  # metadata.json lists the first ids
+
+
+def test_a_failed_duplicate_summary_does_not_fail_the_build(copies, tmp_path, monkeypatch, caplog):
+  """The summary is an extra: without it the dataset is still published, since a rerun would
+  resume the finished shards and fail on it again."""
+  def fail(paths, split):
+    raise MemoryError("Unable to allocate 596. GiB")
+  monkeypatch.setattr(dedup, "split_summary", fail)
+  out = str(tmp_path / "out")
+  with caplog.at_level(logging.WARNING, logger=publish.__name__):
+    build.run(build.prepare("jsonl", copies, out, "train",
+                            ({"image_short_side": 24, "num_shards": 2},)), workers=1)
+  dataset = prepared.open_dataset(out)
+  assert dataset.num_records("train") == 1000 and dataset.split("train").duplicates is None
+  assert "MemoryError: Unable to allocate 596. GiB" in caplog.text
+  assert f"impax dedup {out}" in caplog.text
