@@ -33,6 +33,7 @@ from impax.datasets import decode, inspect, metadata, prepared, records
 
 matplotlib.use("Agg")  # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
+from matplotlib.text import Text  # noqa: E402
 
 TILE = 96  # pixels of a contact sheet's square tile
 FRAMES_PER_VIDEO = 6  # frames spread over each sampled clip: one row of the sheet
@@ -223,10 +224,22 @@ def _png(array: np.ndarray) -> bytes:
 
 
 def _figure_png(figure) -> bytes:
+  """The figure laid out and drawn, its text as written (see _plain)."""
+  _plain(figure)
+  figure.tight_layout()
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=100, metadata={"Software": None})
   plt.close(figure)
   return buffer.getvalue()
+
+
+def _plain(figure):
+  """Every text of the figure (titles, tick labels, legends) drawn as plain text: ids,
+  labels and captions come from data, and matplotlib would read `money eyes $_$` as
+  mathtext and fail to parse it."""
+  for text in figure.findobj(Text):
+    text.set_parse_math(False)
+    text.set_usetex(False)
 
 
 def audio_picture(examples: list[tuple[int, dict]]) -> bytes | None:
@@ -254,7 +267,6 @@ def audio_picture(examples: list[tuple[int, dict]]) -> bytes | None:
   axes[0][1].set_title("log-mel", fontsize=9)
   for axis in axes[-1]:
     axis.set_xlabel("seconds")
-  figure.tight_layout()
   return _figure_png(figure)
 
 
@@ -274,7 +286,6 @@ def chart(title: str, values: list) -> bytes:
     axis.hist(values, bins=min(30, max(1, len(set(values)))), color="#1f5fa8")
     axis.set_ylabel("count")
   axis.set_title(title, fontsize=9)
-  figure.tight_layout()
   return _figure_png(figure)
 
 
@@ -416,7 +427,14 @@ def _duplicates(split: metadata.Split) -> str:
   if groups:
     out.append(f"<p>The first {min(len(groups), FIRST_GROUPS)} of {len(groups)} groups "
                "(record ids):</p><ol>")
-    out += [f"<li>{_e(', '.join(map(str, g)))}</li>" for g in groups[:FIRST_GROUPS]]
+    # Each group in a few words ("6,000 copies of one image") and its first ids; a
+    # split built before impax described them has the ids alone, all of them.
+    sizes = found.get("sizes") or [len(g) for g in groups]
+    about = found.get("descriptions") or [""] * len(groups)
+    for ids, size, words in list(zip(groups, sizes, about))[:FIRST_GROUPS]:
+      more = f", ... {size - len(ids):,} more" if size > len(ids) else ""
+      shown = ", ".join(map(str, ids)) + more
+      out.append(f"<li>{_e(f'{words}: {shown}' if words else shown)}</li>")
     out.append("</ol>")
   return "\n".join(out)
 

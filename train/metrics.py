@@ -112,6 +112,7 @@ def plot(metrics_path: str, out_dir: str) -> list[str]:
   import matplotlib  # heavy: only for the plots at the end
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+  import matplotlib.text
 
   rows = [r for r in read(metrics_path) if r.get("task") not in (None, "_")]
   os.makedirs(out_dir, exist_ok=True)
@@ -127,6 +128,9 @@ def plot(metrics_path: str, out_dir: str) -> list[str]:
     ax.set_title(f"training {key} per task")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    for text in fig.findobj(matplotlib.text.Text):  # task names as written: `$` is no mathtext
+      text.set_parse_math(False)
+      text.set_usetex(False)
     path = os.path.join(out_dir, f"{key}.png")
     fig.tight_layout()
     fig.savefig(path)

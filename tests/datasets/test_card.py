@@ -8,7 +8,9 @@ import html.parser
 import io
 import json
 import os
+import subprocess
 
+import matplotlib.text
 import numpy as np
 import pytest
 from PIL import Image
@@ -16,7 +18,7 @@ from PIL import Image
 from impax import demo
 from impax.cli import main as cli
 from impax.datasets import card, inspect, prepared
-from impax.pipelines import build
+from impax.pipelines import build, tools
 
 SAMPLES = 8
 
@@ -215,6 +217,55 @@ def test_duplicates_are_shown_or_said_to_be_not_computed(dataset):
   assert "video-train-00000, video-train-00003" in page.text and "<i>x</i>, y" in page.text
   page = Page(card._duplicates(dataclasses.replace(split, duplicates=None)))
   assert "Not computed for this split." in page.text and not page.tables
+  # A big group: in a few words and its first ids, not its 6,000.
+  found = {"exact_groups": 1, "near_groups": 0, "records_in_groups": 6000,
+           "groups": [[f"copy-{i}" for i in range(20)]], "sizes": [6000],
+           "descriptions": ["6,000 copies of one image"]}
+  page = Page(card._duplicates(dataclasses.replace(split, duplicates=found)))
+  assert "6,000 copies of one image: copy-0, copy-1," in page.text
+  assert "copy-19, ... 5,980 more" in page.text
+
+
+DOLLARS = ("money eyes $_$", "$x^2$", r"a\$b")  # mathtext to matplotlib, text to a user
+
+
+def test_text_from_data_is_drawn_as_written(tmp_path, monkeypatch):
+  """Labels, ids and captions with `$` are plain text on every chart: matplotlib would read
+  `$_$` as mathtext and fail, and draw `$x^2$` as x squared."""
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  demo_image = "cellauto=s=64x48:rule=110:seed={}"
+  lines = []
+  for i, label in enumerate(DOLLARS):
+    subprocess.run([tools.ffmpeg_binary(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                    demo_image.format(i), "-frames:v", "1", str(raw / f"{i}.png")], check=True)
+    lines.append({"id": f"image {i}", "image": f"{i}.png", "label": label,
+                  "caption": "costs $5, or $10 with $x^2$"})
+  subprocess.run([tools.ffmpeg_binary(), "-y", "-loglevel", "error", "-f", "lavfi", "-i",
+                  "sine=frequency=440:duration=1", str(raw / "tone.wav")], check=True)
+  lines.append({"id": "$_$ tone", "audio": "tone.wav", "label": DOLLARS[0]})
+  (raw / "m.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+  output = str(tmp_path / "dollars")
+  build.run(build.prepare("jsonl", str(raw / "m.jsonl"), output, "train",
+                          ({"image_short_side": 32, "num_shards": 1},)), workers=1)
+  drawn = []  # (text, drawn as mathtext or TeX) of every text on every chart
+  figure_png = card._figure_png
+
+  def keep_texts(figure):
+    png = figure_png(figure)
+    drawn.extend((t.get_text(), t.get_parse_math() or t.get_usetex())
+                 for t in figure.findobj(matplotlib.text.Text) if t.get_text())
+    return png
+
+  monkeypatch.setattr(card, "_figure_png", keep_texts)
+  written = card.write_card(output, samples=4)
+  texts = dict(drawn)
+  assert set(DOLLARS) | {"$_$ tone"} <= set(texts)  # tick labels, the sound's id
+  assert not any(texts.values())
+  page = Page(open(written.html, encoding="utf-8").read())
+  assert all(label in page.text for label in DOLLARS)
+  assert "costs $5, or $10 with $x^2$" in page.text
+  assert any(img["alt"] == "label frequencies" for img in page.images)
 
 
 def test_inspect_points_to_the_card(dataset, written, tmp_path, capsys):
