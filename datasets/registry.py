@@ -138,6 +138,20 @@ class LineFormat:
   # is not in this format; the build is then refused before anything runs.
   context: Callable[[str, list[bytes], str], Any] = _path_context
 
+  def entry(self, context: Any, path: str, number: int, raw: bytes) -> "Entry | BadEntry | None":
+    """`parse`, with any error it raises on a line a BadEntry naming that line: a line
+    no parser foresaw (JSON nested past Python's recursion limit, a CSV field past the
+    csv module's limit) fails alone, as a bad line should, not the whole build."""
+    try:
+      return self.parse(context, number, raw)
+    except RecursionError:
+      return BadEntry(number - 1, f"{path}:{number}",
+                      f"line {number} is nested too deeply to parse (past Python's recursion "
+                      "limit): write it flat")
+    except Exception as e:
+      return BadEntry(number - 1, f"{path}:{number}",
+                      f"line {number} could not be parsed: {type(e).__name__}: {e}")
+
 
 BOM = b"\xef\xbb\xbf"  # UTF-8's byte-order mark
 
@@ -167,7 +181,7 @@ def _line_reader(fmt: LineFormat):
         continue
       if context is None:
         context = fmt.context(path, header, split)
-      if (entry := fmt.parse(context, number, raw)) is not None:
+      if (entry := fmt.entry(context, path, number, raw)) is not None:
         yield entry
   return read
 

@@ -109,7 +109,7 @@ class _ReadRange(beam.DoFn):
     start, end = byte_range
     for number, raw in range_lines(self.input, start, end, first_numbers[start]):
       if number > fmt.header_lines:
-        if (entry := fmt.parse(self._context[0], number, raw)) is not None:
+        if (entry := fmt.entry(self._context[0], self.input, number, raw)) is not None:
           yield checked(entry)
 
 
