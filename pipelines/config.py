@@ -16,8 +16,9 @@ import tomllib
 
 # Bumped when the record layout or the processing changes what bytes a build
 # writes; part of the config hash so old outputs are not resumed into.
-# 2: a record's source is relative to the corpus root; 3: fingerprints; 4: a video's centre hash.
-FORMAT_VERSION = 4
+# 2: a record's source is relative to the corpus root; 3: fingerprints; 4: a video's centre hash;
+# 5: anamorphic video at its display aspect, the long side capped.
+FORMAT_VERSION = 5
 
 JPEG_MAX_SIDE = 65500  # libjpeg's largest width or height
 
