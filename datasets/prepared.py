@@ -28,6 +28,10 @@ class DatasetError(ValueError):
   """A prepared dataset that is missing, incomplete or not what metadata.json says."""
 
 
+class NoDataset(DatasetError):
+  """No prepared dataset at the path: no metadata.json."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PreparedDataset:
   root: str  # local directory holding metadata.json and the shards
@@ -91,7 +95,7 @@ def open_dataset(path: str, *, cache_dir: str | None = None, check_counts: bool 
     path = stage(path, cache_dir)
   meta_path = os.path.join(path, "metadata.json")
   if not os.path.exists(meta_path):
-    raise DatasetError(f"{meta_path} does not exist: is {path} a prepared dataset?")
+    raise NoDataset(f"{meta_path} does not exist: is {path} a prepared dataset?")
   with open(meta_path, "rb") as f:
     meta = metadata_lib.loads(f.read(), where=meta_path)
   dataset = PreparedDataset(root=path, metadata=meta)

@@ -29,6 +29,7 @@ to run first.
 """
 
 import base64
+import collections
 import hashlib
 import io
 import json
@@ -48,7 +49,8 @@ from impax import demo
 from impax.datasets import card as card_lib
 from impax.datasets import metadata
 from impax.flows import artifact_key, markdown_text
-from impax.pipelines import build, storage
+from impax.pipelines import build, lock, storage
+from impax.pipelines import publish as publish_lib
 from impax.pipelines import plan as plan_lib
 from impax.pipelines import config as config_lib
 
@@ -125,16 +127,31 @@ def _absolute(path: str) -> str:
 # -- 2: build -----------------------------------------------------------------
 
 
+def _transient(task, task_run, state) -> bool:
+  """A refusal (another build holds the output, every input failed, too many failed)
+  comes again on a retry: only other failures are retried."""
+  try:
+    state.result()
+  except (build.BuildError, lock.Locked):
+    return False
+  except Exception:
+    return True
+  return True
+
+
 @task(name="build_split", task_run_name="build {split}", persist_result=True,
-      cache_key_fn=lambda context, parameters: parameters["cache_key"])
+      cache_key_fn=lambda context, parameters: parameters["cache_key"],
+      retry_condition_fn=_transient)
 def build_split(spec: str, input: str, output: str, split: str, settings: tuple[dict, ...],
-                workers: int | None, cache_key: str, beam_options: list[str] = ()) -> dict:
+                workers: int | None, cache_key: str, beam_options: list[str] = (),
+                max_failure_rate: float | None = None) -> dict:
   """Builds (or resumes) one split; returns the build's summary (see pipelines/build.py)."""
   logger = get_run_logger()
   plan = build.prepare(spec, input, output, split, settings, beam_args=beam_options)
   if plan.resumed_shards:
     logger.info("resuming: %d shard(s) already finished", plan.resumed_shards)
-  summary = build.run(plan, workers=workers, beam_args=beam_options)
+  summary = build.run(plan, workers=workers, beam_args=beam_options,
+                      max_failure_rate=max_failure_rate)
   logger.info("%s [%s]: %d examples, %d failed, %d shard(s)%s", output, split,
               summary["num_examples"], summary["num_failed"], len(summary["shards"]),
               f" ({summary['skipped']})" if "skipped" in summary else
@@ -183,14 +200,11 @@ def failure_report(output: str, meta: metadata.Metadata, splits: list[str],
     if not built.num_failed:
       lines.append("")
       continue
-    failures = [json.loads(line) for line in
-                storage.read(storage.join(output, built.failures)).decode().splitlines()]
-    reasons = {}
-    for f in failures:
-      reasons.setdefault((f["stage"], _reason(f)), []).append(f)
+    failures = publish_lib.read_failures(storage.join(output, built.failures))
+    reasons = collections.Counter((f["stage"], publish_lib.reason(f)) for f in failures)
     lines += ["", "| stage | reason | inputs |", "|---|---|---|"]
-    for (stage, reason), group in sorted(reasons.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-      lines.append(f"| {stage} | {_cell(reason)} | {len(group)} |")
+    for (stage, reason), count in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])):
+      lines.append(f"| {stage} | {_cell(reason)} | {count} |")
     lines += ["", "| source | id | stage | error |", "|---|---|---|---|"]
     for f in failures[:examples]:
       lines.append(f"| {_cell(f['source'])} | {_cell(f['id'])} | {f['stage']} | "
@@ -200,20 +214,6 @@ def failure_report(output: str, meta: metadata.Metadata, splits: list[str],
                    f"{storage.join(output, built.failures)}")
     lines.append("")
   return "\n".join(lines)
-
-
-def _reason(failure: dict) -> str:
-  """The error without what names its input (media paths, id, line), so that inputs that
-  failed alike group together."""
-  reason = failure["error"].split("\n", 1)[0]
-  for key, path in failure["media"].items():
-    reason = reason.replace(path, f"<{key}>")
-  if failure["id"]:
-    reason = reason.replace(failure["id"], "<id>")
-  line = failure["source"].rsplit(":", 1)[-1]
-  if line.isdigit():
-    reason = reason.replace(f"line {line}", "line <n>")
-  return reason if len(reason) <= 160 else reason[:157] + "..."
 
 
 def _cell(text: str) -> str:
@@ -296,6 +296,7 @@ def build_dataset(
     retry_delay_seconds: Annotated[float, pydantic.Field(ge=0)] = 30.0,
     timeout_minutes: Annotated[float, pydantic.Field(gt=0)] = 360.0,
     beam_options: list[str] | None = None,
+    max_failure_rate: Annotated[float, pydantic.Field(ge=0, le=1)] | None = None,
 ) -> dict[str, dict]:
   """Builds each split of one dataset into ArrayRecord shards with metadata (`impax build`).
 
@@ -314,6 +315,8 @@ def build_dataset(
     beam_options: Beam pipeline options, what `impax build ... --` takes: a runner and
       its settings, e.g. the last line of `impax engine flink start`, split on spaces.
       The runner gives the same bytes, so a build on another is served from the cache.
+    max_failure_rate: fail a split in which more than this share (0-1) of the inputs
+      failed (it is published); a split with no example written always fails.
 
   Returns: {split: the build's summary}.
   """
@@ -321,7 +324,7 @@ def build_dataset(
               "prefect.resource.name": os.path.basename(output.rstrip("/"))}
   return _build(spec, output, splits, _settings(options, config_file), overwrite, workers,
                 retries, retry_delay_seconds, timeout_minutes, resource, payload={},
-                beam_options=beam_options or [])
+                beam_options=beam_options or [], max_failure_rate=max_failure_rate)
 
 
 @flow(name="build_demo_dataset", flow_run_name=_demo_run_name)
@@ -366,13 +369,14 @@ def build_demo_dataset(
 
 
 def _build(spec, output, splits, settings, overwrite, workers, retries, retry_delay_seconds,
-           timeout_minutes, resource: dict, payload: dict, beam_options: list[str] = ()):
+           timeout_minutes, resource: dict, payload: dict, beam_options: list[str] = (),
+           max_failure_rate: float | None = None):
   """Both flows' body: check, build each split, card, publish, and the event when
   something was built. The final state (Completed or, refused, Failed) has the message."""
   logger = get_run_logger()
   try:
     checked = check(spec, output, splits, settings, overwrite, beam_options)
-  except build.BuildError as e:  # refused before anything ran: the reason is the message
+  except (build.BuildError, lock.Locked) as e:  # refused before anything ran: the reason says
     return Failed(message=str(e), data=e)
   results = {}
   for split, facts in zip(splits, checked):
@@ -382,8 +386,11 @@ def _build(spec, output, splits, settings, overwrite, workers, retries, retry_de
         # Not built in the output (deleted, half built): build, whatever the cache holds.
         refresh_cache=not facts["up_to_date"])
     state = build_task(spec, split.input, output, split.name, settings, workers,
-                       facts["cache_key"], beam_options, return_state=True)
-    summary = state.result()
+                       facts["cache_key"], beam_options, max_failure_rate, return_state=True)
+    try:
+      summary = state.result()
+    except (build.BuildError, lock.Locked) as e:  # no example written, too many failed, locked
+      return Failed(message=str(e), data=e)
     results[split.name] = (summary, state.name == "Cached")
     if state.name == "Cached":
       logger.info("%s [%s]: unchanged input and config, served from the cache", output, split.name)

@@ -5,9 +5,12 @@ and `impax specs` answer without importing Beam, JAX or TensorFlow.
 """
 
 import argparse
+import errno
 import json
 import logging
+import re
 import sys
+import traceback
 
 
 def _build_parser(sub):
@@ -27,9 +30,13 @@ def _build_parser(sub):
   p.add_argument("--config", help="settings file (JSON or TOML) with the options below")
   p.add_argument("--overwrite", action="store_true",
                  help="replace an existing build of another config or input")
-  p.add_argument("--verbose", action="store_true", help="show Beam's logs as it runs")
+  p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                 help="show Beam's logs as it runs, and the traceback of an error")
   p.add_argument("--quiet", action="store_true",
                  help="no progress line (examples processed, failures, rate, time left)")
+  p.add_argument("--max-failure-rate", type=_rate, default=None, metavar="RATE",
+                 help="fail (exit 8) when more than this share (0-1) of the inputs failed; "
+                      "a build that wrote no example always fails")
   group = p.add_argument_group("processing options (defaults in brackets)")
   for name, field in config_lib.FIELDS.items():
     group.add_argument(f"--{name.replace('_', '-')}", dest=f"set_{name}",
@@ -45,6 +52,16 @@ def _flag_bool(text: str) -> bool:
   return text.lower() in ("true", "1", "yes")
 
 
+def _rate(text: str) -> float:
+  try:
+    rate = float(text)
+  except ValueError:
+    rate = -1.0
+  if not 0 <= rate <= 1:
+    raise argparse.ArgumentTypeError(f"{text!r} is not a rate between 0 and 1")
+  return rate
+
+
 def _build(args, beam_args):
   from impax.pipelines import build, config as config_lib
   settings = []
@@ -55,10 +72,10 @@ def _build(args, beam_args):
     raise build.BuildError("--workers must be at least 1")
   plan = build.prepare(args.spec, args.input, args.output, args.split, tuple(settings),
                        overwrite=args.overwrite, beam_args=beam_args)
-  if plan.resumed_shards:
+  if plan.resumed_shards and not plan.up_to_date:
     print(f"resuming: {plan.resumed_shards} shard(s) already finished", file=sys.stderr)
   summary = build.run(plan, workers=args.workers, beam_args=beam_args, quiet=not args.verbose,
-                      progress=not args.quiet)
+                      progress=not args.quiet, max_failure_rate=args.max_failure_rate)
   print(build.describe(summary))
   return 0
 
@@ -198,9 +215,10 @@ def _demo(args, beam_args):
 def _engine_parser(sub):
   p = sub.add_parser(
       "engine", help="start, check or stop a Flink or Spark cluster on loopback for builds",
-      description="A Flink or Spark cluster on 127.0.0.1 (the engine's processes, Beam's job "
-                  "server and a Python SDK worker pool), or Beam's Python job service "
-                  "(portable). `start` prints on its last line the Beam options for "
+      description="A Flink or Spark cluster on this machine (the engine's processes, Beam's "
+                  "job server and a Python SDK worker pool), or Beam's Python job service "
+                  "(portable), listening on 127.0.0.1 unless --bind names another address. "
+                  "`start` prints on its last line the Beam options for "
                   "`impax build ... -- OPTIONS`; `fetch` downloads an engine's jars once "
                   "(make install does).",
       usage="impax engine {flink,spark,portable,prism} {start,status,stop,fetch} [options]")
@@ -213,6 +231,11 @@ def _engine_parser(sub):
   p.add_argument("--master", help="an engine already running, to start only Beam's job server "
                                   "and the SDK workers for: Flink's HOST:PORT (its REST port), "
                                   "Spark's spark://HOST:PORT")
+  p.add_argument("--bind", default="127.0.0.1", metavar="HOST",
+                 help="the address every process of `start` listens on (default: 127.0.0.1). "
+                      "Beam's job server and SDK worker pool run any code they are sent, without "
+                      "authentication: another address gives whoever reaches it code execution "
+                      "on this machine")
   p.add_argument("--timeout", type=float, default=180, help="seconds to wait for each process")
   p.set_defaults(func=_engine_command)
 
@@ -234,7 +257,7 @@ def _engine_command(args, beam_args):
       return 0
     if args.action == "start":
       state = engine.start(args.engine, args.state_dir, slots=args.slots, timeout=args.timeout,
-                           master=args.master)
+                           master=args.master, bind=args.bind)
       for role, process in state["processes"].items():
         print(f"{role:16s} pid {process['pid']:<8d} log {process['log']}")
       if "ui" in state:
@@ -344,19 +367,128 @@ def _eval(args, beam_args):
   return 0
 
 
+class _Parser(argparse.ArgumentParser):
+  """A usage error is one `impax: error:` line, like every other error."""
+
+  def error(self, message):
+    self.exit(EXIT_USAGE, f"impax: error: {message} (see `{self.prog} --help`)\n")
+
+
+# Exit codes, one per kind of failure a script may want to tell apart (README: "Errors").
+EXIT_INTERNAL = 70  # a fault of impax's (sysexits' EX_SOFTWARE): --verbose shows the traceback
+EXIT_USAGE = 2  # a bad option, setting, spec or config: fix the command
+EXIT_MISSING = 3  # an input, file or dataset that does not exist
+EXIT_PERMISSION = 4  # permission denied, or a read-only filesystem
+EXIT_DISK_FULL = 5  # no space left on a device
+EXIT_STORE = 6  # an object store or endpoint: credentials missing or refused, unreachable
+EXIT_LOCKED = 7  # another build holds the output
+EXIT_FAILED = 8  # the build ran, but wrote no example or failed above --max-failure-rate
+
+
+def _chain(e: BaseException):
+  """The exception and those it was raised from or during."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
+
+
+_OS_ERRORS = {
+    errno.ENOSPC: (EXIT_DISK_FULL, "no space left on device", "No space left on device"),
+    errno.EDQUOT: (EXIT_DISK_FULL, "disk quota exceeded", "Disk quota exceeded"),
+    errno.EACCES: (EXIT_PERMISSION, "permission denied", "Permission denied"),
+    errno.EPERM: (EXIT_PERMISSION, "operation not permitted", "Operation not permitted"),
+    errno.EROFS: (EXIT_PERMISSION, "read-only file system", "Read-only file system"),
+}
+# Beam's runners hand a worker's exception back as text: "OSError: [Errno 28] No space
+# left on device: '/out/x' [while running 'Process']".
+_ERRNO_TEXT = re.compile(r"\[Errno (\d+)\] [^:'\n\[]+(?:: '([^'\n]+)')?")
+_STORE_TEXT = re.compile(r"NoCredentialsError|Unable to locate credentials|DefaultCredentialsError|"
+                         r"InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|"
+                         r"Could not connect to the endpoint URL|EndpointConnectionError|"
+                         r"Connection refused|Max retries exceeded|Name or service not known")
+
+
+def _what_to_do(code: int, args) -> str:
+  resumable = getattr(args, "func", None) is _build
+  resume = " Run the same command again to resume: finished shards and examples are kept." \
+      if resumable else ""
+  return {
+      EXIT_DISK_FULL: "free some space or use another output." + resume,
+      EXIT_PERMISSION: "give this user write access there, or choose another path." + resume,
+      EXIT_STORE: "check the store's credentials and endpoint (AWS_* and AWS_ENDPOINT_URL, or "
+                  "--s3_endpoint_url after `--`; Google's application default credentials or "
+                  "STORAGE_EMULATOR_HOST)." + resume,
+  }.get(code, "")
+
+
+def _error(e: BaseException, args) -> tuple[int, str]:
+  """(exit code, one line) for an exception a user can cause or meet; (EXIT_INTERNAL, ...)
+  for anything else."""
+  plan = sys.modules.get("impax.pipelines.plan")
+  lock = sys.modules.get("impax.pipelines.lock")
+  publish = sys.modules.get("impax.pipelines.publish")
+  build = sys.modules.get("impax.pipelines.build")
+  where = getattr(args, "output", None) or getattr(args, "dir", None) or ""
+  for x in _chain(e):
+    if lock and isinstance(x, lock.Locked):
+      return EXIT_LOCKED, str(x)
+    if (storage := sys.modules.get("impax.pipelines.storage")) and isinstance(
+        x, storage.StoreError):
+      return EXIT_STORE, str(x)
+    if (publish and isinstance(x, publish.NoExamples)) or (
+        build and isinstance(x, build.TooManyFailures)):
+      return EXIT_FAILED, str(x)
+    if isinstance(x, OSError) and x.errno in _OS_ERRORS:
+      code, what, _ = _OS_ERRORS[x.errno]
+      path = x.filename or where
+      return code, f"{what}: {path}: {_what_to_do(code, args)}".rstrip(": ")
+    prepared = sys.modules.get("impax.datasets.prepared")
+    if (plan and isinstance(x, plan.Missing)) or (prepared and isinstance(x, prepared.NoDataset)):
+      return EXIT_MISSING, str(x)
+    if isinstance(x, FileNotFoundError):
+      return EXIT_MISSING, f"{x.filename or where} does not exist ({x.strerror})"
+  for x in _chain(e):
+    if (match := _ERRNO_TEXT.search(str(x))) and int(match.group(1)) in _OS_ERRORS:
+      code, what, _ = _OS_ERRORS[int(match.group(1))]
+      path = match.group(2) or where
+      return code, f"{what}: {path}: {_what_to_do(code, args)}"
+    if _STORE_TEXT.search(f"{type(x).__name__}: {x}"):
+      first = str(x).strip().splitlines()[0] if str(x).strip() else type(x).__name__
+      return EXIT_STORE, (f"the object store for {where or 'this command'} refused or could not "
+                          f"be reached ({type(x).__name__}: {first[:200]}): "
+                          f"{_what_to_do(EXIT_STORE, args)}")
+  for x in _chain(e):
+    if isinstance(x, ValueError) or (plan and isinstance(x, plan.BuildError)):
+      return EXIT_USAGE, str(x)
+    if isinstance(x, RecursionError):  # a JSON input nested past Python's limit
+      return EXIT_USAGE, (f"{getattr(args, 'input', None) or where}: nested too deeply to "
+                          "parse (past Python's recursion limit)")
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+  log = f"; Beam's log: {e.beam_log}" if getattr(e, "beam_log", None) else ""
+  return EXIT_INTERNAL, (f"{type(e).__name__}: {text[:300]} (a fault of impax's, not of your "
+                         f"input: run again with --verbose for the traceback, and report it{log})")
+
+
 def main(argv=None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   beam_args = []
   if "--" in argv:
     at = argv.index("--")
     argv, beam_args = argv[:at], argv[at + 1:]
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="impax", description="Prepare multimodal training data and train IMP models on it.")
+  parser.add_argument("--verbose", action="store_true", help="show the traceback of an error")
   sub = parser.add_subparsers(metavar="COMMAND", required=True)
   for add in (_build_parser, _inspect_parser, _card_parser, _verify_parser, _dedup_parser,
               _specs_parser, _demo_corpus_parser,
               _demo_parser, _engine_parser, _model_parser, _plan_parser, _train_parser):
     add(sub)
+  for command in sub.choices.values():  # `impax COMMAND ... --verbose` as well
+    if not any("--verbose" in a.option_strings for a in command._actions):
+      command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                           help="show the traceback of an error")
   args = parser.parse_args(argv)
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   # Beam warns about optional GCP client libraries on every import.
@@ -364,14 +496,15 @@ def main(argv=None) -> int:
       lambda record: not record.getMessage().startswith("apitools not found"))
   try:
     return args.func(args, beam_args) or 0
+  except KeyboardInterrupt:
+    print("impax: interrupted", file=sys.stderr)
+    return 130
   except Exception as e:
-    # A build's refusal (BuildError) comes only from a command that imported the pipelines:
-    # `impax train` and `impax eval` do not pay Beam's import (about 2 s) to catch it.
-    plan = sys.modules.get("impax.pipelines.plan")
-    if not isinstance(e, ValueError) and not (plan and isinstance(e, plan.BuildError)):
-      raise
-    print(f"impax: error: {e}", file=sys.stderr)
-    return 2
+    code, message = _error(e, args)
+    if args.verbose:
+      traceback.print_exc()
+    print(f"impax: error: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

@@ -39,7 +39,8 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 
 from impax.datasets import metadata, registry
-from impax.pipelines import graph, plan as plan_lib, progress as progress_lib, publish, read
+from impax.pipelines import graph, lock, plan as plan_lib, progress as progress_lib
+from impax.pipelines import publish, read, storage
 from impax.pipelines.plan import BuildError, Plan
 
 
@@ -56,28 +57,60 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
                           pipeline_options(list(beam_args)))
 
 
+class TooManyFailures(BuildError):
+  """More of the split's inputs failed than --max-failure-rate allows."""
+
+
 def run(plan: Plan, workers: int | None = None, beam_args: list[str] = (),
-        quiet: bool = True, progress: bool = True) -> dict:
+        quiet: bool = True, progress: bool = True,
+        max_failure_rate: float | None = None) -> dict:
   """Runs the pipeline and publishes metadata.json; returns the split's summary:
   its entry of metadata.json's splits, with split and output (and skipped when
   it was already built).
 
+  Raises lock.Locked when another build holds the output (prepare does too, while it
+  decides), publish.NoExamples when
+  no example was written (nothing is published), and TooManyFailures when more than
+  max_failure_rate (0-1) of the inputs failed (the split is published).
+
   quiet: Beam's logs go to a temporary file, shown only if the pipeline fails.
   progress: report examples processed on stderr as it runs (pipelines/progress.py).
   """
-  if plan.up_to_date:
-    return {**_split_json(plan_lib.read_metadata(plan.output), plan),
-            "skipped": "already built with this config and input"}
-  spec = registry.resolve(plan.spec_name, plan.spec_source)
-  options = pipeline_options(list(beam_args), workers, read.max_entries(plan.input, spec))
-  total = read.max_entries(plan.input, spec, within=None) if progress else None
-  plan_lib.mark_started(plan)
-  start = time.monotonic()
-  # The progress line goes where stderr goes now, not into _worker_logs' file.
-  with _progress(plan, total, progress), _worker_logs(quiet), \
-       beam.Pipeline(options=options) as p:
-    graph.build_pipeline(p, plan)
-  return _split_json(publish.finalize(plan, seconds=time.monotonic() - start), plan)
+  with lock.locked(plan.output):
+    if not plan.up_to_date and plan_lib.finished_shards(plan) != plan.finished:
+      # Another build came between this plan and its run (plan.prepare holds the lock
+      # only while it decides).
+      raise BuildError(f"{plan.output} changed since this build was planned (another build "
+                       "ran there): run it again")
+    if plan.up_to_date:
+      summary = {**_split_json(plan_lib.read_metadata(plan.output), plan),
+                 "skipped": "already built with this config and input"}
+    else:
+      spec = registry.resolve(plan.spec_name, plan.spec_source)
+      options = pipeline_options(list(beam_args), workers, read.max_entries(plan.input, spec))
+      total = read.max_entries(plan.input, spec, within=None) if progress else None
+      plan_lib.mark_started(plan)
+      start = time.monotonic()
+      # The progress line goes where stderr goes now, not into _worker_logs' file.
+      with _progress(plan, total, progress), _worker_logs(quiet), \
+           beam.Pipeline(options=options) as p:
+        graph.build_pipeline(p, plan)
+      summary = _split_json(publish.finalize(plan, seconds=time.monotonic() - start), plan)
+  _check_failure_rate(summary, max_failure_rate)
+  return summary
+
+
+def _check_failure_rate(summary: dict, max_rate: float | None):
+  inputs = summary["num_examples"] + summary["num_failed"]
+  if max_rate is None or not inputs or summary["num_failed"] / inputs <= max_rate:
+    return
+  path = storage.join(summary["output"], summary["failures"])
+  failures = publish.read_failures(path)
+  raise TooManyFailures(
+      f"split {summary['split']!r} of {summary['output']}: {summary['num_failed']} of {inputs} "
+      f"inputs failed ({summary['num_failed'] / inputs:.1%}, over --max-failure-rate "
+      f"{max_rate:g}): {publish.top_reasons(failures)}. The split is published; every failure "
+      f"and its reason: {path}")
 
 
 @contextlib.contextmanager
@@ -201,7 +234,8 @@ def _unknown_options(options: PipelineOptions, args: list[str]) -> list[str]:
 
 @contextlib.contextmanager
 def _worker_logs(quiet: bool):
-  """Sends Beam's and its workers' stderr chatter to a file; shows its tail on failure."""
+  """Sends Beam's and its workers' stderr chatter to a file, kept on failure: the
+  exception's `beam_log` names it (the CLI shows it with an unexpected error)."""
   if not quiet:
     yield
     return
@@ -213,11 +247,9 @@ def _worker_logs(quiet: bool):
   os.dup2(fd, 2)
   try:
     yield
-  except BaseException:
+  except BaseException as e:
     os.dup2(saved, 2)
-    with open(path, errors="replace") as f:
-      tail = f.readlines()[-30:]
-    sys.stderr.write("".join(tail) + f"impax: Beam's full log: {path}\n")
+    e.beam_log = path
     raise
   else:
     os.dup2(saved, 2)

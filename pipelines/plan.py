@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from impax.datasets import metadata, registry, verify
 from impax.pipelines import config as config_lib
-from impax.pipelines import storage, text
+from impax.pipelines import lock, storage, text
 
 TMP_DIR = ".impax-tmp"
 
@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 
 class BuildError(Exception):
   """The build cannot start or finish; the message says why and what to do."""
+
+
+class Missing(BuildError):
+  """An input or a file the build needs does not exist."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +107,12 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
   except ValueError as e:
     raise BuildError(str(e)) from None
   storage.configure(options or PipelineOptions([]))
+  for path in {input_path, output}:
+    if not storage.is_local(path):
+      storage.check_store(path)
   input_is_dir = storage.is_dir(input_path)
   if not (input_is_dir or storage.exists(input_path)):
-    raise BuildError(f"input {input_path} does not exist")
+    raise Missing(f"input {input_path} does not exist")
   try:
     spec.check_input(input_path, split)
   except ValueError as e:
@@ -122,7 +129,14 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
     media_base = registry.corpus_root(input_path)
   plan = Plan(spec.name, spec.source_text, input_path, output, split, config, fingerprint,
               config_lib.config_hash(fingerprint), input_sha256(input_path), media_base)
+  with lock.locked(output):  # what follows may clear what another build is writing
+    return _settle(plan, overwrite)
 
+
+def _settle(plan: Plan, overwrite: bool) -> Plan:
+  """The output's state machine (see the module's docstring): the plan resumed, up to
+  date, or refused; the output cleared where overwrite allows."""
+  output, split, config = plan.output, plan.split, plan.config
   meta_path = storage.join(output, "metadata.json")
   try:
     meta = read_metadata(output)
@@ -151,7 +165,7 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
       if damaged:
         logger.warning("split %r of %s is damaged, rebuilding it: %s", split, output,
                        "; ".join(f"{p.file}: {p.message}" for p in damaged))
-      _clear_split(plan)
+      clear_split(plan)
       meta = dataclasses.replace(meta, splits={k: v for k, v in meta.splits.items() if k != split})
       storage.write_atomic(meta_path, metadata.dumps(meta))
     else:
@@ -160,13 +174,13 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
     if not overwrite:
       raise BuildError(f"{output} holds an unfinished build of split {split!r} with another "
                        "config or input: pass --overwrite to discard it")
-    _clear_split(plan)
+    clear_split(plan)
     state = None
   if not up_to_date and not state and storage.glob(storage.join(output, f"{plan.prefix}-*")):
     if not overwrite:
       raise BuildError(f"{output} already holds shards of split {split!r} that no build "
                        "recorded: pass --overwrite to replace them")
-    _clear_split(plan)
+    clear_split(plan)
 
   tokenizer = labels = None
   if config.tokenizer:
@@ -180,11 +194,15 @@ def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
       raise BuildError(f"labels file {config.labels_file}: {e}") from None
   elif meta and meta.splits:
     labels = meta.labels
-  finished = frozenset(os.path.basename(p) for p in
-                       storage.glob(storage.join(output, f"{plan.prefix}-*-of-*"))
-                       if not p.endswith(".partial"))
-  return dataclasses.replace(plan, tokenizer=tokenizer, labels=labels, finished=finished,
-                             up_to_date=up_to_date)
+  return dataclasses.replace(plan, tokenizer=tokenizer, labels=labels,
+                             finished=finished_shards(plan), up_to_date=up_to_date)
+
+
+def finished_shards(plan: Plan) -> frozenset[str]:
+  """The names of the split's shards published under their final names."""
+  return frozenset(os.path.basename(p) for p in
+                   storage.glob(storage.join(plan.output, f"{plan.prefix}-*-of-*"))
+                   if not p.endswith(".partial"))
 
 
 def read_metadata(output: str) -> metadata.Metadata | None:
@@ -237,7 +255,7 @@ def _read_json(path: str) -> dict | None:
   return json.loads(storage.read(path)) if storage.exists(path) else None
 
 
-def _clear_split(plan: Plan):
+def clear_split(plan: Plan):
   storage.delete(storage.glob(storage.join(plan.output, f"{plan.prefix}-*"))
                  + storage.glob(storage.join(plan.output, f"failures-{plan.split}.jsonl")))
   storage.delete_tree(plan.tmp)

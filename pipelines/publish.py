@@ -18,7 +18,7 @@ import subprocess
 from impax.datasets import dedup, metadata, records, registry
 from impax.pipelines import example, stats, storage, text
 from impax.pipelines.graph import ShardInfo
-from impax.pipelines.plan import TMP_DIR, BuildError, Plan, read_metadata
+from impax.pipelines.plan import TMP_DIR, BuildError, Plan, clear_split, read_metadata
 from impax.pipelines.tools import ffmpeg_binary
 
 
@@ -32,8 +32,23 @@ def finalize(plan: Plan, seconds: float) -> metadata.Metadata:
     raise BuildError(f"the pipeline finished without writing every shard of {plan.split!r}")
   failures = sorted((f for i in infos for f in i.failures), key=lambda f: f.index)
   failures_name = f"failures-{plan.split}.jsonl"
+  written = sum(i.num_records for i in infos)
+  if not written:
+    # Nothing to train on is not a dataset: nothing is published, and a rerun (once the
+    # inputs are fixed) processes every example again rather than resuming its failures.
+    clear_split(plan)
+  lines = [f.line() for f in failures]
   storage.write_atomic(storage.join(plan.output, failures_name),
-                       "".join(f.line() + "\n" for f in failures).encode())
+                       "".join(line + "\n" for line in lines).encode())
+  if not written:
+    if not failures:
+      raise NoExamples(f"split {plan.split!r} of {plan.output}: the input {plan.input} holds "
+                       "no example; nothing was published")
+    raise NoExamples(
+        f"split {plan.split!r} of {plan.output}: no example was written, all "
+        f"{len(failures)} input(s) failed ({top_reasons([json.loads(x) for x in lines])}); "
+        "nothing was published. "
+        f"Every failure and its reason: {storage.join(plan.output, failures_name)}")
 
   tokenizer = plan.tokenizer
   if tokenizer is None:
@@ -78,6 +93,36 @@ def finalize(plan: Plan, seconds: float) -> metadata.Metadata:
     if storage.is_local(plan.output):
       os.rmdir(os.path.join(plan.output, TMP_DIR))
   return meta
+
+
+class NoExamples(BuildError):
+  """A split in which every input failed (or that had none): nothing to publish."""
+
+
+def reason(failure: dict) -> str:
+  """A failure's error (a line of failures-<split>.jsonl) without what names its input
+  (media paths, id, line), so that inputs that failed alike group together."""
+  text = failure["error"].split("\n", 1)[0]
+  for key, path in failure["media"].items():
+    text = text.replace(path, f"<{key}>")
+  if failure["id"]:
+    text = text.replace(failure["id"], "<id>")
+  line = failure["source"].rsplit(":", 1)[-1]
+  if line.isdigit():
+    text = text.replace(f"line {line}", "line <n>")
+  return text if len(text) <= 160 else text[:157] + "..."
+
+
+def read_failures(path: str) -> list[dict]:
+  """The lines of a failures-<split>.jsonl."""
+  return [json.loads(line) for line in storage.read(path).decode().splitlines()]
+
+
+def top_reasons(failures: list[dict], top: int = 3) -> str:
+  """The commonest reasons with their counts: 'download: HTTP 404 (20), ...'."""
+  counts = collections.Counter(f"{f['stage']}: {reason(f)}" for f in failures)
+  text = ", ".join(f"{r} ({n})" for r, n in counts.most_common(top))
+  return text + (f" and {len(counts) - top} other reason(s)" if len(counts) > top else "")
 
 
 def _split(plan: Plan, infos: list[ShardInfo], failures: list[example.Failure], failures_name: str,

@@ -118,10 +118,60 @@ def open_raw(path: str):
   return FileSystems.open(path, compression_type=_RAW)
 
 
+_options = PipelineOptions([])
+
+
 def configure(options):
   """Sets the filesystems' options (PipelineOptions) for this process."""
+  global _options
   patch_beam()
   FileSystems.set_options(options)
+  _options = options
+
+
+class StoreError(Exception):
+  """An object store that cannot be reached, or refuses these credentials."""
+
+
+def check_store(path: str):
+  """Raises StoreError at once when path's bucket cannot be reached or read with the
+  configured settings. Beam retries a store's errors with backoff for minutes before it
+  gives up; a build or a check asks once, up front, with no retries."""
+  scheme, _, rest = path.partition("://")
+  bucket = rest.split("/", 1)[0]
+  if scheme == "s3" and boto3_client is not None and boto3_client.boto3 is not None:
+    import botocore.exceptions  # comes with boto3
+    client = boto3_client.Client(_options).client
+    try:
+      client.head_bucket(Bucket=bucket)
+    except botocore.exceptions.NoCredentialsError:
+      raise StoreError(f"no credentials for {path}: set AWS_ACCESS_KEY_ID and "
+                       "AWS_SECRET_ACCESS_KEY (or --s3_access_key_id and "
+                       "--s3_secret_access_key after `--`)") from None
+    except botocore.exceptions.EndpointConnectionError as e:
+      raise StoreError(f"cannot reach the S3 endpoint for {path} ({e}): check "
+                       "AWS_ENDPOINT_URL or --s3_endpoint_url, and the network") from None
+    except botocore.exceptions.ClientError as e:
+      code = e.response.get("Error", {}).get("Code", "")
+      if code in ("404", "NoSuchBucket"):
+        raise StoreError(f"bucket {bucket} of {path} does not exist: create it first") from None
+      raise StoreError(f"the S3 store refused {path} ({code or e}): check the credentials "
+                       "and the bucket's permissions") from None
+  elif scheme == "gs":
+    from apache_beam.io.gcp import gcsio  # with Beam's gcp extra
+    from google.api_core import exceptions as google_errors
+    from google.auth import exceptions as auth_errors
+    try:
+      found = gcsio.GcsIO(pipeline_options=_options).client.lookup_bucket(bucket, timeout=30)
+    except auth_errors.DefaultCredentialsError:
+      raise StoreError(f"no credentials for {path}: run `gcloud auth application-default "
+                       "login` or set GOOGLE_APPLICATION_CREDENTIALS") from None
+    except (google_errors.GoogleAPIError, OSError) as e:
+      raise StoreError(f"cannot reach or read {path} ({type(e).__name__}: "
+                       f"{str(e).splitlines()[0][:200]}): check the credentials, "
+                       "STORAGE_EMULATOR_HOST if you use an emulator, and the network") from None
+    if found is None:
+      raise StoreError(f"bucket {bucket} of {path} does not exist: create it first")
 
 
 def exists(path: str) -> bool:
