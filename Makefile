@@ -23,6 +23,7 @@ test: install
 bench: install
 	$(VENV)/bin/python benchmarks/pipeline_throughput.py
 	$(VENV)/bin/python benchmarks/pipeline_memory.py
+	$(VENV)/bin/python benchmarks/pipeline_small_examples.py
 	$(VENV)/bin/python benchmarks/model_step_time.py
 	$(VENV)/bin/python benchmarks/model_load_balance.py --steps 300
 	$(VENV)/bin/python benchmarks/loader_throughput.py

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import tempfile
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -163,10 +164,41 @@ def _assign(entry, prepared: Prepared, plan: Plan):
 
 
 # -- 5: process ---------------------------------------------------------------
+# A record waits for its shard in a temporary file, and its result beside it (a
+# resumed build reuses both; pipelines/progress.py counts the results). Creating a
+# file can cost a good part of a small example's whole work (0.4-2 ms in this project's
+# /tmp and /work, against 2-4 ms to decode, resize, encode and fingerprint a 16x16 PNG;
+# benchmarks/README.md, issue 28), so on a local disk a bundle appends its records to
+# one file per shard, and each result says where its record lies. An object store
+# cannot append: there each record is a file of its own. Either way the result is
+# written after its record is whole.
+
+MAX_OPEN_SPILLS = 32  # spill files a bundle keeps open; one evicted is reopened to append
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordAt:
+  """Where step 5 left an example's serialized record for step 6."""
+  path: str
+  offset: int = 0
+  length: int | None = None  # None: the whole file
+
+
+def _spill_dir(plan: Plan) -> str:
+  return storage.join(plan.tmp, "records")
+
+
+def _record_at(result_json: Mapping, plan: Plan) -> RecordAt:
+  """Where a result read back from its file says its record is."""
+  spilled = result_json.get("record")
+  if spilled is None:  # a record of its own (an object store, or an older impax)
+    return RecordAt(plan.record_blob(result_json["index"]))
+  return RecordAt(storage.join(_spill_dir(plan), spilled["file"]), spilled["offset"],
+                  spilled["length"])
 
 
 class Process(beam.DoFn):
-  """Step 5: one example in, its result out; the record goes to a blob file."""
+  """Step 5: one example in, its result and where its record is out."""
 
   def __init__(self, plan: Plan):
     self.plan = plan
@@ -174,24 +206,100 @@ class Process(beam.DoFn):
 
   def setup(self):
     storage.patch_beam()
+    self._spill = storage.is_local(self.plan.tmp)
+    self._spills = {}  # shard: its spill file's path, for this bundle
+    self._open = collections.OrderedDict()  # shard: open spill file, least recently used first
+
+  def start_bundle(self):
+    self._close_spills()  # a failed bundle's, before its retry
+
+  def finish_bundle(self):
+    self._close_spills()
+
+  def teardown(self):
+    self._close_spills()
+
+  def _close_spills(self):
+    while self._open:
+      self._open.popitem()[1].close()
+    self._spills.clear()
+
+  def _keep(self, shard: int, index: int, record: bytes) -> RecordAt:
+    """Puts a record where its shard's writer will find it, whole before this returns."""
+    if not self._spill:
+      path = self.plan.record_blob(index)
+      storage.write_atomic(path, record)
+      return RecordAt(path)
+    f = self._open.pop(shard, None)
+    if f is None:
+      if len(self._open) >= MAX_OPEN_SPILLS:
+        self._open.popitem(last=False)[1].close()
+      if shard in self._spills:
+        f = open(self._spills[shard], "ab")
+      else:
+        path = storage.join(_spill_dir(self.plan), f"{shard:05d}-{uuid.uuid4().hex[:12]}.records")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        f = open(path, "wb")
+        self._spills[shard] = path
+    self._open[shard] = f
+    offset = f.tell()
+    f.write(record)
+    f.flush()  # on disk (for other processes to read) before the result that points to it
+    return RecordAt(f.name, offset, len(record))
 
   def process(self, item, prepared: Prepared):
     shard, entry = item
     if isinstance(entry, registry.BadEntry):
-      yield shard, example.Failure.of(entry, entry.stage, entry.error)
+      yield shard, (example.Failure.of(entry, entry.stage, entry.error), None)
       return
     result_path = self.plan.result_blob(entry.index)
     if storage.exists(result_path):  # processed by a build that was killed
-      yield shard, example.result_from_json(json.loads(storage.read(result_path)))
+      stored = json.loads(storage.read(result_path))
+      result = example.result_from_json(stored)
+      yield shard, (result, _record_at(stored, self.plan)
+                    if isinstance(result, example.Processed) else None)
       return
     if self._labels[0] is not prepared.labels:
       self._labels = (prepared.labels, {name: i for i, name in enumerate(prepared.labels)})
     result, record = example.process_entry(entry, self.plan.config, prepared.tokenizer_model,
                                            self._labels[1], self.plan.media_base)
-    if record is not None:
-      storage.write_atomic(self.plan.record_blob(entry.index), record)
-    storage.write_atomic(result_path, json.dumps(result.to_json(), sort_keys=True).encode())
-    yield shard, result
+    at = None if record is None else self._keep(shard, entry.index, record)
+    stored = result.to_json()
+    if at is not None and at.length is not None:
+      stored["record"] = {"file": os.path.basename(at.path), "offset": at.offset,
+                          "length": at.length}
+    storage.write_atomic(result_path, json.dumps(stored, sort_keys=True).encode())
+    yield shard, (result, at)
+
+
+def _read_records(written: list[tuple[example.Processed, RecordAt]]):
+  """The records, in the order given; each spill file is opened once."""
+  files = {}
+  try:
+    for _, at in written:
+      if at.length is None:
+        yield storage.read(at.path)
+        continue
+      if at.path not in files:
+        files[at.path] = open(at.path, "rb")
+      f = files[at.path]
+      f.seek(at.offset)
+      record = f.read(at.length)
+      if len(record) != at.length:
+        raise OSError(f"{at.path} ends before the record at {at.offset} (+{at.length})")
+      yield record
+  finally:
+    for f in files.values():
+      f.close()
+
+
+def _remove(paths: set[str]):
+  """The shard's temporary record files, once it is published."""
+  local = [p for p in paths if storage.is_local(p)]
+  for path in local:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(path)  # not storage.delete: Beam matches each local path as a pattern (1 ms)
+  storage.delete(sorted(paths.difference(local)))
 
 
 # -- 6: shards ----------------------------------------------------------------
@@ -253,8 +361,8 @@ class WriteShard(beam.DoFn):
         storage.write_atomic(plan.sidecar(shard), json.dumps(info.to_json(), sort_keys=True).encode())
       yield info
       return
-    results = sorted((r for r in results if r is not None), key=lambda r: r.index)
-    written = [r for r in results if isinstance(r, example.Processed)]
+    results = sorted((r for r in results if r is not None), key=lambda r: r[0].index)
+    written = [(r, at) for r, at in results if isinstance(r, example.Processed)]
     shard_stats, composition = {}, metadata.Composition()
     lacking = {part: [] for part in modalities.PARTS}
     fd, local = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial",
@@ -262,19 +370,20 @@ class WriteShard(beam.DoFn):
     os.close(fd)
     try:
       writer = ArrayRecordWriter(local, plan.config.array_record_options())
-      for position, r in enumerate(written):
-        writer.write(storage.read(plan.record_blob(r.index)))
-        for part in modalities.PARTS:
-          if not r.composition.has(part):
-            lacking[part].append(position)
-        stats.merge(shard_stats, r.stats)
-        composition += r.composition
+      with contextlib.closing(_read_records(written)) as records:
+        for position, ((r, _), record) in enumerate(zip(written, records)):
+          writer.write(record)
+          for part in modalities.PARTS:
+            if not r.composition.has(part):
+              lacking[part].append(position)
+          stats.merge(shard_stats, r.stats)
+          composition += r.composition
       writer.close()
       os.chmod(local, 0o644)  # mkstemp makes it private; shards are for every reader
       info = ShardInfo(
           shard, name, len(written), os.path.getsize(local),
-          tuple(r for r in results if isinstance(r, example.Failure)), shard_stats, composition,
-          tuple((r.index, r.media_sha256) for r in written),
+          tuple(r for r, _ in results if isinstance(r, example.Failure)), shard_stats, composition,
+          tuple((r.index, r.media_sha256) for r, _ in written),
           {part: tuple(positions) for part, positions in lacking.items()},
           sha256=config_lib.file_sha256(local))
       # The sidecar lands before the shard: a published shard always has one.
@@ -283,7 +392,7 @@ class WriteShard(beam.DoFn):
     finally:
       if os.path.exists(local):
         os.remove(local)
-    storage.delete([plan.record_blob(r.index) for r in written])
+    _remove({at.path for _, at in written})
     yield info
 
 
