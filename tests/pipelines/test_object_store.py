@@ -179,3 +179,38 @@ def test_build_from_and_to_gs_gives_the_local_bytes(mixed_corpus, local_build, t
   finally:
     server.terminate()
     server.wait(timeout=30)
+
+
+def test_a_store_without_credentials_or_bucket_and_a_held_lease(s3, mixed_corpus, monkeypatch,
+                                                                 capsys):
+  """One `impax: error:` line each, at once (Beam would retry for minutes): no credentials,
+  no such bucket; and a build's lease on an s3:// output refuses a second build."""
+  from impax import cli
+  from impax.pipelines import lock
+  args, client = s3
+  endpoint = next(a for a in args if a.startswith("--s3_endpoint_url"))
+  for name in [n for n in os.environ if n.startswith("AWS_")]:
+    monkeypatch.delenv(name)
+  monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+  monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+  manifest = str(mixed_corpus / "mixed.jsonl")
+  build = ["build", "jsonl", "--input", manifest, "--quiet", "--output"]
+  assert cli.main([*build, "s3://nobucket/x", "--", endpoint]) == cli.EXIT_STORE
+  assert "impax: error: no credentials for s3://nobucket/x: set AWS_ACCESS_KEY_ID" in \
+      capsys.readouterr().err
+  assert cli.main([*build, "s3://nobucket/x", "--", *args]) == cli.EXIT_STORE
+  assert "impax: error: bucket nobucket of s3://nobucket/x does not exist" in \
+      capsys.readouterr().err
+  client.create_bucket(Bucket="leased")
+  client.put_object(Bucket="leased", Key="out/" + lock.LOCK_NAME, Body=json.dumps(
+      {"what": "impax build", "host": "elsewhere", "pid": 7, "since": "2026-12-07T00:00:00+00:00",
+       "expires": time.time() + 600}).encode())
+  assert cli.main([*build, "s3://leased/out", "--", *args]) == cli.EXIT_LOCKED
+  assert ("impax: error: s3://leased/out is being built by impax build on host elsewhere, pid 7, "
+          "since 2026-12-07T00:00:00+00:00") in capsys.readouterr().err
+  client.put_object(Bucket="leased", Key="out/" + lock.LOCK_NAME, Body=json.dumps(
+      {"what": "impax build", "host": "elsewhere", "pid": 7, "since": "2026-12-07T00:00:00+00:00",
+       "expires": time.time() - 1}).encode())  # expired: its holder stopped renewing it
+  assert cli.main([*build, "s3://leased/out", "--", *args]) == 0
+  keys = [o["Key"] for o in client.list_objects_v2(Bucket="leased")["Contents"]]
+  assert "out/metadata.json" in keys and "out/" + lock.LOCK_NAME not in keys

@@ -228,3 +228,33 @@ def test_unreachable_store_and_the_traceback_only_with_verbose(images, tmp_path,
                   "AWS_ENDPOINT_URL or --s3_endpoint_url, and the network"]
   assert cli.main(["--verbose", *argv]) == cli.EXIT_STORE
   assert "Traceback" in capsys.readouterr().err
+
+
+@needs_root
+def test_permission_denied_as_another_user(images, tmp_path_factory):
+  """As a user who may not write the output's folder (root may write anywhere)."""
+  import shutil
+  import tempfile
+  shared = tempfile.mkdtemp(prefix="impax-perm-")
+  try:
+    os.chmod(shared, 0o755)
+    for name in ("0.png", "1.png"):
+      shutil.copy(images / name, shared)
+    path = manifest(__import__("pathlib").Path(shared) / "m.jsonl", [good(0), good(1)])
+    os.chmod(path, 0o644)
+    home = os.path.join(shared, "home")
+    os.mkdir(home)
+    os.chown(home, 65534, 65534)
+    output = os.path.join(shared, "out")  # its folder is root's, 0755
+    done = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+         "impax.cli", "build", "jsonl", "--input", str(path), "--output", output, "--quiet"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "HOME": home},
+        cwd=shared)
+    assert done.returncode == cli.EXIT_PERMISSION, done.stderr
+    lines = [x for x in done.stderr.splitlines() if x.startswith("impax:")]
+    assert lines == [f"impax: error: permission denied: {output}: give this user write access "
+                     "there, or choose another path. Run the same command again to resume: "
+                     "finished shards and examples are kept."], done.stderr
+  finally:
+    shutil.rmtree(shared)
