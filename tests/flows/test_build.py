@@ -184,3 +184,38 @@ def test_bad_parameters_are_refused_with_the_field_named(image_corpus, prefect_s
   with pytest.raises(BuildError, match=r"splits: each split name once"):
     build_dataset(**{**good, "splits": good["splits"] * 2})
   assert not os.path.exists(tmp_path / "out" / "metadata.json")
+
+
+def test_a_second_build_into_a_held_output_and_a_build_that_wrote_nothing_are_refused(
+    image_corpus, api, tmp_path):
+  """A double click in the UI: the second run ends Failed naming the first, and is not
+  retried; a split whose every input failed ends Failed with the reasons."""
+  import subprocess
+  import sys
+
+  from impax.flows.build import build_dataset
+  output = tmp_path / "held"
+  params = {"spec": "jsonl", "output": str(output), "retry_delay_seconds": 0.1,
+            "splits": [{"name": "train", "input": image_corpus["clean-train"]}],
+            "options": {"image_short_side": 32}}
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys; from impax.pipelines import lock\n"
+       "with lock.locked(sys.argv[1]):\n  print('held', flush=True); sys.stdin.read()",
+       str(output)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+  try:
+    assert holder.stdout.readline() == b"held\n"
+    state = build_dataset(**params, return_state=True)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert state.is_failed()
+  assert "is being built by impax build on host" in state.message
+  assert f"pid {holder.pid}" in state.message
+  dead = tmp_path / "dead.jsonl"
+  dead.write_text("".join(json.dumps({"id": str(i), "image": f"gone-{i}.png"}) + "\n"
+                          for i in range(3)))
+  state = build_dataset(**{**params, "output": str(tmp_path / "dead"),
+                           "splits": [{"name": "train", "input": str(dead)}]}, return_state=True)
+  assert state.is_failed() and "no example was written, all 3 input(s) failed" in state.message
+  assert api.task_runs(state.state_details.flow_run_id)["build train"]["run_count"] == 1
+  assert not (tmp_path / "dead" / "metadata.json").exists()
