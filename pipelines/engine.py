@@ -1,11 +1,16 @@
 """Engine clusters on loopback for distributed builds: Flink, Spark, or Beam's own job service.
 
 `impax engine flink start` brings up what a user's cluster would run, each in its own
-process on 127.0.0.1: the engine (Flink's JobManager and a TaskManager; Spark's master
-and a worker), Beam's job server for it, and a pool of Python SDK workers (the SDK
-harness, which runs impax's DoFns). Its last line of output is the Beam options that
-send `impax build ... -- OPTIONS` there. `status` and `stop` find the processes by the
-ids `start` wrote to STATE_DIR/state.json.
+process: the engine (Flink's JobManager and a TaskManager; Spark's master and a worker),
+Beam's job server for it, and a pool of Python SDK workers (the SDK harness, which runs
+impax's DoFns). Its last line of output is the Beam options that send `impax build ...
+-- OPTIONS` there. `status` and `stop` find the processes by the ids `start` wrote to
+STATE_DIR/state.json.
+
+Every port they listen on is bound to 127.0.0.1 unless `start` is given another address:
+Beam's job server and SDK worker pool run whatever pipeline or worker they are sent, to
+anyone who reaches them, so on another address they hand that machine's code execution to
+its network.
 
 What runs, fetched once into the cache (IMPAX_ENGINE_CACHE, default ~/.cache/impax/engines)
 by `impax engine fetch` (make install runs it), every file checked against ENGINE_JARS:
@@ -21,6 +26,7 @@ by `impax engine fetch` (make install runs it), every file checked against ENGIN
 import dataclasses
 import hashlib
 import http.client
+import ipaddress
 import json
 import os
 import shutil
@@ -56,18 +62,18 @@ class Engine:
   name: str
   distribution: Distribution | None
   job_server: str | None  # the Maven artifact of Beam's runner (org.apache.beam:ARTIFACT)
-  job_server_main: str | None
+  job_invoker: str | None  # its JobInvoker class, which BOUND_JOB_SERVER serves
 
 
 ENGINES = {
     "flink": Engine("flink", Distribution("apache-flink-libraries", "1.19.3",
                                           "4a58e3a1fb7d83340bc96b6c080624c6d792d69fae5d294b96224775204a9c60",
                                           "apache-flink-libraries-1.19.3/deps", ("bin", "lib")),
-                    "beam-runners-flink-1.19", "org.apache.beam.runners.flink.FlinkJobServerDriver"),
+                    "beam-runners-flink-1.19", "org.apache.beam.runners.flink.FlinkJobInvoker"),
     "spark": Engine("spark", Distribution("pyspark", "3.5.9",
                                           "ea27adc39ddac9413b8951e45aa748cbed6c785971b81386efc41938f6243d93",
                                           "pyspark-3.5.9/deps", ("jars",)),
-                    "beam-runners-spark-3", "org.apache.beam.runners.spark.SparkJobServerDriver"),
+                    "beam-runners-spark-3", "org.apache.beam.runners.spark.SparkJobInvoker"),
     # Beam's Python job service (the FnApiRunner behind the portability protocol): nothing to fetch.
     "portable": Engine("portable", None, None, None),
 }
@@ -261,10 +267,21 @@ def fetched(name: str) -> bool:
 
 # -- processes ------------------------------------------------------------------------
 
+LOOPBACK = "127.0.0.1"
+
+
 def free_port() -> int:
   with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
+    s.bind((LOOPBACK, 0))
     return s.getsockname()[1]
+
+
+def _reachable(bind: str) -> str:
+  """The address this machine reaches a process listening on `bind` at."""
+  try:
+    return LOOPBACK if ipaddress.ip_address(bind).is_unspecified else bind
+  except ValueError:
+    return bind  # a host name
 
 
 def _java() -> str:
@@ -369,16 +386,16 @@ def _tail(state: dict, role: str, lines: int = 15) -> str:
     return f"no log at {path}"
 
 
-def _listening(port: int) -> Callable[[], bool]:
+def _listening(port: int, host: str = LOOPBACK) -> Callable[[], bool]:
   def ready():
     with socket.socket() as s:
       s.settimeout(0.5)
-      return s.connect_ex(("127.0.0.1", port)) == 0
+      return s.connect_ex((host, port)) == 0
   return ready
 
 
-def _get_json(port: int, path: str):
-  conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+def _get_json(port: int, path: str, host: str = LOOPBACK):
+  conn = http.client.HTTPConnection(host, port, timeout=3)
   try:
     conn.request("GET", path)
     response = conn.getresponse()
@@ -390,16 +407,17 @@ def _get_json(port: int, path: str):
 
 
 def _sdk_worker_pool(state: dict, timeout: float) -> None:
-  """Beam's external worker pool: it starts a Python SDK worker process for each request.
+  """Beam's external worker pool (served by worker_pool.py on the bind address): it starts
+  a Python SDK worker process for each request.
 
-  The pool binds every interface (Beam hard-codes it); its workers run this interpreter,
-  so this environment's bin comes first on PATH (else they die on `import apache_beam`).
+  Its workers run this interpreter, so this environment's bin comes first on PATH (else
+  they die on `import apache_beam`).
   """
   port = state["ports"]["sdk_worker_pool"] = free_port()
   env = {"PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")}
-  _spawn(state, "sdk_worker_pool", [sys.executable, "-m", "apache_beam.runners.worker.worker_pool_main",
-                                    f"--service_port={port}"], env)
-  _wait("Beam's SDK worker pool", _listening(port), state, "sdk_worker_pool", timeout)
+  _spawn(state, "sdk_worker_pool", [sys.executable, "-m", "impax.pipelines.worker_pool",
+                                    "--host", state["bind"], "--port", str(port)], env)
+  _wait("Beam's SDK worker pool", _listening(port, state["host"]), state, "sdk_worker_pool", timeout)
 
 
 # The job server's log, to its process's output (its log file): warnings and errors, and
@@ -415,19 +433,101 @@ logger.jobs.level = INFO
 """
 
 
+# Beam's Flink and Spark drivers take --job-host, yet bind their job and artifact ports to
+# every interface (their ServerFactory binds the port alone). This driver binds them to
+# --job-host; Java runs it from source (`java FILE.java`: a JDK module Debian's JRE ships).
+BOUND_JOB_SERVER = """import java.lang.reflect.Method;
+import java.net.InetSocketAddress;
+import java.util.Arrays;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import org.apache.beam.model.pipeline.v1.Endpoints.ApiServiceDescriptor;
+import org.apache.beam.runners.jobsubmission.JobInvoker;
+import org.apache.beam.runners.jobsubmission.JobServerDriver;
+import org.apache.beam.sdk.extensions.gcp.options.GcsOptions;
+import org.apache.beam.sdk.fn.channel.SocketAddressFactory;
+import org.apache.beam.sdk.fn.server.GrpcContextHeaderAccessorProvider;
+import org.apache.beam.sdk.fn.server.ServerFactory;
+import org.apache.beam.sdk.io.FileSystems;
+import org.apache.beam.sdk.options.PipelineOptions;
+import org.apache.beam.sdk.options.PipelineOptionsFactory;
+import org.apache.beam.vendor.grpc.v1p60p1.io.grpc.BindableService;
+import org.apache.beam.vendor.grpc.v1p60p1.io.grpc.Server;
+import org.apache.beam.vendor.grpc.v1p60p1.io.grpc.ServerInterceptors;
+import org.apache.beam.vendor.grpc.v1p60p1.io.grpc.netty.NettyServerBuilder;
+import org.kohsuke.args4j.CmdLineParser;
+
+/** java -cp CLASSPATH BoundJobServer.java INVOKER_CLASS [the flags of the invoker's driver] */
+public class BoundJobServer extends JobServerDriver {
+  private BoundJobServer(ServerConfiguration config, JobInvokerFactory invoker) {
+    super(config, new BoundServerFactory(), new BoundServerFactory(), invoker);
+  }
+
+  public static void main(String[] args) throws Exception {
+    // The invoker's create(CONFIGURATION) names the driver's configuration class, flags and all.
+    Method create = Arrays.stream(Class.forName(args[0]).getMethods())
+        .filter(m -> m.getName().equals("create") && m.getParameterCount() == 1)
+        .findFirst().orElseThrow();
+    ServerConfiguration config =
+        (ServerConfiguration) create.getParameterTypes()[0].getConstructor().newInstance();
+    new CmdLineParser(config).parseArgument(Arrays.copyOfRange(args, 1, args.length));
+    // As Beam's drivers' main().
+    PipelineOptions options = PipelineOptionsFactory.create();
+    options.as(GcsOptions.class).setGcsUploadBufferSizeBytes(1024 * 1024);
+    FileSystems.setDefaultPipelineOptions(options);
+    new BoundJobServer(config, () -> {
+      try {
+        return (JobInvoker) create.invoke(null, config);
+      } catch (ReflectiveOperationException e) {
+        throw new IllegalStateException(e);
+      }
+    }).run();
+  }
+
+  /** Serves on the HOST:PORT the driver makes of --job-host and each port flag. */
+  static class BoundServerFactory extends ServerFactory {
+    @Override
+    public Server create(List<BindableService> services, ApiServiceDescriptor descriptor)
+        throws java.io.IOException {
+      InetSocketAddress address = (InetSocketAddress) SocketAddressFactory.createFrom(descriptor.getUrl());
+      // Beam's settings: message size bounded above this layer, its runners' keep-alive pings.
+      NettyServerBuilder builder = NettyServerBuilder.forAddress(address)
+          .maxInboundMessageSize(Integer.MAX_VALUE)
+          .permitKeepAliveTime(20, TimeUnit.SECONDS);
+      for (BindableService service : services) {
+        builder.addService(
+            ServerInterceptors.intercept(service, GrpcContextHeaderAccessorProvider.interceptor()));
+      }
+      return builder.build().start();
+    }
+
+    @Override
+    public Server allocateAddressAndCreate(
+        List<BindableService> services, ApiServiceDescriptor.Builder descriptor) {
+      throw new UnsupportedOperationException("impax gives the job server every port");
+    }
+  }
+}
+"""
+
+
 def _job_server(state: dict, engine: Engine, flags: tuple[str, ...], extra_classpath: tuple[str, ...],
-                timeout: float, jvm: tuple[str, ...] = ()) -> None:
+                timeout: float, jvm: tuple[str, ...] = (), env: dict | None = None) -> None:
   ports = state["ports"]
   for name in ("job", "artifact", "expansion"):
     ports[name] = free_port()
   with open(os.path.join(state["dir"], "log4j2.properties"), "w") as f:
     f.write(JOB_SERVER_LOG4J)
+  source = os.path.join(state["dir"], "BoundJobServer.java")
+  with open(source, "w") as f:
+    f.write(BOUND_JOB_SERVER)
   _spawn(state, "job_server", [
       _java(), *jvm, "-Xmx1g", f"-Dlog4j2.configurationFile=file:{os.path.join(state['dir'], 'log4j2.properties')}",
       "-cp", _classpath(os.path.join(_job_server_dir(engine), "lib"), *extra_classpath),
-      engine.job_server_main, *flags, "--job-host=127.0.0.1", f"--job-port={ports['job']}",
-      f"--artifact-port={ports['artifact']}", f"--expansion-port={ports['expansion']}"])
-  _wait(f"Beam's {engine.name} job server", _listening(ports["job"]), state, "job_server", timeout)
+      source, engine.job_invoker, *flags, f"--job-host={state['bind']}", f"--job-port={ports['job']}",
+      f"--artifact-port={ports['artifact']}", f"--expansion-port={ports['expansion']}"], env)
+  _wait(f"Beam's {engine.name} job server", _listening(ports["job"], state["host"]), state, "job_server",
+        timeout)
 
 
 # -- Flink ----------------------------------------------------------------------------
@@ -446,12 +546,14 @@ logger.pekko.level = WARN
 
 
 def _flink_conf(state: dict, slots: int) -> str:
-  ports = state["ports"]
+  ports, bind, host = state["ports"], state["bind"], state["host"]
+  # The bind hosts hold every port of the JobManager (rpc, blob, REST) and the TaskManager
+  # (rpc, data); the others are the addresses each advertises.
   conf = {
-      "jobmanager.rpc.address": "127.0.0.1", "jobmanager.bind-host": "127.0.0.1",
+      "jobmanager.rpc.address": host, "jobmanager.bind-host": bind,
       "jobmanager.rpc.port": ports["flink_rpc"],
-      "rest.address": "127.0.0.1", "rest.bind-address": "127.0.0.1", "rest.port": ports["flink_rest"],
-      "taskmanager.host": "127.0.0.1", "taskmanager.bind-host": "127.0.0.1",
+      "rest.address": host, "rest.bind-address": bind, "rest.port": ports["flink_rest"],
+      "taskmanager.host": host, "taskmanager.bind-host": bind,
       # A build without --workers (so without --parallelism) uses every slot.
       "taskmanager.numberOfTaskSlots": slots, "parallelism.default": slots,
       "jobmanager.memory.process.size": "1024m", "taskmanager.memory.process.size": "1536m",
@@ -515,7 +617,7 @@ def start_taskmanager(state: dict, timeout: float = 120) -> None:
 
 
 def _flink_taskmanagers(state: dict) -> list[dict]:
-  return (_get_json(state["ports"]["flink_rest"], "/taskmanagers") or {}).get("taskmanagers", [])
+  return (_get_json(state["ports"]["flink_rest"], "/taskmanagers", state["host"]) or {}).get("taskmanagers", [])
 
 
 def _start_flink(state: dict, slots: int, timeout: float, master: str | None) -> list[str]:
@@ -528,10 +630,10 @@ def _start_flink(state: dict, slots: int, timeout: float, master: str | None) ->
     state["conf"] = _flink_conf(state, slots)
     _flink_process(state, "jobmanager", "org.apache.flink.runtime.entrypoint.StandaloneSessionClusterEntrypoint",
                    "GET_JM_RESOURCE_PARAMS", ["--executionMode", "cluster"])
-    _wait("Flink's JobManager", lambda: _get_json(ports["flink_rest"], "/overview") is not None,
+    _wait("Flink's JobManager", lambda: _get_json(ports["flink_rest"], "/overview", state["host"]) is not None,
           state, "jobmanager", timeout)
     start_taskmanager(state, timeout)
-    master = f"127.0.0.1:{ports['flink_rest']}"
+    master = f"{state['host']}:{ports['flink_rest']}"
   # Beam's runner brings no logging backend: Flink's log4j jars give it one.
   log4j = tuple(os.path.join(state["home"], "lib", n) for n in sorted(os.listdir(os.path.join(state["home"], "lib")))
                 if n.startswith("log4j-"))
@@ -567,8 +669,9 @@ def _start_spark(state: dict, slots: int, timeout: float, master: str | None) ->
   if master is None:
     master = _spark_cluster(state, home, slots, timeout)
   # Beam's runner is the Spark driver, inside the job server: Spark's jars go after Beam's.
+  # SPARK_LOCAL_IP: the driver (and its web UI, each job's) binds there, not to every interface.
   _job_server(state, engine, (f"--spark-master-url={master}",), (os.path.join(home, "jars"),), timeout,
-              jvm=tuple(SPARK_JAVA17))
+              jvm=tuple(SPARK_JAVA17), env={"SPARK_LOCAL_IP": state["bind"]})
   _sdk_worker_pool(state, timeout)
   return ["--runner=SparkRunner"]
 
@@ -581,13 +684,16 @@ def _spark_cluster(state: dict, home: str, slots: int, timeout: float) -> str:
   jars = _classpath(os.path.join(home, "jars"))
   # The worker starts executors from SPARK_HOME's jars; SPARK_SCALA_VERSION spares it
   # looking for a source build's assembly folders.
-  env = {"SPARK_HOME": home, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_SCALA_VERSION": "2.12",
+  # --host: where each listens for rpc (and advertises); SPARK_LOCAL_IP: where their web UIs,
+  # and the executors the worker starts, listen.
+  env = {"SPARK_HOME": home, "SPARK_LOCAL_IP": state["bind"], "SPARK_SCALA_VERSION": "2.12",
          "SPARK_WORKER_DIR": os.path.join(state["dir"], "work"), "SPARK_LOG_DIR": state["dir"]}
-  master = f"spark://127.0.0.1:{ports['spark_master']}"
+  host = state["host"]
+  master = f"spark://{host}:{ports['spark_master']}"
   _spawn(state, "master", [_java(), *SPARK_JAVA17, "-Xmx512m", "-cp", jars, "org.apache.spark.deploy.master.Master",
-                           "--host", "127.0.0.1", "--port", str(ports["spark_master"]),
+                           "--host", host, "--port", str(ports["spark_master"]),
                            "--webui-port", str(ports["spark_master_ui"])], env)
-  _wait("Spark's master", lambda: _get_json(ports["spark_master_ui"], "/json/") is not None,
+  _wait("Spark's master", lambda: _get_json(ports["spark_master_ui"], "/json/", host) is not None,
         state, "master", timeout)
   # Each job stages the job server's classpath (about 420 MB) into the worker's folder: a
   # finished job's copy is removed after 10 minutes (and all of them by `stop`).
@@ -595,12 +701,12 @@ def _spark_cluster(state: dict, home: str, slots: int, timeout: float) -> str:
              "-Dspark.worker.cleanup.appDataTtl=600"]
   _spawn(state, "worker", [_java(), *SPARK_JAVA17, *cleanup, "-Xmx512m", "-cp", jars,
                            "org.apache.spark.deploy.worker.Worker",
-                           "--host", "127.0.0.1", "--webui-port", str(ports["spark_worker_ui"]),
+                           "--host", host, "--webui-port", str(ports["spark_worker_ui"]),
                            "--cores", str(slots), "--memory", "2g", master], env)
   _wait("Spark's worker", lambda: any(w.get("state") == "ALIVE" for w in
-                                      (_get_json(ports["spark_master_ui"], "/json/") or {}).get("workers", [])),
+                                      (_get_json(ports["spark_master_ui"], "/json/", host) or {}).get("workers", [])),
         state, "worker", timeout)
-  state["ui"] = f"http://127.0.0.1:{ports['spark_master_ui']}"
+  state["ui"] = f"http://{host}:{ports['spark_master_ui']}"
   return master
 
 
@@ -609,6 +715,10 @@ def _spark_cluster(state: dict, home: str, slots: int, timeout: float) -> str:
 def _start_portable(state: dict, slots: int, timeout: float, master: str | None) -> list[str]:
   if master:
     raise EngineError("the portable engine has no master: it is Beam's job service itself")
+  if state["bind"] not in (LOOPBACK, "localhost"):
+    # Beam's service binds localhost, and tells a client to stage its files there.
+    raise EngineError("the portable engine serves this machine only: its job service listens "
+                      "on localhost, whatever --bind says")
   port = state["ports"]["job"] = free_port()
   _spawn(state, "job_server", [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
                                f"--port={port}"])
@@ -623,14 +733,19 @@ STARTERS = {"flink": _start_flink, "spark": _start_spark, "portable": _start_por
 
 
 def start(name: str, directory: str | None = None, slots: int = 2, timeout: float = 180,
-          master: str | None = None) -> dict:
-  """Starts an engine's loopback cluster; returns its state, with the Beam options to pass
-  after `impax build ... --` under "beam_options".
+          master: str | None = None, bind: str = LOOPBACK) -> dict:
+  """Starts an engine's cluster; returns its state, with the Beam options to pass after
+  `impax build ... --` under "beam_options".
 
   master: an engine already running (Flink's HOST:REST_PORT, Spark's spark://HOST:PORT):
   only Beam's job server for it and the SDK worker pool are started.
+  bind: the address every process listens on: anything but loopback lets whoever reaches it
+  run code on this machine (Beam's job server and SDK worker pool have no authentication).
   """
   engine = _engine(name)
+  if ":" in bind:
+    raise EngineError(f"--bind {bind}: an IPv4 address or a host name (Beam's job server "
+                      "writes its URLs as HOST:PORT)")
   directory = os.path.abspath(directory or state_dir(name))
   if (old := read_state(directory)) and any(_alive(p) for p in old["processes"].values()):
     raise EngineError(f"a {name} cluster started from {directory} is still running: "
@@ -639,15 +754,16 @@ def start(name: str, directory: str | None = None, slots: int = 2, timeout: floa
     fetch(name, log=lambda m: print(m, file=sys.stderr))
   shutil.rmtree(directory, ignore_errors=True)
   os.makedirs(directory)
-  state = {"engine": name, "dir": directory, "ports": {}, "processes": {}, "started": time.time()}
+  state = {"engine": name, "dir": directory, "bind": bind, "host": _reachable(bind), "ports": {},
+           "processes": {}, "started": time.time()}
   try:
     options = STARTERS[name](state, slots, timeout, master)
   except BaseException:
     stop_state(state)  # a failed start leaves nothing running
     raise
   state["beam_options"] = options + [
-      f"--job_endpoint=127.0.0.1:{state['ports']['job']}", "--environment_type=EXTERNAL",
-      f"--environment_config=127.0.0.1:{state['ports']['sdk_worker_pool']}"]
+      f"--job_endpoint={state['host']}:{state['ports']['job']}", "--environment_type=EXTERNAL",
+      f"--environment_config={state['host']}:{state['ports']['sdk_worker_pool']}"]
   _write_state(state)
   return state
 

@@ -3,14 +3,17 @@
 portable runner over its Python job service, and Prism. Each gives the DirectRunner's bytes.
 
 Each cluster is started once for this module with `impax engine ENGINE start`, as a user
-would, and stopped by the process ids it recorded.
+would, and stopped by the process ids it recorded. Each listens on loopback only: Beam's job
+server and SDK worker pool run any code they are sent.
 """
 
 import glob
 import hashlib
 import importlib.util
+import ipaddress
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -94,6 +97,45 @@ class Cluster:
     assert stopped.returncode == 0, stopped.stderr
 
 
+def listening(state) -> list[tuple[str, str]]:
+  """(address, command) of each TCP socket that a process `start` recorded, or a child of one,
+  listens on. Each recorded process leads its own session, which its children inherit."""
+  sessions = {p["pid"] for p in state["processes"].values()}
+  commands = {}
+  for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+      with open(f"/proc/{pid}/stat") as f:
+        session = int(f.read().rsplit(")", 1)[1].split()[3])
+      with open(f"/proc/{pid}/cmdline", "rb") as f:
+        command = f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+      continue  # exited meanwhile
+    if session in sessions:
+      commands[int(pid)] = command
+  assert commands, "none of the recorded processes runs"
+  ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+  return [(line.split()[3], commands[int(pid)][:120]) for line in ss.splitlines()
+          for pid in re.findall(r"pid=(\d+)", line) if int(pid) in commands]
+
+
+def on_loopback(address: str) -> bool:
+  """Whether ss's local address (`*:PORT`, `0.0.0.0:PORT`, `[::ffff:127.0.0.1]:PORT`, ...)
+  is reachable from this machine only."""
+  host = address.rsplit(":", 1)[0].strip("[]").split("%")[0]
+  if host == "*":
+    return False
+  ip = ipaddress.ip_address(host)
+  return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
+
+
+def assert_listens_on_loopback_only(cluster):
+  sockets = listening(cluster.state)
+  # At least the job endpoint and the SDK worker pool.
+  assert len(sockets) >= 2, sockets
+  exposed = [s for s in sockets if not on_loopback(s[0])]
+  assert not exposed, f"{cluster.name} listens beyond loopback: {exposed}"
+
+
 @pytest.fixture(scope="module")
 def flink(tmp_path_factory):
   cluster = Cluster("flink", tmp_path_factory.mktemp("flink"))
@@ -128,6 +170,10 @@ def test_engine_start_runs_each_part_in_its_own_process(flink):
   assert again.returncode == 2 and "is still running" in again.stderr
 
 
+def test_flink_listens_on_loopback_only(flink):
+  assert_listens_on_loopback_only(flink)
+
+
 def test_flink_builds_the_direct_runners_bytes(flink, corpora, tmp_path):
   manifests, reference = corpora
   build(manifests["videos"], tmp_path / "videos", *flink.options, workers=None)
@@ -137,12 +183,16 @@ def test_flink_builds_the_direct_runners_bytes(flink, corpora, tmp_path):
   job = max(engine._get_json(rest, "/jobs/overview")["jobs"], key=lambda j: j["start-time"])
   vertices = engine._get_json(rest, f"/jobs/{job['jid']}")["vertices"]
   assert {v["parallelism"] for v in vertices} == {flink.state["slots"]} == {2}
-  # A cluster of one's own: `--master` starts only Beam's job server and the SDK workers for it.
+  # A cluster of one's own: `--master` starts only Beam's job server and the SDK workers for
+  # it, here on another address that --bind names (all of 127.0.0.0/8 is this machine's).
   master = f"127.0.0.1:{flink.state['ports']['flink_rest']}"
-  attached = Cluster("flink", tmp_path / "attached", "--master", master)
+  attached = Cluster("flink", tmp_path / "attached", "--master", master, "--bind", "127.0.0.2")
   try:
     assert set(attached.state["processes"]) == {"job_server", "sdk_worker_pool"}
     assert f"--flink_master={master}" in attached.options
+    sockets = listening(attached.state)
+    assert len(sockets) >= 3 and all(a.startswith(("127.0.0.2:", "[::ffff:127.0.0.2]:")) for a, _ in sockets), sockets
+    assert f"--job_endpoint=127.0.0.2:{attached.state['ports']['job']}" in attached.options
     build(manifests["bad"], tmp_path / "bad", *attached.options)
   finally:
     attached.stop()
@@ -184,6 +234,10 @@ def test_a_killed_taskmanager_then_a_rerun_gives_the_same_bytes(flink, corpora, 
   assert not os.path.exists(out / ".impax-tmp")
 
 
+def test_spark_listens_on_loopback_only(spark):
+  assert_listens_on_loopback_only(spark)
+
+
 def test_spark_builds_the_direct_runners_bytes(spark, corpora, tmp_path):
   manifests, reference = corpora
   build(manifests["bad"], tmp_path / "bad", *spark.options)
@@ -191,6 +245,14 @@ def test_spark_builds_the_direct_runners_bytes(spark, corpora, tmp_path):
   assert set(spark.state["processes"]) == {"master", "worker", "job_server", "sdk_worker_pool"}
   spark.stop()  # and what the job staged in the worker's folder goes with the cluster
   assert not os.path.exists(os.path.join(spark.dir, "work"))
+
+
+def test_portable_listens_on_loopback_only(portable, tmp_path):
+  assert_listens_on_loopback_only(portable)
+  # Beam's Python job service binds localhost whatever it is asked: no other address is taken.
+  exposed = impax("engine", "portable", "start", "--state-dir", str(tmp_path), "--bind", "0.0.0.0",
+                  check=False)
+  assert exposed.returncode == 2 and "serves this machine only" in exposed.stderr
 
 
 def test_portable_runner_over_its_job_service(portable, corpora, tmp_path):
