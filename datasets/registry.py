@@ -28,6 +28,10 @@ so no worker holds a corpus of millions of lines:
 
     SPEC = registry.register(registry.DatasetSpec(
         name="my_tsv", lines=registry.LineFormat(parse=parse_line)))
+
+A corpus stored in independent parts whose sizes are known without reading them
+(a Parquet file's row groups: its footer counts their rows) is declared as
+`Parts`: the launcher lists the parts, and each is read on a worker of its own.
 """
 
 import dataclasses
@@ -187,13 +191,41 @@ def _line_reader(fmt: LineFormat):
 
 
 @dataclasses.dataclass(frozen=True)
+class Parts:
+  """A corpus read in independent parts (a Parquet file's row groups), one worker each.
+
+  `find` runs once, in the launcher, and reads only what says how many records each part
+  holds (Parquet footers); from those counts every part's first index is known before any
+  part is read, so the entries' order is the input's whatever reads them."""
+  # (input path, split) -> [(part, its record count)] in the input's order; a part is a
+  # small picklable value (a file and a row group). Raises ValueError naming what to do
+  # when the input is not in this format: the build is then refused before it runs.
+  find: Callable[[str, str], list[tuple[Any, int]]]
+  # (input path, part, first index, split) -> the part's Entries and BadEntries; the
+  # record at position k of the part has index first + k.
+  read: Callable[[str, Any, int, str], Iterator["Entry | BadEntry"]]
+
+
+def _parts_reader(parts: Parts):
+  """The sequential reader of a corpus in parts: every part, in order."""
+  def read(path: str, split: str = "train"):
+    first = 0
+    for part, count in parts.find(path, split):
+      yield from parts.read(path, part, first, split)
+      first += count
+  return read
+
+
+@dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-  """How a corpus is read (`read` or `lines`), processed (`settings`) and trained on (`tasks`)."""
+  """How a corpus is read (`read`, `lines` or `parts`), processed (`settings`) and trained
+  on (`tasks`)."""
   name: str
-  # path -> Entries, or (path, split) -> Entries; made from `lines` when not given.
+  # path -> Entries, or (path, split) -> Entries; made from `lines` or `parts` when not given.
   read: Callable[..., Iterator[Entry | BadEntry]] | None = None
   description: str = ""
   lines: LineFormat | None = None
+  parts: Parts | None = None
   # (input path, split) -> None, or raises ValueError naming what is wrong with the
   # input as a whole (a missing column, not this format); called before a build
   # runs. Line formats check their header through `lines.context`.
@@ -209,9 +241,10 @@ class DatasetSpec:
 
   def __post_init__(self):
     if self.read is None:
-      if self.lines is None:
-        raise ValueError(f"dataset spec {self.name!r} needs read= or lines=")
-      object.__setattr__(self, "read", _line_reader(self.lines))
+      if self.lines is None and self.parts is None:
+        raise ValueError(f"dataset spec {self.name!r} needs read=, lines= or parts=")
+      object.__setattr__(self, "read", _line_reader(self.lines) if self.lines is not None
+                         else _parts_reader(self.parts))
 
   def read_entries(self, path: str, split: str = "train") -> Iterator[Entry | BadEntry]:
     """Every entry of the input, in order, on one worker."""
@@ -223,6 +256,8 @@ class DatasetSpec:
     """Raises ValueError when the input as a whole cannot be read as this corpus."""
     if self.check is not None:
       self.check(path, split)
+    elif self.parts is not None:
+      self.parts.find(path, split)
     elif self.lines is not None:
       header = []
       if self.lines.header_lines:
@@ -238,8 +273,10 @@ _REGISTRY: dict[str, DatasetSpec] = {}
 
 def register(spec: DatasetSpec) -> DatasetSpec:
   old = _REGISTRY.get(spec.name)
-  if old is not None and old.read is not spec.read and (spec.lines is None
-                                                        or old.lines is not spec.lines):
+  same_reader = (old is not None and (old.read is spec.read
+                                      or (spec.lines is not None and old.lines is spec.lines)
+                                      or (spec.parts is not None and old.parts is spec.parts)))
+  if old is not None and not same_reader:
     raise ValueError(f"a dataset spec named {spec.name!r} is already registered")
   _REGISTRY[spec.name] = spec
   return spec

@@ -8,9 +8,16 @@ holds only the list of ranges: a manifest of millions of lines is read like a
 small one, and its line numbers in failure messages are exact. An input of one
 range has nothing to count: its first line is line 1.
 
+An input in parts (a spec with `parts`: Parquet files, one part per row group)
+is listed by the launcher with each part's record count (from the files' footers,
+a few KB each), which numbers every part's first entry; then each part is read on
+its own.
+
 Any other input (a JSON file, a folder) is read by one worker as a stream;
 so is a compressed line file, which cannot be entered in the middle.
 """
+
+import itertools
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -113,6 +120,19 @@ class _ReadRange(beam.DoFn):
           yield checked(entry)
 
 
+def _read_part(part_first, input_path: str, spec_name: str, spec_source: str | None, split: str):
+  storage.patch_beam()  # runs on a worker (the ReadParts step)
+  part, first = part_first
+  for entry in registry.resolve(spec_name, spec_source).parts.read(input_path, part, first, split):
+    yield checked(entry)
+
+
+def numbered_parts(parts: list[tuple[object, int]]) -> list[tuple[object, int]]:
+  """(part, its first index) from (part, its record count), in the input's order."""
+  firsts = itertools.accumulate((count for _, count in parts), initial=0)
+  return [(part, first) for (part, _), first in zip(parts, firsts)]
+
+
 def splittable(input_path: str, spec: registry.DatasetSpec) -> int | None:
   """The input's size when it can be read in byte ranges, else None."""
   if spec.lines is None or CompressionTypes.detect_compression_type(input_path) != _RAW:
@@ -124,11 +144,22 @@ def splittable(input_path: str, spec: registry.DatasetSpec) -> int | None:
   return metadata[0].size_in_bytes if len(metadata) == 1 else None
 
 
+def _size(input_path: str) -> int:
+  """The bytes of a file input, or of every file under a folder input."""
+  pattern = storage.join(input_path, "**") if storage.is_dir(input_path) else input_path
+  return sum(m.size_in_bytes for m in FileSystems.match([pattern])[0].metadata_list)
+
+
 def max_entries(input_path: str, spec: registry.DatasetSpec, within: int | None = 1 << 16) -> int | None:
   """At most how many entries a line-oriented input of up to `within` bytes (None: any
-  size) holds: its lines as range_lines counts them, less the header. A small build
+  size) holds: its lines as range_lines counts them, less the header; of an input in
+  parts, the parts' record counts. A small build
   starts no more workers than that, and the progress line counts towards it. None when
   unknown."""
+  if spec.parts is not None:
+    if within is not None and _size(input_path) > within:
+      return None
+    return sum(count for _, count in spec.parts.find(input_path, "train"))
   size = splittable(input_path, spec)
   if size is None or (within is not None and size > within):
     return None
@@ -153,6 +184,13 @@ class ReadEntries(beam.PTransform):
 
   def expand(self, pbegin):
     spec = registry.resolve(self.spec_name, self.spec_source)
+    if spec.parts is not None:
+      numbered = numbered_parts(spec.parts.find(self.input, self.split))
+      parts = pbegin | "Parts" >> beam.Create(numbered)
+      if len(numbered) > 1:
+        parts |= "SpreadParts" >> beam.Reshuffle()
+      return parts | "ReadParts" >> beam.FlatMap(_read_part, self.input, self.spec_name,
+                                                 self.spec_source, self.split)
     size = splittable(self.input, spec)
     if size is None:
       return (pbegin
