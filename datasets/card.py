@@ -5,10 +5,10 @@
 Per split: a contact sheet of sampled frames and images (decoded from the records),
 audio as waveform and log-mel pictures, histograms of duration, resolution, fps,
 tokens per caption and label frequencies (from the records; the split's statistics
-in metadata.json beside them), the failures by stage with the first failed inputs,
-the duplicates found, and the build's config and lineage. Images are inline as
-data: URIs: the page needs no network and no other file; the PNGs are written beside
-it for other uses (the build_dataset flow's artifact shows the contact sheets).
+in metadata.json beside them), the failures by stage (downloads by reason) with the
+first failed inputs, the duplicates found, and the build's config and lineage. Images
+are inline as data: URIs: the page needs no network and no other file; the PNGs are written
+beside it for other uses (the build_dataset flow's artifact shows the contact sheets).
 
 Sampling is seeded (by the seed and the split's name) and the page holds no clock
 time, so the same dataset and seed give the same bytes.
@@ -400,6 +400,12 @@ def _failures(root: str, split: metadata.Split) -> str:
                     [_row(stage, n) for stage, n in sorted(split.failures_by_stage.items(),
                                                             key=lambda kv: (-kv[1], kv[0]))],
                     "failures-by-stage"))
+  downloads = getattr(split, "download_failures_by_reason", None)
+  if downloads:  # img2dataset's status table: which URLs failed how
+    out.append(_table(("download failure", "inputs"),
+                      [_row(reason, n) for reason, n in sorted(downloads.items(),
+                                                                key=lambda kv: (-kv[1], kv[0]))],
+                      "download-failures"))
   path = os.path.join(root, split.failures)
   if not os.path.exists(path):
     out.append(f"<p>{_e(path)} is missing: the failed inputs cannot be listed.</p>")

@@ -100,6 +100,9 @@ class Split:
   # {"exact_groups": int, "near_groups": int, "records_in_groups": int,
   #  "groups": [[record id, ...], ...] (the first 20)}; None when not computed.
   duplicates: Mapping[str, Any] | None = None
+  # {reason: inputs} of the failures of stage download (`HTTP 404`, `redirect loop`), as
+  # img2dataset's status table; None for a split without any (or built before impax had it).
+  download_failures_by_reason: Mapping[str, int] | None = None
 
   @property
   def num_bytes(self) -> int:
@@ -160,6 +163,8 @@ def to_json(meta: Metadata) -> dict:
       split["lacking"] = {k: list(v) for k, v in s.lacking.items()}
     if s.duplicates is None:
       del split["duplicates"]
+    if s.download_failures_by_reason is None:
+      del split["download_failures_by_reason"]
     for shard in split["shards"]:
       if shard["sha256"] is None:  # built before impax recorded it: the layout as it was
         del shard["sha256"]

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tomllib
 
 # Bumped when the record layout or the processing changes what bytes a build
@@ -64,6 +65,28 @@ class BuildConfig:
   # Tools.
   ffmpeg_timeout: float = _field(300.0, "seconds before an ffmpeg call is killed")
   ffmpeg_threads: int = _field(1, "threads per ffmpeg call (parallelism comes from workers)")
+  # Media from http(s) URLs (pipelines/download.py).
+  download_connect_timeout: float = _field(10.0, "seconds a download may take to connect")
+  download_read_timeout: float = _field(20.0, "seconds a download may wait for data")
+  download_timeout: float = _field(300.0, "seconds one try of a download may take in all")
+  download_retries: int = _field(3, "tries after the first for a 408, 429 or 5xx status, a "
+                                 "timeout or a broken connection")
+  download_backoff: float = _field(1.0, "seconds before the first retry, doubled for each "
+                                   "next one, with jitter (a Retry-After header may ask more)")
+  download_max_redirects: int = _field(10, "most redirects a download follows")
+  download_per_host: int = _field(4, "most downloads from one host at once in each worker process")
+  # Sizes a corpus's media have with room to spare (CC3M's images, WebVid's previews); a
+  # larger body is more likely a mistake than an example.
+  download_image_max_bytes: int = _field(32_000_000, "most bytes of a downloaded image")
+  download_video_max_bytes: int = _field(1_000_000_000, "most bytes of a downloaded video")
+  download_audio_max_bytes: int = _field(256_000_000, "most bytes of a downloaded audio file")
+  user_agent: str = _field("", "a contact (an email or a URL) for the User-Agent header "
+                           "`impax/VERSION (+CONTACT)` that sites see")
+  opt_out: str = _field("noai,noimageai,noindex,noimageindex",
+                        "X-Robots-Tag directives that refuse a download, comma-separated "
+                        "(img2dataset's by default); empty: none")
+  keep_originals: str = _field("", "a folder (local, gs://, s3://) that keeps every download "
+                               "by its sha256; a rebuild takes a URL's body from there")
 
   def validate(self):
     """Raises ValueError naming the field and what to do."""
@@ -92,6 +115,18 @@ class BuildConfig:
         ("group_size", self.group_size > 0, "must be > 0"),
         ("ffmpeg_timeout", self.ffmpeg_timeout > 0, "must be > 0"),
         ("ffmpeg_threads", self.ffmpeg_threads >= 0, "must be >= 0 (0: ffmpeg decides)"),
+        ("download_connect_timeout", self.download_connect_timeout > 0, "must be > 0"),
+        ("download_read_timeout", self.download_read_timeout > 0, "must be > 0"),
+        ("download_timeout", self.download_timeout > 0, "must be > 0"),
+        ("download_retries", self.download_retries >= 0, "must be >= 0"),
+        ("download_backoff", self.download_backoff >= 0, "must be >= 0"),
+        ("download_max_redirects", self.download_max_redirects >= 0, "must be >= 0"),
+        ("download_per_host", self.download_per_host > 0, "must be > 0"),
+        ("download_image_max_bytes", self.download_image_max_bytes > 0, "must be > 0"),
+        ("download_video_max_bytes", self.download_video_max_bytes > 0, "must be > 0"),
+        ("download_audio_max_bytes", self.download_audio_max_bytes > 0, "must be > 0"),
+        ("opt_out", all(re.fullmatch(r"[a-z0-9_-]+", d.strip()) for d in self.opt_out.split(",")
+                        if d.strip()), "must be directives separated by commas, in lower case"),
     ]
     for field, ok, what in checks:
       if not ok:
@@ -117,6 +152,12 @@ FIELDS = {f.name: f for f in dataclasses.fields(BuildConfig)}
 # Settings a split may choose for itself (a small test split wants fewer
 # shards); they are not part of the dataset's config hash.
 SPLIT_FIELDS = ("num_shards", "shard_size")
+# Settings of how media are fetched, not of what a record holds: another timeout or
+# contact resumes the same dataset. (The size limits and opt-out decide which URLs
+# become examples, so they are hashed.)
+FETCH_FIELDS = ("download_connect_timeout", "download_read_timeout", "download_timeout",
+                "download_retries", "download_backoff", "download_max_redirects",
+                "download_per_host", "user_agent", "keep_originals")
 
 
 def read_config_file(path: str) -> dict:
@@ -163,7 +204,8 @@ def fingerprint(config: BuildConfig, spec_name: str) -> dict:
   return {
       "format_version": FORMAT_VERSION,
       "spec": spec_name,
-      "config": {k: v for k, v in config.to_dict().items() if k not in SPLIT_FIELDS},
+      "config": {k: v for k, v in config.to_dict().items()
+                 if k not in SPLIT_FIELDS and k not in FETCH_FIELDS},
       # A given tokenizer or label file counts by content, not by path.
       "tokenizer_sha256": file_sha256(config.tokenizer) if config.tokenizer else None,
       "labels_sha256": file_sha256(config.labels_file) if config.labels_file else None,

@@ -17,7 +17,7 @@ from typing import Any
 
 from impax.datasets import metadata, records, registry
 from impax.pipelines import config as config_lib
-from impax.pipelines import media, stats, storage, text
+from impax.pipelines import download, media, stats, storage, text
 
 
 _ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
@@ -29,7 +29,7 @@ class Failure:
   index: int
   id: str
   source: str  # where it was read, e.g. "train.jsonl:12"
-  stage: str  # what failed: manifest, duplicate, text, label, read, video, audio, image
+  stage: str  # what failed: manifest, duplicate, text, label, read, download, video, audio, image
   error: str
   media: Mapping[str, str]
 
@@ -92,14 +92,16 @@ def process_entry(entry: registry.Entry, config: config_lib.BuildConfig, tokeniz
     with contextlib.ExitStack() as stack:
       for medium in sorted(entry.media):
         path = entry.media[medium]
-        stage = "read"
+        stage = "download" if download.is_url(path) else "read"
         try:
-          local, shas[medium] = stack.enter_context(storage.local_copy(path))
+          local, shas[medium] = stack.enter_context(
+              download.local_copy(path, medium, config) if stage == "download"
+              else storage.local_copy(path))
         except OSError as e:
           raise media.MediaError(f"cannot read {path}: {e.strerror or e}") from None
         stage = medium
         decoded[medium] = decode(medium, local, path, entry, config)
-  except (media.MediaError, text.TextError) as e:
+  except (media.MediaError, text.TextError, download.DownloadError) as e:
     return Failure.of(entry, stage, str(e)), None
   except Exception as e:  # one bad example never stops the build
     return Failure.of(entry, stage, f"{type(e).__name__}: {e}"), None

@@ -133,6 +133,8 @@ def _split(plan: Plan, infos: list[ShardInfo], failures: list[example.Failure], 
     composition += info.composition
   media_hashes = sorted((m for i in infos for m in i.media_sha256), key=lambda m: m[0])
   by_stage = collections.Counter(f.stage for f in failures)
+  by_reason = collections.Counter(reason(f.to_json()) for f in failures
+                                  if f.stage == "download")
   return metadata.Split(
       input=plan.input,
       input_sha256=plan.input_sha256,
@@ -150,7 +152,8 @@ def _split(plan: Plan, infos: list[ShardInfo], failures: list[example.Failure], 
       ffmpeg=ffmpeg_version(),
       created=now,
       lacking=_lacking(infos, composition),
-      duplicates=_duplicates(plan, infos))
+      duplicates=_duplicates(plan, infos),
+      download_failures_by_reason=dict(sorted(by_reason.items())) if by_reason else None)
 
 
 def _duplicates(plan: Plan, infos: list[ShardInfo]) -> dict | None:

@@ -1,0 +1,454 @@
+"""Media from the web: an http(s) URL becomes a local file, as a media path on disk is one.
+
+Step 5 of the build (pipelines/example.py) calls `local_copy` for a media path that is
+a URL, on whichever worker processes the example, so downloads run wherever the build
+runs (DirectRunner, Flink, Spark, Dataflow). A URL that gives no media raises
+`DownloadError`, whose message is the reason the example failed (stage `download`):
+`HTTP 404`, `opted out: X-Robots-Tag noai`, `redirect loop`, `timed out after 20 s`,
+`body over 32 MB`, `not an image: got HTML`.
+
+How a download goes, as the well-kept downloaders (img2dataset, urllib3) do it:
+  - one httpx.Client per worker process and settings, its connections reused across
+    examples; at most `download_per_host` requests to one host at once per process;
+  - connect and read (stall) timeouts, and one for the whole download;
+  - redirects followed by hand, so a loop and the hop limit are named as such;
+  - 408, 429 and 5xx statuses, timeouts and broken connections retried with exponential
+    back-off and jitter, a 429's or 503's `Retry-After` honoured;
+  - gzip and deflate bodies decoded here in bounded steps, so a compressed bomb stops at
+    the medium's size limit (`download_<medium>_max_bytes`), as a body that is too long does;
+  - the body's bytes, never its Content-Type, say what it is: markup or text served as
+    media is refused, and an image must be one that PIL recognises;
+  - `X-Robots-Tag` directives in `opt_out` (img2dataset's by default) refuse the download;
+  - with `keep_originals`, every download is kept there by its sha256, and a rebuild
+    reads it there before going to the web.
+"""
+
+import contextlib
+import email.utils
+import hashlib
+import http.cookiejar
+import importlib.metadata
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+import threading
+import time
+import zlib
+
+import httpx
+from PIL import Image
+
+from impax.pipelines import storage
+from impax.pipelines.config import BuildConfig
+
+SCHEMES = ("http://", "https://")
+REDIRECTS = (301, 302, 303, 307, 308)
+RETRIED = (408, 429, 500, 502, 503, 504)
+# A server that asks for a longer wait than this (a rate limit by the hour) is not waited for.
+MAX_RETRY_AFTER = 120.0
+_CHUNK = 1 << 16
+_HEAD = 4096  # bytes of a body that sniffing looks at
+
+
+class DownloadError(Exception):
+  """A URL that gave no media; the message is the reason, e.g. `HTTP 404`."""
+
+
+class _Transient(DownloadError):
+  """A failure worth another try: a 5xx, a 429, a timeout, a broken connection."""
+
+  def __init__(self, reason: str, retry_after: float | None = None):
+    super().__init__(reason)
+    self.retry_after = retry_after
+
+
+def is_url(path: str) -> bool:
+  return path[:8].lower().startswith(SCHEMES)
+
+
+def user_agent(contact: str = "") -> str:
+  """impax/VERSION, and the contact a site can reach the crawl's operator at."""
+  agent = f"impax/{importlib.metadata.version('impax')}"
+  return f"{agent} (+{contact})" if contact else agent
+
+
+@contextlib.contextmanager
+def local_copy(url: str, medium: str, config: BuildConfig):
+  """A local file of the URL's body (decoded) and its sha256; raises DownloadError.
+
+  With config.keep_originals, the body comes from there when an earlier build kept it.
+  """
+  kept = _kept(url, medium, config) if config.keep_originals else None
+  if kept:
+    with storage.local_copy(kept[0]) as (path, sha256):
+      if sha256 == kept[1]:  # else damaged: download it again
+        with open(path, "rb") as f:
+          refused = sniff(medium, f.read(_HEAD), path)
+        if refused:
+          raise DownloadError(refused)
+        yield path, sha256
+        return
+  with tempfile.NamedTemporaryFile(prefix="impax-download-") as local:
+    sha256, robots = download(url, medium, config, local)
+    if config.keep_originals:
+      _keep(url, local.name, sha256, robots, config.keep_originals)
+    yield local.name, sha256
+
+
+def download(url: str, medium: str, config: BuildConfig, out) -> tuple[str, list[str]]:
+  """Writes the URL's body into the binary file `out`, with retries; returns its sha256
+  and the response's X-Robots-Tag values. Raises DownloadError with the last try's reason."""
+  client = _client(config)
+  tries = config.download_retries + 1
+  for attempt in range(tries):
+    out.seek(0)
+    out.truncate()
+    try:
+      return _attempt(client, url, medium, config, out)
+    except _Transient as e:
+      if attempt + 1 == tries:
+        raise DownloadError(f"{e}" + (f" ({tries} tries)" if tries > 1 else "")) from None
+      if e.retry_after is not None and e.retry_after > MAX_RETRY_AFTER:
+        raise DownloadError(f"{e} (Retry-After {e.retry_after:g} s)") from None
+      # Exponential back-off with equal jitter: workers that failed together spread out.
+      wait = config.download_backoff * 2 ** attempt
+      wait = wait / 2 + random.uniform(0, wait / 2)
+      time.sleep(max(wait, e.retry_after or 0))
+  raise AssertionError("unreachable")
+
+
+# -- one try --------------------------------------------------------------------
+
+
+def _attempt(client: httpx.Client, url: str, medium: str, config: BuildConfig, out):
+  deadline = time.monotonic() + config.download_timeout
+  seen = {url}
+  for _ in range(config.download_max_redirects + 1):
+    with _host_slot(url, config.download_per_host), _errors(config, deadline):
+      with client.stream("GET", url, timeout=_timeout(config, deadline)) as response:
+        status = response.status_code
+        if status in REDIRECTS:
+          location = response.headers.get("location")
+          if not location:
+            raise DownloadError(f"HTTP {status} without a Location")
+          url = str(response.url.join(location))
+        elif 200 <= status < 300:
+          return _body(response, medium, config, deadline, out)
+        elif status in RETRIED:
+          after = _retry_after(response) if status in (429, 503) else None
+          raise _Transient(f"HTTP {status}", after)
+        else:
+          raise DownloadError(f"HTTP {status}")
+    if not is_url(url):
+      raise DownloadError(f"redirect to {url.split(':', 1)[0]}:, not http(s)")
+    if url in seen:
+      raise DownloadError("redirect loop")
+    seen.add(url)
+  raise DownloadError(f"over {config.download_max_redirects} redirects")
+
+
+def _body(response: httpx.Response, medium: str, config: BuildConfig, deadline: float, out):
+  limit = max_bytes(medium, config)
+  encoding = _encoding(response.headers.get("content-encoding", ""))
+  declared = response.headers.get("content-length", "")
+  if declared.isdigit() and int(declared) > limit:
+    raise DownloadError(f"body over {_size(limit)}")
+  robots = response.headers.get_list("x-robots-tag")
+  directive = opted_out(robots, config.opt_out)
+  if directive:
+    raise DownloadError(f"opted out: X-Robots-Tag {directive}")
+  decoder = _Decoder(encoding)
+  digest, size, head = hashlib.sha256(), 0, b""
+  for raw in response.iter_raw(_CHUNK):
+    for data in decoder.decode(raw):
+      size += len(data)
+      if size > limit:
+        raise DownloadError(f"body over {_size(limit)}"
+                            + (f" once {encoding}-decoded" if encoding else ""))
+      digest.update(data)
+      out.write(data)
+      if len(head) < _HEAD:
+        head += data[:_HEAD - len(head)]
+    if time.monotonic() > deadline:
+      raise _Transient(f"took over {config.download_timeout:g} s")
+  out.flush()
+  refused = sniff(medium, head, out.name)
+  if refused:
+    raise DownloadError(refused)
+  return digest.hexdigest(), robots
+
+
+def max_bytes(medium: str, config: BuildConfig) -> int:
+  return getattr(config, f"download_{medium}_max_bytes")
+
+
+def _timeout(config: BuildConfig, deadline: float) -> httpx.Timeout:
+  left = max(deadline - time.monotonic(), 0.001)
+  return httpx.Timeout(connect=min(config.download_connect_timeout, left),
+                       read=min(config.download_read_timeout, left),
+                       write=min(config.download_read_timeout, left),
+                       pool=min(config.download_timeout, left))
+
+
+@contextlib.contextmanager
+def _errors(config: BuildConfig, deadline: float):
+  """httpx's exceptions as reasons a person reads and a report groups."""
+  try:
+    yield
+  except httpx.TimeoutException as e:
+    if time.monotonic() >= deadline - 0.01:
+      raise _Transient(f"took over {config.download_timeout:g} s") from None
+    if isinstance(e, httpx.ConnectTimeout):
+      raise _Transient(f"connect timed out after {config.download_connect_timeout:g} s") from None
+    if isinstance(e, httpx.PoolTimeout):
+      raise _Transient("timed out waiting for a connection") from None
+    raise _Transient(f"timed out after {config.download_read_timeout:g} s") from None
+  except (httpx.UnsupportedProtocol, httpx.LocalProtocolError, httpx.InvalidURL) as e:
+    raise DownloadError(f"invalid URL: {e}") from None
+  except httpx.RemoteProtocolError as e:
+    raise _Transient(_protocol_reason(str(e))) from None
+  except httpx.TransportError as e:
+    raise _Transient(_network_reason(e)) from None
+
+
+_CUT_SHORT = re.compile(r"received (\d+) bytes, expected (\d+)")
+
+
+def _protocol_reason(message: str) -> str:
+  short = _CUT_SHORT.search(message)
+  if short:
+    return f"body cut short: {short[1]} of {short[2]} bytes"
+  if "complete message body" in message:
+    return "body cut short"
+  if "without sending a response" in message:
+    return "connection closed without a response"
+  return f"broken response: {message.splitlines()[0][:120]}"
+
+
+def _network_reason(e: httpx.TransportError) -> str:
+  message = str(e).lower()
+  for words, reason in (("refused", "connection refused"), ("reset", "connection reset"),
+                        ("broken pipe", "connection reset"),
+                        ("name or service not known", "host not found"),
+                        ("nodename nor servname", "host not found"),
+                        ("temporary failure in name resolution", "host not found"),
+                        ("no address associated", "host not found"),
+                        ("certificate", "TLS certificate refused"),
+                        ("ssl", "TLS error"), ("unreachable", "network unreachable")):
+    if words in message:
+      return reason
+  return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e) else type(e).__name__
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+  """Seconds from a Retry-After header: a number of seconds or an HTTP date."""
+  value = response.headers.get("retry-after", "").strip()
+  if not value:
+    return None
+  if value.isdigit():
+    return float(value)
+  with contextlib.suppress(TypeError, ValueError):
+    return max(email.utils.parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+  return None
+
+
+# -- bodies ---------------------------------------------------------------------
+
+
+def _encoding(header: str) -> str:
+  codings = [c.strip().lower() for c in header.split(",") if c.strip().lower() not in ("", "identity")]
+  if not codings:
+    return ""
+  if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
+    return codings[0]
+  raise DownloadError(f"unsupported Content-Encoding {header.strip()}")
+
+
+class _Decoder:
+  """Decodes a body's Content-Encoding a megabyte at a time, so the caller can stop a
+  compressed bomb when its output passes the size limit rather than after inflating it."""
+
+  def __init__(self, encoding: str):
+    self.encoding = encoding
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}.get(encoding, zlib.MAX_WBITS)
+    self.z = zlib.decompressobj(wbits) if encoding else None
+    self.started = False
+
+  def decode(self, data: bytes):
+    if self.z is None:
+      yield data
+      return
+    if not self.started and data:
+      self.started = True
+      # Servers send "deflate" as a raw stream as often as with its zlib header.
+      if self.encoding == "deflate" and (len(data) < 2 or (data[0] << 8 | data[1]) % 31):
+        self.z = zlib.decompressobj(-zlib.MAX_WBITS)
+    try:
+      while data:
+        out = self.z.decompress(data, 1 << 20)
+        data = self.z.unconsumed_tail
+        yield out
+    except zlib.error as e:
+      raise DownloadError(f"{self.encoding} body does not decode: {e}") from None
+
+
+# -- what the bytes are ---------------------------------------------------------
+
+
+_ARTICLE = {"image": "an image", "video": "a video", "audio": "an audio file"}
+_MARKUP = ((b"<!doctype html", "HTML"), (b"<html", "HTML"), (b"<head", "HTML"),
+           (b"<body", "HTML"), (b"<svg", "SVG"), (b"<?xml", "XML"))
+
+
+def what_is(head: bytes) -> str | None:
+  """A name for bytes that are no media: HTML, XML, JSON, PDF, text; None otherwise."""
+  text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+  for start, name in _MARKUP:
+    if text.startswith(start):
+      return "SVG" if name == "XML" and b"<svg" in text else name
+  if text.startswith(b"%pdf"):
+    return "PDF"
+  if b"\0" in head:
+    return None
+  try:
+    decoded = head.decode("utf-8")
+  except UnicodeDecodeError as e:  # a character cut at the end of the head is still text
+    if e.start < len(head) - 3:
+      return None
+    decoded = head[:e.start].decode("utf-8")
+  if all(c.isprintable() or c in "\t\r\n" for c in decoded):
+    return "JSON" if text[:1] in (b"{", b"[") else "text"
+  return None
+
+
+def sniff(medium: str, head: bytes, path: str) -> str | None:
+  """Why a body is not the medium it was fetched as; None when it may be."""
+  if not head:
+    return "empty body"
+  other = what_is(head)
+  if other:
+    return f"not {_ARTICLE[medium]}: got {other}"
+  if medium == "image":
+    try:
+      with Image.open(path):  # reads the header only
+        pass
+    except Exception:
+      return "not an image: got bytes no image format has"
+  return None
+
+
+# -- opt-out --------------------------------------------------------------------
+
+
+def opted_out(values: list[str], directives: str) -> str | None:
+  """The first of `directives` (comma-separated) that X-Robots-Tag `values` hold, as
+  img2dataset reads them: a value scoped to another crawler (`googlebot: noindex`)
+  does not count; one scoped to impax does."""
+  refused = {d.strip().lower() for d in directives.split(",") if d.strip()}
+  for value in values:
+    scope, scoped, rest = value.partition(":")
+    if not scoped:
+      rest = value
+    elif scope.strip().lower() != "impax":
+      continue
+    for directive in rest.split(","):
+      if directive.strip().lower() in refused:
+        return directive.strip().lower()
+  return None
+
+
+# -- per-worker state -----------------------------------------------------------
+
+
+_lock = threading.Lock()
+_clients: dict[tuple, httpx.Client] = {}
+_slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+
+
+def _client(config: BuildConfig) -> httpx.Client:
+  """The process's client for these settings, its connections shared by its threads."""
+  key = (os.getpid(), config.user_agent)
+  with _lock:
+    if key not in _clients:
+      # No cookies: what one site sets never goes with another example's request.
+      jar = http.cookiejar.CookieJar(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+      _clients[key] = httpx.Client(
+          headers={"User-Agent": user_agent(config.user_agent),
+                   "Accept-Encoding": "gzip, deflate"},
+          cookies=jar, follow_redirects=False,
+          limits=httpx.Limits(max_connections=None, max_keepalive_connections=32))
+    return _clients[key]
+
+
+@contextlib.contextmanager
+def _host_slot(url: str, limit: int):
+  host = httpx.URL(url).netloc.decode("ascii", "replace")
+  with _lock:
+    slot = _slots.setdefault((host, limit), threading.BoundedSemaphore(limit))
+  with slot:
+    yield
+
+
+# -- kept originals -------------------------------------------------------------
+
+
+def _url_entry(folder: str, url: str) -> str:
+  key = hashlib.sha256(url.encode()).hexdigest()
+  return storage.join(folder, "urls", key[:2], f"{key}.json")
+
+
+def _blob(folder: str, sha256: str) -> str:
+  return storage.join(folder, "sha256", sha256[:2], sha256)
+
+
+def _kept(url: str, medium: str, config: BuildConfig) -> tuple[str, str] | None:
+  """(path, sha256) of the URL's body kept by an earlier build; raises DownloadError when
+  this config refuses it (size limit, opt-out)."""
+  entry = _url_entry(config.keep_originals, url)
+  if not storage.exists(entry):
+    return None
+  try:
+    kept = json.loads(storage.read(entry))
+    sha256, size, robots = kept["sha256"], kept["bytes"], kept["x_robots_tag"]
+  except (ValueError, KeyError, TypeError):
+    return None  # a damaged entry: download again
+  blob = _blob(config.keep_originals, sha256)
+  if not storage.exists(blob):
+    return None
+  if size > max_bytes(medium, config):
+    raise DownloadError(f"body over {_size(max_bytes(medium, config))}")
+  directive = opted_out(robots, config.opt_out)
+  if directive:
+    raise DownloadError(f"opted out: X-Robots-Tag {directive}")
+  return blob, sha256
+
+
+def _keep(url: str, local: str, sha256: str, robots: list[str], folder: str):
+  """Keeps a download under its sha256, and the URL's entry naming it."""
+  blob = _blob(folder, sha256)
+  if not storage.exists(blob):
+    if storage.is_local(blob):
+      os.makedirs(os.path.dirname(blob), exist_ok=True)
+      temp = f"{blob}.partial-{os.getpid()}-{threading.get_ident()}"
+      shutil.copyfile(local, temp)
+      os.replace(temp, blob)
+    else:
+      with tempfile.NamedTemporaryFile(delete=False) as copy:
+        shutil.copyfile(local, copy.name)
+      storage.publish(copy.name, blob)
+  entry = _url_entry(folder, url)
+  if storage.is_local(entry):
+    os.makedirs(os.path.dirname(entry), exist_ok=True)
+  storage.write_atomic(entry, json.dumps(
+      {"url": url, "sha256": sha256, "bytes": os.path.getsize(local), "x_robots_tag": robots},
+      sort_keys=True).encode())
+
+
+def _size(n: int) -> str:
+  for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+    if n >= scale:
+      return f"{n / scale:g} {unit}"
+  return f"{n} bytes"
