@@ -23,6 +23,7 @@ footers, which count each row group's rows, so every row's index is known before
 row is read.
 """
 
+import concurrent.futures
 import math
 import os
 
@@ -32,6 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from impax.datasets import modalities, registry
 from impax.datasets.specs import jsonl
 
+FOOTER_THREADS = 16
 BATCH_ROWS = 4096  # rows decoded at once: a worker holds a batch, never a whole row group
 # Column names tried, in any case, for an option left as None.
 GUESSES = {"url": ("url",), "caption": ("caption", "text")}
@@ -47,17 +49,39 @@ def _is_dir(path: str) -> bool:
   return bool(FileSystems.match([registry.join(path.rstrip("/"), "**")], limits=[1])[0].metadata_list)
 
 
-def files(path: str) -> list[str]:
-  """The Parquet files of an input: the file itself, or every *.parquet under a folder."""
+def files(path: str) -> list[tuple[str, int, float]]:
+  """(path, size, modified) of an input's Parquet files: the file itself, or every
+  *.parquet under a folder, in path order."""
   if not _is_dir(path):
-    return [path]
+    return [(path, m.size_in_bytes, m.last_updated_in_seconds)
+            for m in FileSystems.match([path])[0].metadata_list[:1]] or [(path, -1, 0.0)]
   root = path.rstrip("/") if "://" in path else os.path.abspath(path)
-  found = sorted(m.path for m in FileSystems.match([registry.join(root, "**")])[0].metadata_list
-                 if m.path.endswith(".parquet")
-                 and not os.path.basename(m.path).startswith("."))
+  found = sorted((m.path, m.size_in_bytes, m.last_updated_in_seconds)
+                 for m in FileSystems.match([registry.join(root, "**")])[0].metadata_list
+                 if m.path.endswith(".parquet") and not os.path.basename(m.path).startswith("."))
   if not found:
     raise ValueError(f"{path} holds no .parquet file: give a Parquet file or a folder of them")
   return found
+
+
+# (path, size, modified) -> (its column names, its row groups' row counts). A launcher asks
+# for the parts several times (the check, the graph, the progress line's total): each file's
+# footer is read once while the file is unchanged.
+_footers: dict[tuple[str, int, float], tuple[list[str], list[int]]] = {}
+
+
+def _footer(file: tuple[str, int, float]) -> tuple[list[str], list[int]]:
+  import pyarrow as pa  # heavy (0.2 s): only Parquet inputs load it
+  import pyarrow.parquet as pq
+  if file not in _footers:
+    with _open(file[0]) as f:
+      try:
+        meta = pq.ParquetFile(f)
+      except pa.ArrowException as e:
+        raise ValueError(f"{file[0]} is not a Parquet file ({e})") from None
+      _footers[file] = (meta.schema_arrow.names,
+                        [meta.metadata.row_group(g).num_rows for g in range(meta.num_row_groups)])
+  return _footers[file]
 
 
 def _relative(input_path: str, file: str) -> str:
@@ -159,18 +183,14 @@ def spec(name: str = "parquet", *, url: str | None = None, caption: str | None =
   columns = Columns(url, caption, id, start, end, medium)
 
   def find(path: str, split: str) -> list[tuple[tuple[str, int], int]]:
-    import pyarrow as pa  # heavy (0.2 s): only Parquet inputs load it
-    import pyarrow.parquet as pq
+    listed = files(path)
+    # Footers are small and far apart: on an object store each is a few round trips.
+    with concurrent.futures.ThreadPoolExecutor(FOOTER_THREADS) as pool:
+      footers = list(pool.map(_footer, listed))
     parts = []
-    for file in files(path):
-      with _open(file) as f:
-        try:
-          meta = pq.ParquetFile(f)
-        except pa.ArrowException as e:
-          raise ValueError(f"{file} is not a Parquet file ({e})") from None
-        columns.resolve(file, meta.schema_arrow.names)
-        counts = [meta.metadata.row_group(group).num_rows for group in range(meta.num_row_groups)]
-        parts += [((file, group), count) for group, count in enumerate(counts) if count]
+    for (file, _, _), (names, counts) in zip(listed, footers):
+      columns.resolve(file, names)
+      parts += [((file, group), count) for group, count in enumerate(counts) if count]
     return parts
 
   def read(path: str, part: tuple[str, int], first: int, split: str):

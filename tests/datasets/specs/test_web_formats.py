@@ -324,3 +324,53 @@ def test_parquet_build_of_several_row_groups(media, tmp_path):
   assert [(f["stage"], f["source"].rsplit("/", 1)[-1]) for f in failures] == [
       ("manifest", "meta.parquet:2"), ("read", "meta.parquet:3")]
   assert {t["name"] for t in meta["tasks"]} == {"image_text"}
+
+
+# -- builds from URLs on a loopback server ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(media):
+  """media's files at http://127.0.0.1:PORT/<name>, from a thread of this process."""
+  import functools
+  import threading
+  from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+  class Quiet(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+      pass
+
+  httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(media)))
+  thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+  thread.start()
+  yield f"http://127.0.0.1:{httpd.server_address[1]}"
+  httpd.shutdown()
+  httpd.server_close()
+
+
+def test_cc3m_builds_from_urls(server, tmp_path):
+  (tmp_path / "Train_GCC-training.tsv").write_text(
+      f"a red tile\t{server}/red.jpg\na blue tile\t{server}/blue.png\n"
+      f"gone\t{server}/missing.jpg\n")
+  summary, meta, failures = run_build("cc3m", tmp_path / "Train_GCC-training.tsv", tmp_path / "out",
+                                      download_retries=0)
+  assert (summary["num_examples"], summary["num_failed"]) == (2, 1)
+  assert read_ids(tmp_path / "out", meta) == [f"{server}/red.jpg", f"{server}/blue.png"]
+  assert (failures[0]["stage"], failures[0]["error"]) == ("download", "HTTP 404")
+
+
+def test_webvid_builds_from_urls(server, tmp_path):
+  (tmp_path / "results.csv").write_text(
+      WEBVID_HEADER + f"21179416,{server}/clip.mp4,PT00H00M01S,006001_006050,test pattern\n")
+  summary, meta, _ = run_build("webvid", tmp_path / "results.csv", tmp_path / "out")
+  assert (summary["num_examples"], summary["num_failed"]) == (1, 0)
+  assert read_ids(tmp_path / "out", meta) == ["21179416"]
+
+
+def test_parquet_builds_from_urls(server, tmp_path):
+  pq.write_table(pa.table({"URL": [f"{server}/red.jpg", f"{server}/blue.png", f"{server}/red.jpg"],
+                           "TEXT": ["red", "blue", "red again"]}),
+                 tmp_path / "laion.parquet", row_group_size=2)
+  summary, meta, _ = run_build("parquet", tmp_path / "laion.parquet", tmp_path / "out")
+  assert (summary["num_examples"], summary["num_failed"]) == (3, 0)
+  assert read_ids(tmp_path / "out", meta) == ["laion.parquet:0", "laion.parquet:1", "laion.parquet:2"]
