@@ -20,7 +20,8 @@ side of 256, JPEG-encoded and fingerprinted), then in one run:
     end, and "steady": less the fixed cost of a one-example build in the same mode,
     (N - 1) / (T(N) - T(1)), as benchmarks/pipeline_throughput.py does.
 Prints JSON: examples/s of each, the ratios pipeline / loop (goal at 1 worker >= 0.5),
-and the peak resident memory (VmHWM) of the launcher (this process, its peak reset before
+the same in CPU seconds per example (`cpu_over_loop`: the build's CPU counts its worker
+processes, so at 2 workers it is an efficiency, not a speed-up), and the peak resident memory (VmHWM) of the launcher (this process, its peak reset before
 each build) and of each worker process, sampled every 0.2 s (goal: every process under
 2 GiB at 200,000 examples). With --repeat R, each figure is the median of R interleaved runs.
 `file_create_ms` is what creating one small file costs in --workdir (the build writes its
@@ -103,14 +104,15 @@ def loop_tokenizer(manifest: str, config: config_lib.BuildConfig) -> tuple[bytes
   return text.train_tokenizer(texts, config.vocab_size, config.tokenizer_type), labels
 
 
-def plain_loop(manifest: str, plan, tokenizer_model: bytes, labels: list[str], out: str) -> float:
-  """The pipeline's per-example work in one loop, no Beam; its wall seconds."""
+def plain_loop(manifest: str, plan, tokenizer_model: bytes, labels: list[str], out: str
+               ) -> tuple[float, float]:
+  """The pipeline's per-example work in one loop, no Beam; its wall and CPU seconds."""
   label_index = {name: i for i, name in enumerate(labels)}
   # Untimed: the first example's imports (scipy, for the fingerprint), which the 1-worker
   # build, in this same process, finds done.
   example.process_entry(next(entries(manifest)), plan.config, tokenizer_model, label_index,
                         plan.media_base)
-  start = time.perf_counter()
+  start, cpu = time.perf_counter(), time.process_time()
   writer = ArrayRecordWriter(out, plan.config.array_record_options())
   for entry in entries(manifest):
     result, record = example.process_entry(entry, plan.config, tokenizer_model, label_index,
@@ -118,7 +120,7 @@ def plain_loop(manifest: str, plan, tokenizer_model: bytes, labels: list[str], o
     assert record is not None, result
     writer.write(record)
   writer.close()
-  return time.perf_counter() - start
+  return time.perf_counter() - start, time.process_time() - cpu
 
 
 def file_create_ms(folder: str, count: int = 200) -> float:
@@ -284,9 +286,9 @@ def main():
         run["mode"] = own["direct_running_mode"]
         run["fixed"] = pipeline(one, out + "-one", n, settings, mode)["s"]
       builds[n].append(run)
-  loop_s = statistics.median(loops)
-  results["loop"] = {"s": round(loop_s, 2), "runs_s": [round(s, 2) for s in loops],
-                     "examples_per_s": round(loop_n / loop_s, 1),
+  loop_s, loop_cpu = (statistics.median(run[k] for run in loops) for k in (0, 1))
+  results["loop"] = {"s": round(loop_s, 2), "runs_s": [round(s, 2) for s, _ in loops],
+                     "cpu_s": round(loop_cpu, 2), "examples_per_s": round(loop_n / loop_s, 1),
                      "launcher_peak_mib": mib(loop_peak)}
   loop_rate = loop_n / loop_s
   if loop_n == args.examples:
@@ -298,6 +300,8 @@ def main():
     row = {"mode": runs[0].get("mode"), "s": round(wall, 2), "runs_s": [round(r["s"], 2) for r in runs],
            "cpu_s": round(med("cpu_s"), 2), "examples_per_s": round(args.examples / wall, 1),
            "over_loop": round(args.examples / wall / loop_rate, 3),
+           # CPU per example, loop over build: what a shared machine's load changes least.
+           "cpu_over_loop": round(loop_cpu / loop_n / (med("cpu_s") / args.examples), 3),
            "launcher_peak_mib": mib(max(r["launcher_peak"] for r in runs)),
            "worker_peaks_mib": [mib(p) for p in max((r["worker_peaks"] for r in runs),
                                                      key=lambda p: p[:1])],
