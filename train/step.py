@@ -5,10 +5,10 @@
     model, tx = Model(model_cfg, mesh=mesh), step.make_optimizer(config)
     state = step.init_state(config, model_cfg, tx, mesh)
     fn = step.make_step(model, (task,), tx, config.seed)
-    executable = step.Compiled(fn, state, mesh, donate, log).prepare(key, (shapes,))
+    executable = step.Compiled(fn, state, mesh, donate, log).prepare(task.name, (shapes,))
 
-Every step function is compiled ahead of time once per (task, batch shape);
-the loop (trainer.py) only looks executables up.
+Every step function is compiled ahead of time once per (task, batch shapes), keyed
+by the shape and dtype of every input; the loop (trainer.py) only looks executables up.
 """
 
 import collections
@@ -141,12 +141,14 @@ def make_step(model: Model, tasks: tuple[Task, ...], tx, seed: int):
 
 
 class Compiled:
-  """Ahead-of-time compiled steps keyed by (tasks, batch shapes); counts compilations."""
+  """Ahead-of-time compiled steps keyed by (task, every input's shape and dtype); counts
+  compilations."""
 
   def __init__(self, fn, state, mesh, donate: bool, log):
     self.fn, self.state, self.mesh, self.log = fn, state, mesh, log
     self.donate = donate
     self.executables = {}
+    self.names = {}  # key -> "task 8x4x32x32x3+8x96x128", as the summary and the log name it
     self.compilations = collections.Counter()
     self.compile_seconds = {}
 
@@ -156,8 +158,10 @@ class Compiled:
                                     sharding=sharded)
             for k, (shape, dtype) in shapes.items()}
 
-  def prepare(self, key: tuple, shapes: tuple[dict, ...]):
-    """Compiles the step for `key` (task names and shapes) unless it is compiled."""
+  def prepare(self, name: str, shapes: tuple[dict, ...]):
+    """The step compiled for `shapes` (one batch's shapes per task of the step); compiled
+    now unless it is already. `name` is the task's, or "mixed"."""
+    key = (name, tuple(program_key(s) for s in shapes))
     if key in self.executables:
       return self.executables[key]
     start = time.perf_counter()
@@ -173,17 +177,25 @@ class Compiled:
     executable = jitted.lower(state_spec, batches,
                               jax.ShapeDtypeStruct((), jnp.int32)).compile()
     seconds = time.perf_counter() - start
+    texts = [shape_text(s) for s in shapes]
     self.executables[key] = executable
+    self.names[key] = f"{name} {texts[0] if len(texts) == 1 else tuple(texts)}"
     self.compilations[key] += 1
     self.compile_seconds[key] = round(seconds, 2)
-    self.log(f"compiled {key[0]} {[shape_text(s) for s in shapes]} in {seconds:.1f} s")
+    self.log(f"compiled {name} {texts} in {seconds:.1f} s")
     return executable
 
 
+def program_key(shapes: dict) -> tuple:
+  """What a compiled step is specialized to: every input's shape and dtype. Two buckets
+  may share their video and differ in their sound, or in nothing but their text."""
+  return tuple(sorted((k, tuple(shape), str(dtype)) for k, (shape, dtype) in shapes.items()))
+
+
 def shape_text(shapes: dict) -> str:
-  main = [k for k in ("video", "image", "spectrogram", "waveform") if k in shapes]
-  key = main[0] if main else "text"
-  return "x".join(str(d) for d in shapes[key][0])
+  """A batch's media shapes as logs name them: `8x4x32x32x3`, `8x4x32x32x3+8x96x128`."""
+  main = [k for k in ("video", "image", "spectrogram", "waveform") if k in shapes] or ["text"]
+  return "+".join("x".join(str(d) for d in shapes[k][0]) for k in main)
 
 
 def shapes_of(batch: dict) -> dict:

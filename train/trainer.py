@@ -160,14 +160,12 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       step_fn = step_lib.make_step(model, (task,), tx, config.seed)
       compiled[task.name] = step_lib.Compiled(step_fn, state, mesh, donate, log)
       for shapes in loaders[task.name].batch_shapes():
-        programs.append((compiled[task.name], (task.name, step_lib.shape_text(shapes)),
-                         (shapes,)))
+        programs.append((compiled[task.name], task.name, (shapes,)))
   else:  # every combination of the tasks' shapes: keep mixed-mode tasks to few buckets
     mixed = step_lib.make_step(model, tasks, tx, config.seed)
     compiled["mixed"] = step_lib.Compiled(mixed, state, mesh, donate, log)
     for combo in itertools.product(*(loaders[t.name].batch_shapes() for t in tasks)):
-      programs.append((compiled["mixed"], ("mixed", tuple(step_lib.shape_text(s) for s in combo)),
-                       combo))
+      programs.append((compiled["mixed"], "mixed", combo))
   _compile_all(programs)
   warm = sum(sum(c.compilations.values()) for c in compiled.values())
 
@@ -199,10 +197,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       start = time.perf_counter()
       data_wait += start - waited
       shapes = tuple(step_lib.shapes_of(b) for b in batches)
-      group = compiled[names[0]] if agd else compiled["mixed"]
-      key = ((names[0], step_lib.shape_text(shapes[0])) if agd else
-             ("mixed", tuple(step_lib.shape_text(s) for s in shapes)))
-      executable = group.prepare(key, shapes)  # compiled before the loop: a lookup
+      program = names[0] if agd else "mixed"
+      executable = compiled[program].prepare(program, shapes)  # compiled before the loop: a lookup
       state, stats, grad_norm = executable(state, tuple(step_lib.put(b, mesh) for b in batches),
                                            np.int32(step))  # jnp.int32 would compile a cast
       stats = jax.device_get(stats)
@@ -240,7 +236,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       it.close()
 
   loop_seconds = time.perf_counter() - loop_start
-  compilations = {f"{k[0]} {k[1]}": n for c in compiled.values() for k, n in c.compilations.items()}
+  compilations = {c.names[k]: n for c in compiled.values() for k, n in c.compilations.items()}
   summary = {
       "status": status, "step": step, "steps": config.steps,
       "loop_seconds": round(loop_seconds, 3),  # checkpoints and evaluation included
@@ -251,7 +247,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       # evaluation aside), whatever asked for it: 0 means the ahead-of-time
       # executables served every step.
       "xla_compilations_in_loop": counter.count,
-      "compile_seconds": {f"{k[0]} {k[1]}": s for c in compiled.values()
+      "compile_seconds": {c.names[k]: s for c in compiled.values()
                           for k, s in c.compile_seconds.items()},
       "failed_records": {n: getattr(it, "failed", 0) for n, it in iterators.items()},
       # Records a task never draws: they lack a modality it reads.
@@ -287,16 +283,16 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
 
 
 def _compile_all(programs: list) -> None:
-  """Compiles every (Compiled, key, shapes) before the first step, on a thread per core:
+  """Compiles every (Compiled, name, shapes) before the first step, on a thread per core:
   XLA compiles without the GIL (the demo's eight programs, another job on one of two
   cores: 96 s against 108-116 s, benchmarks/README.md). Each program is compiled once."""
   workers = min(len(programs), os.cpu_count() or 1)
   if workers <= 1 or jax.process_count() > 1:  # processes must compile in the same order
-    for group, key, shapes in programs:
-      group.prepare(key, shapes)
+    for group, name, shapes in programs:
+      group.prepare(name, shapes)
     return
   with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="compile") as pool:
-    for future in [pool.submit(group.prepare, key, shapes) for group, key, shapes in programs]:
+    for future in [pool.submit(group.prepare, name, shapes) for group, name, shapes in programs]:
       future.result()
 
 

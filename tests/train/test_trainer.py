@@ -367,3 +367,20 @@ def test_periodic_validation_keeps_the_best_checkpoint_and_the_end_evaluates_it(
   assert len(cached) == 4 and all(name.endswith(".npz") for name in cached)  # train and test
   assert evaluate.evaluate_checkpoint(config, str(tmp_path), log=lambda *_: None,
                                       checkpoint_name="best", probe=True) == again
+
+
+def test_buckets_that_differ_only_in_sound_length_each_get_their_program(root, tmp_path):
+  # The same video, two sound lengths: a program keyed by the video's shape alone was
+  # called with the other bucket's spectrogram (issue 31).
+  task = Task("video_audio", os.path.join(root, "videos"), "contrastive", ("video", "spectrogram"),
+              buckets=(Bucket(video=(2, 16, 16), audio_seconds=0.32, batch_size=8),
+                       Bucket(video=(2, 16, 16), audio_seconds=0.64, batch_size=8)))
+  config = TrainConfig(tasks=(task,), model="tiny", steps=5, warmup_steps=1, log_every=1,
+                       eval_at_end=False, plots=False)  # buckets 1, 1, 1, 1, 0 (seed 0)
+  summary = trainer.train(config, str(tmp_path), log=lambda *_: None)
+  assert summary["status"] == "finished" and summary["xla_compilations_in_loop"] == 0
+  assert summary["compilations"] == {"video_audio 8x2x16x16x3+8x32x128": 1,
+                                     "video_audio 8x2x16x16x3+8x64x128": 1}
+  seen = {shape for r in metrics.read(str(tmp_path / "metrics.jsonl")) if "loss" in r
+          for shape in r["shapes"]}
+  assert seen == {"8x2x16x16x3+8x32x128", "8x2x16x16x3+8x64x128"}  # both buckets ran
