@@ -28,6 +28,7 @@ import email.utils
 import hashlib
 import http.cookiejar
 import importlib.metadata
+import itertools
 import json
 import os
 import random
@@ -103,21 +104,20 @@ def download(url: str, medium: str, config: BuildConfig, out) -> tuple[str, list
   and the response's X-Robots-Tag values. Raises DownloadError with the last try's reason."""
   client = _client(config)
   tries = config.download_retries + 1
-  for attempt in range(tries):
+  for attempt in itertools.count(1):
     out.seek(0)
     out.truncate()
     try:
       return _attempt(client, url, medium, config, out)
     except _Transient as e:
-      if attempt + 1 == tries:
+      if attempt == tries:
         raise DownloadError(f"{e}" + (f" ({tries} tries)" if tries > 1 else "")) from None
       if e.retry_after is not None and e.retry_after > MAX_RETRY_AFTER:
         raise DownloadError(f"{e} (Retry-After {e.retry_after:g} s)") from None
       # Exponential back-off with equal jitter: workers that failed together spread out.
-      wait = config.download_backoff * 2 ** attempt
+      wait = config.download_backoff * 2 ** (attempt - 1)
       wait = wait / 2 + random.uniform(0, wait / 2)
       time.sleep(max(wait, e.retry_after or 0))
-  raise AssertionError("unreachable")
 
 
 # -- one try --------------------------------------------------------------------
@@ -127,7 +127,7 @@ def _attempt(client: httpx.Client, url: str, medium: str, config: BuildConfig, o
   deadline = time.monotonic() + config.download_timeout
   seen = {url}
   for _ in range(config.download_max_redirects + 1):
-    with _host_slot(url, config.download_per_host), _errors(config, deadline):
+    with _errors(config, deadline), _host_slot(url, config.download_per_host):
       with client.stream("GET", url, timeout=_timeout(config, deadline)) as response:
         status = response.status_code
         if status in REDIRECTS:
@@ -335,8 +335,10 @@ def sniff(medium: str, head: bytes, path: str) -> str | None:
     try:
       with Image.open(path):  # reads the header only
         pass
+    except Image.UnidentifiedImageError:
+      return "not an image: a format Pillow does not know"
     except Exception:
-      return "not an image: got bytes no image format has"
+      pass  # an image, whose other faults the decode step names
   return None
 
 
@@ -365,7 +367,9 @@ def opted_out(values: list[str], directives: str) -> str | None:
 
 _lock = threading.Lock()
 _clients: dict[tuple, httpx.Client] = {}
-_slots: dict[tuple[str, int], threading.BoundedSemaphore] = {}
+# {(host, limit): [semaphore, its users]}; a host's entry goes when its last download ends,
+# so that a corpus of a million hosts does not leave a million semaphores in each worker.
+_slots: dict[tuple[str, int], list] = {}
 
 
 def _client(config: BuildConfig) -> httpx.Client:
@@ -385,11 +389,18 @@ def _client(config: BuildConfig) -> httpx.Client:
 
 @contextlib.contextmanager
 def _host_slot(url: str, limit: int):
-  host = httpx.URL(url).netloc.decode("ascii", "replace")
+  key = (httpx.URL(url).netloc.decode("ascii", "replace"), limit)
   with _lock:
-    slot = _slots.setdefault((host, limit), threading.BoundedSemaphore(limit))
-  with slot:
-    yield
+    slot = _slots.setdefault(key, [threading.Semaphore(limit), 0])
+    slot[1] += 1
+  try:
+    with slot[0]:
+      yield
+  finally:
+    with _lock:
+      slot[1] -= 1
+      if not slot[1]:
+        del _slots[key]
 
 
 # -- kept originals -------------------------------------------------------------

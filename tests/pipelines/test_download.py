@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import wave
+import zlib
 
 import pytest
 from array_record.python.array_record_module import ArrayRecordReader
@@ -160,6 +161,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
       self.send(200, s.files["bomb"], Content_Encoding="gzip", Content_Type="image/png")
     elif kind == "gzipped":
       self.send(200, gzip.compress(s.files["blue.png"]), Content_Encoding="gzip")
+    elif kind == "deflated":  # raw deflate, without zlib's header, as many servers send it
+      z = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+      self.send(200, z.compress(s.files["green.png"]) + z.flush(), Content_Encoding="deflate")
     elif kind == "robots":  # /robots/VALUE
       self.send(200, s.files["green.png"], X_Robots_Tag=rest.replace("%20", " "))
     elif kind == "gate":  # answers when the test opens the gate
@@ -208,6 +212,7 @@ CASES = [
     ("url-redirects", "image", "/redirect/3", None),
     ("url-relative-redirect", "image", "/relative/x", None),
     ("url-gzipped", "image", "/gzipped/", None),
+    ("url-deflated", "image", "/deflated/", None),
     ("url-429-then-ok", "image", "/flaky/429/white.png", None),
     ("url-503-then-ok", "image", "/flaky/503/blue.png", None),
     ("url-other-crawler-opt-out", "image", "/robots/googlebot:%20noindex", None),
@@ -219,6 +224,7 @@ CASES = [
     ("url-short", "image", "/short/", "body cut short: 98 of 1098 bytes (2 tries)"),
     ("url-reset", "image", "/reset/", "connection reset (2 tries)"),
     ("url-html", "image", "/html/", "not an image: got HTML"),
+    ("url-video-as-image", "image", "/files/clip.mp4", "not an image: a format Pillow does not know"),
     ("url-html-video", "video", "/status/200", "not a video: got HTML"),
     ("url-big", "image", "/big/declared", "body over 1 MB"),
     ("url-big-chunked", "image", "/big/chunked", "body over 1 MB"),
@@ -399,6 +405,14 @@ def test_downloads_to_one_host_at_once_are_limited_per_worker(server, tmp_path):
   for t in threads:
     t.join()
   assert not errors and server.most_active == 2
+  assert not download._slots  # a host's semaphore goes with its last download
+
+
+def test_an_invalid_url_fails_at_once(tmp_path):
+  config = config_lib.resolve(FAST)
+  with open(tmp_path / "f", "w+b") as f, pytest.raises(download.DownloadError,
+                                                        match=r"^invalid URL: Invalid port"):
+    download.download("http://[::1/x.png", "image", config, f)
 
 
 def test_retry_after_is_honoured_and_a_long_one_is_not_waited_for(server, tmp_path):
