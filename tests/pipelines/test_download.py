@@ -4,6 +4,7 @@ stage `download` with its reason, the same bytes served give the same shards, a 
 build resumes without downloading again, and kept originals spare the web."""
 
 import collections
+import contextlib
 import glob
 import gzip
 import hashlib
@@ -361,6 +362,38 @@ def test_kept_originals_spare_the_web_on_a_rebuild(server, tmp_path):
   assert build(stricter, tmp_path / "d", "--keep-originals", str(keep)) == cli.EXIT_FAILED
   assert failures(tmp_path / "d")["noai-kept"]["error"] == "opted out: X-Robots-Tag noai"
   assert server.hits["/robots/noai"] == before["/robots/noai"] + 1
+
+
+def test_originals_are_kept_on_an_object_store(server, tmp_path):
+  """--keep-originals s3://... against moto's S3 server on loopback."""
+  boto3 = pytest.importorskip("boto3")
+  pytest.importorskip("moto")
+  port = free_port()
+  moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+      with contextlib.suppress(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        break
+      time.sleep(0.1)
+    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    client.create_bucket(Bucket="kept")
+    beam = ["--", f"--s3_endpoint_url={endpoint}", "--s3_access_key_id=testing",
+            "--s3_secret_access_key=testing", "--s3_region_name=us-east-1"]
+    manifest = write_manifest(tmp_path / "s3.jsonl", server,
+                              [("url-s3", "image", "/files/white.png?s3", None)])
+    for out in ("a", "b"):
+      assert build(manifest, tmp_path / out, "--keep-originals", "s3://kept/originals", *beam) == 0
+    assert server.hits["/files/white.png?s3"] == 1
+    sha = hashlib.sha256(server.files["white.png"]).hexdigest()
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket="kept")["Contents"]]
+    assert f"originals/sha256/{sha[:2]}/{sha}" in keys
+  finally:
+    moto.terminate()
+    moto.wait(timeout=30)
 
 
 def test_a_killed_build_resumes_without_downloading_again(server, tmp_path):
