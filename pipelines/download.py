@@ -259,7 +259,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _encoding(header: str) -> str:
-  codings = [c.strip().lower() for c in header.split(",") if c.strip().lower() not in ("", "identity")]
+  codings = [c for c in (c.strip().lower() for c in header.split(","))
+             if c not in ("", "identity")]
   if not codings:
     return ""
   if len(codings) == 1 and codings[0] in ("gzip", "x-gzip", "deflate"):
@@ -273,7 +274,7 @@ class _Decoder:
 
   def __init__(self, encoding: str):
     self.encoding = encoding
-    wbits = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS}.get(encoding, zlib.MAX_WBITS)
+    wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
     self.z = zlib.decompressobj(wbits) if encoding else None
     self.started = False
 
