@@ -6,8 +6,9 @@
 
 Each task's dataset is checked before anything is read: it must serve the
 task (its metadata lists the tasks its data can serve), hold labels for a
-classification, share one tokenizer with every other text task, and give
-buckets no smaller than one patch of the model.
+classification, share one tokenizer with every other text task (one no larger
+than the model's vocabulary), and give buckets no smaller than one patch of the
+model.
 """
 
 import hashlib
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 
 from impax.datasets import decode, modalities, prepared
 from impax.datasets import loader as loader_lib
+from impax.model import get_config as model_preset
 from impax.train.config import ConfigError, Task, TrainConfig
 
 
@@ -113,9 +115,12 @@ def check_served(task: Task, dataset: prepared.PreparedDataset) -> None:
 
 
 def check_datasets(config: TrainConfig) -> dict[str, int]:
-  """Opens each task's dataset; refuses a classification without labels and text tasks
-  whose datasets' tokenizers differ. Returns each task's number of labels."""
+  """Opens each task's dataset; refuses a classification without labels, text tasks whose
+  datasets' tokenizers differ, and a tokenizer with more pieces than the model's text
+  embedding has rows (JAX would clamp the ids past it to the last row: a run that trains,
+  on wrong text). Returns each task's number of labels."""
   out, tokenizers = {}, {}
+  vocabulary = model_preset(config.model, **dict(config.model_overrides)).vocab_size
   for task in config.tasks:
     dataset = prepared.open_dataset(task.dataset)
     if task.objective == "classification" and not dataset.labels:
@@ -125,7 +130,15 @@ def check_datasets(config: TrainConfig) -> dict[str, int]:
       raise ConfigError(f"task {task.name!r}: exclude file {task.exclude} does not exist; write "
                         "one with `impax dedup ... --json PATH` or list ids one a line")
     if "text" in task.modalities:
-      digest = dataset.metadata.tokenizer.sha256 if dataset.metadata.tokenizer else None
+      tokenizer = dataset.metadata.tokenizer
+      if tokenizer and tokenizer.vocab_size > vocabulary:
+        raise ConfigError(
+            f"task {task.name!r}: {task.dataset} is tokenized by {dataset.tokenizer_path}, of "
+            f"{tokenizer.vocab_size} pieces, but model {config.model!r} has a vocabulary of "
+            f"{vocabulary} (vocab_size): set model_overrides=((\"vocab_size\", "
+            f"{tokenizer.vocab_size}),), or build the data with a tokenizer of at most "
+            f"{vocabulary} pieces")
+      digest = tokenizer.sha256 if tokenizer else None
       tokenizers.setdefault(digest, []).append(f"{task.name!r} ({task.dataset})")
   if len(tokenizers) > 1:
     # One text embedding table: the same id must mean the same piece in every task.

@@ -14,7 +14,7 @@ import pytest
 from impax.datasets.loader import Bucket
 from impax.pipelines import build
 from impax.train import config as config_lib
-from impax.train import metrics, trainer
+from impax.train import inputs, metrics, trainer
 from impax.train.config import ConfigError, Task, TrainConfig
 
 
@@ -281,7 +281,7 @@ def test_eight_simulated_devices_train_like_one(one_device, tmp_path):
 
 
 def test_a_mesh_that_does_not_divide_batch_multiple_is_refused(root):
-  from impax.train import inputs
+
   config = dataclasses.replace(make_config(root), batch_multiple=4)
   with pytest.raises(ConfigError, match=r"batch_multiple 4 does not split over this run's 8 batch "
                                         r"shards .* Set batch_multiple=8 in the config"):
@@ -384,3 +384,20 @@ def test_buckets_that_differ_only_in_sound_length_each_get_their_program(root, t
   seen = {shape for r in metrics.read(str(tmp_path / "metrics.jsonl")) if "loss" in r
           for shape in r["shapes"]}
   assert seen == {"8x2x16x16x3+8x32x128", "8x2x16x16x3+8x64x128"}  # both buckets ran
+
+
+def test_a_tokenizer_with_more_pieces_than_the_vocabulary_is_refused(root, tmp_path):
+  # JAX clamps out-of-range ids to the last embedding row: such a run trained to its end
+  # (issue 31). Refused before anything runs, both sizes named.
+  base = make_config(root, steps=1, eval_at_end=False)
+  config = dataclasses.replace(base, tasks=base.tasks[:1], model_overrides=(("vocab_size", 100),))
+  pieces = json.loads(open(os.path.join(root, "videos", "metadata.json")).read())[
+      "tokenizer"]["vocab_size"]
+  with pytest.raises(ConfigError, match=rf"task 'video_text': .*tokenizer.model, of {pieces} "
+                                        r"pieces, but model 'tiny' has a vocabulary of 100 "
+                                        rf"\(vocab_size\): set model_overrides=\(\(\"vocab_size\", "
+                                        rf"{pieces}\),\)"):
+    trainer.train(config, str(tmp_path / "run"), log=lambda *_: None)
+  assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
+  with_room = dataclasses.replace(config, model_overrides=(("vocab_size", pieces),))
+  inputs.check_datasets(with_room)  # a vocabulary as large as the tokenizer is enough
