@@ -213,8 +213,8 @@ def spec(name: str = "parquet", *, url: str | None = None, caption: str | None =
   return registry.DatasetSpec(
       name=name, parts=registry.Parts(find=find, read=read),
       description=description or (
-          f"Parquet metadata (LAION, DataComp): a {medium} URL and its caption a row; "
-          "read one row group a worker"))
+          f"Parquet metadata (LAION, DataComp): a file or folder of them, {medium} URL and "
+          "caption columns (url, caption or text, any case); one row group a worker."))
 
 
 SPEC = registry.register(spec())
