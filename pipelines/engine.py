@@ -80,8 +80,22 @@ ENGINES = {
 
 # Prism, Beam's portable runner in Go: built from its module at the pinned Beam version.
 # The PrismRunner starts it for each job; there is no cluster to keep running.
-PRISM_MODULE = "github.com/apache/beam/sdks/v2/go/cmd/prism"
+BEAM_GO_MODULE = "github.com/apache/beam/sdks/v2"
+PRISM_MODULE = f"{BEAM_GO_MODULE}/go/cmd/prism"
 PRISM_VERSION = "v2.77.0"
+# Prism binds its job port, which its SDK workers share, to every interface, and has no flag
+# for the address: impax builds it with this line of the module bound to loopback instead.
+PRISM_SERVER = "go/pkg/beam/runners/prism/internal/jobservices/server.go"
+PRISM_LISTEN = ('net.Listen("tcp", fmt.Sprintf(":%d", port))',
+                'net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))')
+PRISM_GO_MOD = """module impax/prism
+
+go {go}
+
+require {module} {version}
+
+replace {module} => ./beam
+"""
 
 
 def cache_dir() -> str:
@@ -220,7 +234,7 @@ def _fetch_job_server(engine: Engine, log: Callable[[str], None]) -> str:
 
 
 def prism_binary() -> str:
-  return os.path.join(cache_dir(), f"prism-{PRISM_VERSION}", "prism")
+  return os.path.join(cache_dir(), f"prism-{PRISM_VERSION}-loopback", "prism")
 
 
 def prism_options() -> list[str]:
@@ -232,16 +246,37 @@ def _fetch_prism(log: Callable[[str], None]) -> None:
   if os.path.exists(prism_binary()):
     return
   if not shutil.which("go"):
-    raise EngineError("Go is needed to build Prism (go install): https://go.dev/doc/install")
-  log(f"building {PRISM_MODULE}@{PRISM_VERSION} with go install (minutes, the first time)")
+    raise EngineError("Go is needed to build Prism (go build): https://go.dev/doc/install")
+  log(f"building {PRISM_MODULE}@{PRISM_VERSION}, its job port on loopback (minutes, the first time)")
   os.makedirs(cache_dir(), exist_ok=True)
   with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+    def go(*argv: str) -> str:
+      result = subprocess.run(["go", *argv], cwd=tmp, capture_output=True, text=True)
+      if result.returncode:
+        raise EngineError(f"go {' '.join(argv)} failed:\n{result.stderr[-3000:]}")
+      return result.stdout
+
     # The module proxy checks every module against the Go checksum database (go.sum).
-    result = subprocess.run(["go", "install", f"{PRISM_MODULE}@{PRISM_VERSION}"], cwd=tmp,
-                            env={**os.environ, "GOBIN": tmp},
-                            capture_output=True, text=True)
-    if result.returncode:
-      raise EngineError(f"go install {PRISM_MODULE}@{PRISM_VERSION} failed:\n{result.stderr[-3000:]}")
+    module = json.loads(go("mod", "download", "-json", f"{BEAM_GO_MODULE}@{PRISM_VERSION}"))["Dir"]
+    beam = os.path.join(tmp, "beam")
+    # copyfile: writable copies of the module cache's read-only files.
+    shutil.copytree(os.path.join(module, "go"), os.path.join(beam, "go"), copy_function=shutil.copyfile)
+    for name in ("go.mod", "go.sum"):
+      shutil.copyfile(os.path.join(module, name), os.path.join(beam, name))
+    server = os.path.join(beam, PRISM_SERVER)
+    with open(server) as f:
+      source = f.read()
+    if source.count(PRISM_LISTEN[0]) != 1:
+      raise EngineError(f"{PRISM_SERVER} of {BEAM_GO_MODULE}@{PRISM_VERSION} has no `{PRISM_LISTEN[0]}`")
+    with open(server, "w") as f:
+      f.write(source.replace(*PRISM_LISTEN))
+    with open(os.path.join(beam, "go.mod")) as f:
+      go_version = next(l.split()[1] for l in f if l.startswith("go "))
+    with open(os.path.join(tmp, "go.mod"), "w") as f:
+      f.write(PRISM_GO_MOD.format(go=go_version, module=BEAM_GO_MODULE, version=PRISM_VERSION))
+    shutil.copyfile(os.path.join(beam, "go.sum"), os.path.join(tmp, "go.sum"))
+    # -mod=mod: Beam's own requirements, each checked against its go.sum.
+    go("build", "-mod=mod", "-o", os.path.join(tmp, "prism"), PRISM_MODULE)
     os.makedirs(os.path.dirname(prism_binary()), exist_ok=True)
     os.replace(os.path.join(tmp, "prism"), prism_binary())
 

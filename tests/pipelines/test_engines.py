@@ -97,10 +97,10 @@ class Cluster:
     assert stopped.returncode == 0, stopped.stderr
 
 
-def listening(state) -> list[tuple[str, str]]:
-  """(address, command) of each TCP socket that a process `start` recorded, or a child of one,
-  listens on. Each recorded process leads its own session, which its children inherit."""
-  sessions = {p["pid"] for p in state["processes"].values()}
+def listening(leaders) -> list[tuple[str, str]]:
+  """(address, command) of each TCP socket that a process listens on, of the sessions these
+  process ids lead (each process `start` records leads one, which its children inherit)."""
+  sessions = set(leaders)
   commands = {}
   for pid in filter(str.isdigit, os.listdir("/proc")):
     try:
@@ -112,7 +112,6 @@ def listening(state) -> list[tuple[str, str]]:
       continue  # exited meanwhile
     if session in sessions:
       commands[int(pid)] = command
-  assert commands, "none of the recorded processes runs"
   ss = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
   return [(line.split()[3], commands[int(pid)][:120]) for line in ss.splitlines()
           for pid in re.findall(r"pid=(\d+)", line) if int(pid) in commands]
@@ -128,8 +127,12 @@ def on_loopback(address: str) -> bool:
   return ip.is_loopback or bool(getattr(ip, "ipv4_mapped", None) and ip.ipv4_mapped.is_loopback)
 
 
+def cluster_listening(cluster) -> list[tuple[str, str]]:
+  return listening(p["pid"] for p in cluster.state["processes"].values())
+
+
 def assert_listens_on_loopback_only(cluster):
-  sockets = listening(cluster.state)
+  sockets = cluster_listening(cluster)
   # At least the job endpoint and the SDK worker pool.
   assert len(sockets) >= 2, sockets
   exposed = [s for s in sockets if not on_loopback(s[0])]
@@ -190,7 +193,7 @@ def test_flink_builds_the_direct_runners_bytes(flink, corpora, tmp_path):
   try:
     assert set(attached.state["processes"]) == {"job_server", "sdk_worker_pool"}
     assert f"--flink_master={master}" in attached.options
-    sockets = listening(attached.state)
+    sockets = cluster_listening(attached)
     assert len(sockets) >= 3 and all(a.startswith(("127.0.0.2:", "[::ffff:127.0.0.2]:")) for a, _ in sockets), sockets
     assert f"--job_endpoint=127.0.0.2:{attached.state['ports']['job']}" in attached.options
     build(manifests["bad"], tmp_path / "bad", *attached.options)
@@ -271,7 +274,25 @@ def test_portable_runner_over_its_job_service(portable, corpora, tmp_path):
 def test_prism_builds_the_direct_runners_bytes(corpora, tmp_path):
   assert engine.fetched("prism"), "make install builds Prism: impax engine prism fetch"
   manifests, reference = corpora
-  build(manifests["bad"], tmp_path / "bad", *engine.prism_options())
+  # The build starts its own Prism (in the build's session): while it runs, Prism's ports are
+  # on loopback.
+  argv = [sys.executable, "-m", "impax.cli", "build", "jsonl", "--input", manifests["bad"],
+          "--output", str(tmp_path / "bad"), "--workers", "2", "--num-shards", "3", *SMALL,
+          "--", *engine.prism_options()]
+  with open(tmp_path / "log", "w") as log:
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+  prism = set()
+  deadline = time.monotonic() + 600
+  try:
+    while proc.poll() is None and time.monotonic() < deadline:
+      prism |= {s for s in listening([proc.pid]) if s[1].startswith(engine.prism_binary())}
+      time.sleep(0.2)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+      proc.wait()
+  assert proc.returncode == 0, (tmp_path / "log").read_text()[-4000:]
+  assert prism and all(on_loopback(address) for address, _ in prism), prism
   assert contents(tmp_path / "bad") == contents(reference / "bad")
 
 
