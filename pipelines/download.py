@@ -52,6 +52,7 @@ RETRIED = (408, 429, 500, 502, 503, 504)
 MAX_RETRY_AFTER = 120.0
 _CHUNK = 1 << 16
 _HEAD = 4096  # bytes of a body that sniffing looks at
+_STEP = 1 << 20  # most bytes a compressed body is decoded into at once
 
 
 class DownloadError(Exception):
@@ -160,18 +161,16 @@ def _body(response: httpx.Response, medium: str, config: BuildConfig, deadline: 
   directive = opted_out(robots, config.opt_out)
   if directive:
     raise DownloadError(f"opted out: X-Robots-Tag {directive}")
-  decoder = _Decoder(encoding)
   digest, size, head = hashlib.sha256(), 0, b""
-  for raw in response.iter_raw(_CHUNK):
-    for data in decoder.decode(raw):
-      size += len(data)
-      if size > limit:
-        raise DownloadError(f"body over {_size(limit)}"
-                            + (f" once {encoding}-decoded" if encoding else ""))
-      digest.update(data)
-      out.write(data)
-      if len(head) < _HEAD:
-        head += data[:_HEAD - len(head)]
+  for data in _Decoder(encoding).decoded(response.iter_raw(_CHUNK)):
+    size += len(data)
+    if size > limit:
+      raise DownloadError(f"body over {_size(limit)}"
+                          + (f" once {encoding}-decoded" if encoding else ""))
+    digest.update(data)
+    out.write(data)
+    if len(head) < _HEAD:
+      head += data[:_HEAD - len(head)]
     if time.monotonic() > deadline:
       raise _Transient(f"took over {config.download_timeout:g} s")
   out.flush()
@@ -276,24 +275,34 @@ class _Decoder:
     self.encoding = encoding
     wbits = 16 + zlib.MAX_WBITS if encoding in ("gzip", "x-gzip") else zlib.MAX_WBITS
     self.z = zlib.decompressobj(wbits) if encoding else None
-    self.started = False
 
-  def decode(self, data: bytes):
+  def decoded(self, chunks):
+    """The body's bytes from its raw chunks, in pieces of at most _STEP when encoded."""
     if self.z is None:
-      yield data
+      yield from chunks
       return
-    if not self.started and data:
-      self.started = True
-      # Servers send "deflate" as a raw stream as often as with its zlib header.
-      if self.encoding == "deflate" and (len(data) < 2 or (data[0] << 8 | data[1]) % 31):
-        self.z = zlib.decompressobj(-zlib.MAX_WBITS)
+    start = b"" if self.encoding == "deflate" else None
     try:
-      while data:
-        out = self.z.decompress(data, 1 << 20)
-        data = self.z.unconsumed_tail
-        yield out
+      for data in chunks:
+        if start is not None:
+          # Servers send "deflate" as a raw stream as often as with zlib's 2-byte header.
+          start += data
+          if len(start) < 2:
+            continue
+          if (start[0] << 8 | start[1]) % 31:
+            self.z = zlib.decompressobj(-zlib.MAX_WBITS)
+          data, start = start, None
+        while True:
+          out = self.z.decompress(data, _STEP)
+          data = self.z.unconsumed_tail
+          yield out
+          if not data and len(out) < _STEP:  # a full step may leave output inside zlib
+            break
     except zlib.error as e:
       raise DownloadError(f"{self.encoding} body does not decode: {e}") from None
+    if not self.z.eof:
+      raise _Transient(f"body cut short: its {self.encoding} stream ends early")
+    yield self.z.flush()
 
 
 # -- what the bytes are ---------------------------------------------------------

@@ -479,3 +479,19 @@ def test_download_settings_that_cannot_change_bytes_keep_the_config_hash():
   assert fp() != fp(download_image_max_bytes=10) != fp(opt_out="noai")
   with pytest.raises(ValueError, match="opt_out"):
     config_lib.resolve({"opt_out": "noai; noindex"})
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "raw-deflate"])
+def test_a_compressed_body_decodes_whole_however_it_is_cut(encoding):
+  body = b"\0" * (3 << 20) + os.urandom(5000)  # a chunk decodes in several full steps
+  if encoding == "gzip":
+    data = gzip.compress(body)
+  else:
+    z = zlib.compressobj(wbits=-zlib.MAX_WBITS if encoding == "raw-deflate" else zlib.MAX_WBITS)
+    data = z.compress(body) + z.flush()
+  for size in (len(data), 1000, 1):
+    chunks = [data[i:i + size] for i in range(0, len(data), size)]
+    decoder = download._Decoder("gzip" if encoding == "gzip" else "deflate")
+    assert b"".join(decoder.decoded(chunks)) == body
+  with pytest.raises(download.DownloadError, match="body cut short: its gzip stream ends early"):
+    b"".join(download._Decoder("gzip").decoded([gzip.compress(body)[:-100]]))
