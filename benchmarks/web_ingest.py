@@ -43,7 +43,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
