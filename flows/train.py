@@ -47,11 +47,12 @@ def load_config(config: str, overrides: list[str]):
 
 
 @task(name="train_model", task_run_name="train_model", cache_policy=NO_CACHE)
-def train_model(config, workdir: str) -> dict:
+def train_model(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Trains, or resumes workdir's last checkpoint; returns the trainer's summary."""
   from impax.train import trainer
   logger = get_run_logger()
-  summary = trainer.train(config, workdir, log=logger.info)
+  summary = trainer.train(config, workdir, log=logger.info,
+                          allow_config_change=allow_config_change)
   if summary["status"] != "finished":
     raise TrainingStopped(f"training {summary['status']} at step {summary['step']} of "
                           f"{summary['steps']}; a retry resumes from its checkpoint")
@@ -133,6 +134,7 @@ def train(
     overrides: list[Annotated[str, pydantic.Field(pattern=r"^\w+=")]] | None = None,
     retries: Annotated[int, pydantic.Field(ge=0)] = 2,
     retry_delay_seconds: Annotated[float, pydantic.Field(ge=0)] = 30.0,
+    allow_config_change: bool = False,
 ) -> dict:
   """Trains an IMP model with AGD (`impax train`), evaluates it, and publishes both.
 
@@ -145,6 +147,9 @@ def train(
     overrides: FIELD=VALUE overrides of top-level config fields, as `--set`.
     retries: attempts after a failed training run; each resumes the last checkpoint.
     retry_delay_seconds: wait before the first retry, doubled for each next one.
+    allow_config_change: resume a run in workdir even under a config that changes what
+      defines it (seed, tasks, data, buckets, model, optimizer), as --allow-config-change;
+      otherwise such a resume is refused. Recorded in the summary.
 
   Returns: {"summary": the trainer's summary, "eval": {task: metrics}, "workdir": ...}.
   """
@@ -156,7 +161,8 @@ def train(
     get_run_logger().info("training on data %s in %s", os.path.basename(workdir), workdir)
   summary = train_model.with_options(
       retries=retries,
-      retry_delay_seconds=exponential_backoff(retry_delay_seconds))(loaded, workdir)
+      retry_delay_seconds=exponential_backoff(retry_delay_seconds))(loaded, workdir,
+                                                                    allow_config_change)
   results = evaluate(config, overrides, workdir, summary)
   publish(workdir, summary, results)
   return {"summary": summary, "eval": results, "workdir": workdir}

@@ -331,6 +331,10 @@ def _train_parser(sub):
                      help="multi-process run: address of process 0 (jax.distributed)")
       p.add_argument("--num-processes", type=int, help="multi-process run: number of processes")
       p.add_argument("--process-id", type=int, help="multi-process run: this process's index")
+      p.add_argument("--allow-config-change", action="store_true",
+                     help="resume WORKDIR even under a config that changes what defines its run "
+                          "(seed, tasks, data, buckets, model, optimizer); recorded in "
+                          "summary.json")
     p.set_defaults(func=_train if name == "train" else _eval)
 
 
@@ -356,7 +360,8 @@ def _plan(args, beam_args):
 def _train(args, beam_args):
   from impax.train import trainer
   return trainer.main(args.config, args.workdir, args.set, coordinator=args.coordinator,
-                      num_processes=args.num_processes, process_id=args.process_id)
+                      num_processes=args.num_processes, process_id=args.process_id,
+                      allow_config_change=args.allow_config_change)
 
 
 def _eval(args, beam_args):

@@ -4,12 +4,19 @@ One checkpoint per saved step under WORKDIR/checkpoints/<step>/, the last N
 kept. The state goes through Orbax's StandardSave (sharded arrays restore onto
 the shardings of the target), the loaders' iterator states and the run's
 step and seed through JsonSave. The random state needs no saving of its own:
-each step's key is fold_in(key(seed), step).
+each step's key is fold_in(key(seed), step). A checkpoint holding a NaN or an
+inf is never restored (the trainer never saves one: its step skips such updates).
 """
 
 import os
 
+import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+
+
+class NonFiniteCheckpoint(ValueError):
+  """A checkpoint holding NaN or inf: restoring it would continue a diverged run."""
 
 
 class Checkpoints:
@@ -36,8 +43,20 @@ class Checkpoints:
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), loaders=ocp.args.JsonRestore(),
         meta=ocp.args.JsonRestore()))
+    if not bool(jax.jit(all_finite)(restored["state"])):
+      where = os.path.join(str(self.manager.directory), str(step))
+      raise NonFiniteCheckpoint(
+          f"the checkpoint of step {step} ({where}) holds non-finite parameters or optimizer "
+          f"state (NaN or inf): it is not restored. Delete {where} to resume from the "
+          "checkpoint before it, or train in a new workdir")
     return restored["state"], restored["loaders"], restored["meta"]
 
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def all_finite(tree) -> jax.Array:
+  """Whether every float of `tree` is finite (no NaN, no inf), as a bool array."""
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))

@@ -19,8 +19,8 @@ from impax.datasets.loader import Bucket, Task
 from impax.datasets.modalities import ENCODED
 
 # A config file needs only this module: Task, Bucket and Augment are the loader's.
-__all__ = ["Augment", "Bucket", "ConfigError", "OBJECTIVES", "Task", "TrainConfig", "check",
-           "load", "apply_overrides", "to_json"]
+__all__ = ["Augment", "Bucket", "ConfigError", "EXTENDS_A_RUN", "EXTENDS_A_TASK", "OBJECTIVES",
+           "Task", "TrainConfig", "changes", "check", "load", "apply_overrides", "to_json"]
 
 OBJECTIVES = ("contrastive", "classification")
 
@@ -47,6 +47,9 @@ class TrainConfig:
   # has: the same config trains the same way on 1 device or 8. The data-parallel devices
   # (the mesh's batch shards, and the processes) must divide it; 8 divides 1, 2, 4 and 8.
   batch_multiple: int = 8
+  # A step whose loss or gradient is not finite (NaN, inf) is skipped: parameters and
+  # optimizer state stay as they were. This many skipped in a row stop the run as diverged.
+  max_nonfinite_steps: int = 10
   # Cadence.
   log_every: int = 10
   checkpoint_every: int = 200
@@ -63,6 +66,17 @@ class TrainConfig:
   eval_at_end: bool = True
   linear_probe: bool = False  # the evaluation at the end also fits linear probes (evaluate.py)
   plots: bool = True
+
+
+# What a resumed run may change: how long it runs, how often it logs, saves and evaluates,
+# and how it is evaluated (and, per task, how its loader is run). Every other field (the
+# seed, the tasks and their data, buckets and schedule, the model, the optimizer) defines
+# the run: the trainer refuses to resume under another value (trainer.py).
+EXTENDS_A_RUN = ("steps", "log_every", "checkpoint_every", "keep_checkpoints",
+                 "max_nonfinite_steps", "eval_every", "validation_split", "keep_best",
+                 "eval_at_end", "linear_probe", "plots")
+EXTENDS_A_TASK = ("eval_split", "eval_bucket", "eval_clips", "eval_crops", "num_workers",
+                  "loader_nice")
 
 
 class ConfigError(ValueError):
@@ -107,6 +121,8 @@ def check(config: TrainConfig) -> None:
                         "evaluations: set eval_every too")
   if config.eval_every < 0:
     raise ConfigError(f"eval_every must be at least 0, not {config.eval_every}")
+  if config.max_nonfinite_steps < 1:
+    raise ConfigError(f"max_nonfinite_steps must be at least 1, not {config.max_nonfinite_steps}")
   if config.batch_multiple < 1:
     raise ConfigError(f"batch_multiple must be at least 1, not {config.batch_multiple}")
 
@@ -158,3 +174,21 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
 
 def to_json(config: TrainConfig) -> dict:
   return json.loads(json.dumps(dataclasses.asdict(config), default=str))
+
+
+def changes(recorded: dict, config: TrainConfig) -> list[tuple[str, object, object, bool]]:
+  """(field, recorded value, value, whether it defines the run) of each field where `config`
+  differs from `recorded` (a config as to_json wrote it; fields it lacks are not compared).
+  A task's field is named `tasks['NAME'].FIELD`."""
+  now = to_json(config)
+  out = [(key, recorded[key], value, key not in EXTENDS_A_RUN) for key, value in now.items()
+         if key != "tasks" and key in recorded and recorded[key] != value]
+  before = {t["name"]: t for t in recorded.get("tasks", ())}
+  after = {t["name"]: t for t in now["tasks"]}
+  if list(before) != list(after):  # the order too: it seeds each task's data
+    out.append(("tasks", list(before), list(after), True))
+  for name in (n for n in after if n in before):
+    out += [(f"tasks[{name!r}].{key}", before[name][key], value, key not in EXTENDS_A_TASK)
+            for key, value in after[name].items()
+            if key in before[name] and before[name][key] != value]
+  return out

@@ -57,6 +57,11 @@ class Writer:
     self.scalars.clear()
     self._write(rows)
 
+  def add_skipped(self, step: int, task: str, shape: str):
+    """A line {"step", "task", "nonfinite": 1, "shapes"}: a step whose loss or gradient was
+    not finite, and whose update was skipped (it has no "loss": curves leave it out)."""
+    self._write([{"step": step, "task": task, "nonfinite": 1, "shapes": {shape: 1}}])
+
   def add_eval(self, step: int, results: dict, split: str | None = None):
     """A line {"step", "eval": {task: figures}, "split"}: the periodic evaluation's."""
     self._write([{"step": step, "eval": results, **({"split": split} if split else {})}])

@@ -21,7 +21,7 @@ import optax
 from impax.model import Model, get_config, init_params, sharding
 from impax.model import embed as embed_lib
 from impax.model import heads as heads_lib
-from impax.train import inputs, objectives
+from impax.train import checkpoint, inputs, objectives
 from impax.train.config import Task, TrainConfig
 
 
@@ -132,10 +132,18 @@ def make_step(model: Model, tasks: tuple[Task, ...], tx, seed: int):
         stats[task.name] = s
       return total, stats
 
-    (_, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    (total, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    return {"params": params, "opt_state": opt_state}, stats, optax.tree.norm(grads)
+    # A non-finite loss or gradient (or an update that overflows a parameter) skips the
+    # update: parameters and optimizer state stay as they were, so no non-finite value
+    # reaches a checkpoint. Decided here, on the device: the host reads the flag with the
+    # step's statistics, which it reads anyway.
+    finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & checkpoint.all_finite(params)
+    new = {"params": params, "opt_state": opt_state}
+    new = jax.tree.map(lambda n, old: jnp.where(finite, n, old), new, state)
+    return new, stats, grad_norm, finite
 
   return step
 
@@ -168,7 +176,7 @@ class Compiled:
     out = None
     if self.mesh is not None:  # the state keeps its shardings step after step
       replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
-      out = (jax.tree.map(lambda x: x.sharding, self.state), replicated, replicated)
+      out = (jax.tree.map(lambda x: x.sharding, self.state), replicated, replicated, replicated)
     jitted = jax.jit(self.fn, donate_argnums=(0,) if self.donate else (),
                      **({"out_shardings": out} if out else {}))
     state_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),

@@ -69,6 +69,8 @@ class _Stop:
     self.requested = True
 
 
+EXIT_DIVERGED = 9  # `impax train`'s exit code when max_nonfinite_steps stopped the run
+
 DATA_FILE = "data.json"  # {dataset: its metadata's content hash}: what the run trains on
 
 
@@ -89,17 +91,51 @@ def _check_same_data(workdir: str, versions: dict[str, str]) -> None:
         "to start over.")
 
 
+CONFIG_FILE = "config.json"  # the config of the run's start (or of its last resumption)
+
+
+def _check_same_run(workdir: str, config: TrainConfig, *, allow: bool, log) -> list[dict]:
+  """Resuming continues the run workdir/config.json recorded: refuses a change of a field
+  that defines it (the seed, the tasks and their data, buckets, model, optimizer), naming
+  each field and its two values, unless `allow`; logs every change, and returns them."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    recorded = json.load(f)
+  changed = config_lib.changes(recorded, config)
+  text = lambda value: json.dumps(value, separators=(",", ":"))
+  defining = [f"{field} {text(was)} -> {text(now)}" for field, was, now, defines in changed
+              if defines]
+  if defining and not allow:
+    raise ConfigError(
+        f"{workdir} holds a run started under another config ({path}): "
+        f"{'; '.join(defining)}. These define the run: resuming would go on as another run. "
+        "Train in a new workdir, or pass --allow-config-change (the train flow's "
+        "allow_config_change) if you mean to; steps, logging, checkpoint and evaluation "
+        "settings may change without it")
+  for field, was, now, defines in changed:
+    log(f"resuming with {field} {text(was)} -> {text(now)}"
+        + (" (--allow-config-change)" if defines else ""))
+  return [{"field": field, "was": was, "now": now, "defines_the_run": defines}
+          for field, was, now, defines in changed]
+
+
 def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None = None,
-          iterators: dict | None = None) -> dict:
+          iterators: dict | None = None, allow_config_change: bool = False) -> dict:
   """Trains (or resumes) in workdir; returns a summary. `stop_at`: leave after that step.
 
   `iterators` replaces the loaders' iterators by name (benchmarks feed batches
   already in memory this way); they need __next__, get_state, set_state, close.
+  `allow_config_change`: resume even under a config that changes what defines the run.
   """
   os.makedirs(workdir, exist_ok=True)
   num_labels = inputs.check_datasets(config)
   trained_on = inputs.data_versions(config)
   _check_same_data(workdir, trained_on)
+  ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  config_changes = (_check_same_run(workdir, config, allow=allow_config_change, log=log)
+                    if ckpt.latest_step() is not None else [])
   model_cfg = step_lib.model_config(config, num_labels)
   for task in config.tasks:
     inputs.check_buckets(task, model_cfg)
@@ -128,7 +164,6 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       + (f", mesh {dict(mesh.shape)}" if mesh is not None else ""))
 
   # -- resume --------------------------------------------------------------
-  ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   iterators = {name: iter(data) for name, data in loaders.items()} | (iterators or {})
   start_step = 0
   restored = ckpt.restore_latest(state)
@@ -144,7 +179,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   validation = evaluate.Context(evaluate.on_split(config, config.validation_split), model,
                                 None, model_cfg, mesh)
   if first:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
       json.dump(to_json(config), f, indent=2)
     with open(os.path.join(workdir, DATA_FILE), "w") as f:  # once every check has passed
       json.dump(trained_on, f, indent=2, sort_keys=True)
@@ -177,7 +212,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   end = config.steps if stop_at is None else min(config.steps, stop_at)
   step = start_step
   progress = metrics_lib.Progress(config.steps, start_step, enabled=first)
-  status = "finished"
+  status, reason = "finished", None
+  nonfinite = {"in_a_row": 0, "in_all": 0, "steps": []}  # skipped updates
   counter = compile_counter()
   counter.count, counter.active, counter.thread = 0, True, threading.current_thread()
   loop_start = time.perf_counter()
@@ -199,16 +235,39 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       shapes = tuple(step_lib.shapes_of(b) for b in batches)
       program = names[0] if agd else "mixed"
       executable = compiled[program].prepare(program, shapes)  # compiled before the loop: a lookup
-      state, stats, grad_norm = executable(state, tuple(step_lib.put(b, mesh) for b in batches),
-                                           np.int32(step))  # jnp.int32 would compile a cast
-      stats = jax.device_get(stats)
+      state, stats, grad_norm, finite = executable(
+          state, tuple(step_lib.put(b, mesh) for b in batches),
+          np.int32(step))  # jnp.int32 would compile a cast
+      stats, grad_norm, finite = jax.device_get((stats, grad_norm, finite))
       seconds = time.perf_counter() - start
       step += 1
-      for n, b, shape in zip(names, batches, shapes):
-        writer.add(step, n, stats[n], tokens=inputs.batch_tokens(b, patches),
-                   seconds=seconds / len(names), shape=step_lib.shape_text(shape))
-      writer.add_scalar(step, "grad_norm", float(grad_norm))
-      progress.update(step, names[0], float(stats[names[0]]["loss"]))
+      if finite:
+        nonfinite["in_a_row"] = 0
+        for n, b, shape in zip(names, batches, shapes):
+          writer.add(step, n, stats[n], tokens=inputs.batch_tokens(b, patches),
+                     seconds=seconds / len(names), shape=step_lib.shape_text(shape))
+        writer.add_scalar(step, "grad_norm", float(grad_norm))
+        progress.update(step, names[0], float(stats[names[0]]["loss"]))
+      else:  # the step left the state as it was (step.make_step)
+        nonfinite["in_a_row"] += 1
+        nonfinite["in_all"] += 1
+        where = [f"{n} bucket {loaders[n].bucket_of(step - 1)} ({step_lib.shape_text(shape)}) "
+                 f"loss {float(stats[n]['loss']):g}" for n, shape in zip(names, shapes)]
+        nonfinite["steps"] = (nonfinite["steps"] + [{"step": step, "tasks": where}])[-100:]
+        log(f"step {step}: non-finite loss or gradient ({'; '.join(where)}, gradient norm "
+            f"{float(grad_norm):g}): update skipped, {nonfinite['in_a_row']} in a row, "
+            f"{nonfinite['in_all']} in all")
+        for n, shape in zip(names, shapes):
+          writer.add_skipped(step, n, step_lib.shape_text(shape))
+        if nonfinite["in_a_row"] >= config.max_nonfinite_steps:
+          status = "diverged"
+          reason = (f"training diverged: the loss or gradient was not finite in "
+                    f"{nonfinite['in_a_row']} steps in a row, to step {step} "
+                    f"(max_nonfinite_steps {config.max_nonfinite_steps}; the last: "
+                    f"{'; '.join(where)}); the last checkpoint is step "
+                    f"{ckpt.latest_step() or 'none'}: lower learning_rate or grad_clip, or "
+                    "lengthen warmup_steps")
+          break
       if step % config.log_every == 0 or step == end:
         writer.flush(step)
       if step % config.checkpoint_every == 0 or step == config.steps:
@@ -228,7 +287,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     if previous is not None:
       signal.signal(signal.SIGTERM, previous)
     progress.close()
-    if step > start_step and ckpt.latest_step() != step:
+    # A diverged run saves nothing more: its last checkpoint is one to resume from.
+    if step > start_step and ckpt.latest_step() != step and status != "diverged":
       ckpt.save(step, state, _loader_states(iterators), {"step": step, "seed": config.seed})
     ckpt.close()
     writer.flush(step)
@@ -239,6 +299,9 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   compilations = {c.names[k]: n for c in compiled.values() for k, n in c.compilations.items()}
   summary = {
       "status": status, "step": step, "steps": config.steps,
+      **({"reason": reason} if reason else {}),
+      # Steps whose loss or gradient was not finite: their updates were skipped.
+      "nonfinite_steps": {"in_all": nonfinite["in_all"], "last": nonfinite["steps"]},
       "loop_seconds": round(loop_seconds, 3),  # checkpoints and evaluation included
       "data_wait_seconds": round(data_wait, 3),
       "compilations": compilations,
@@ -255,6 +318,10 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       # Records a task skips: its `exclude` list (duplicates, test-set leaks) names them.
       "records_excluded": {n: data.excluded for n, data in loaders.items()},
       "plan": mixture.to_json(),
+      # Fields changed since the run's last start (config.json), and whether a change of
+      # what defines the run was allowed.
+      "config_changes": config_changes,
+      "allow_config_change": allow_config_change,
   }
   if best is not None:
     summary["best"] = best.record
@@ -362,12 +429,16 @@ def _main_thread() -> bool:
 
 
 def main(config_path: str, workdir: str, overrides=(), *, coordinator=None, num_processes=None,
-         process_id=None) -> int:
+         process_id=None, allow_config_change: bool = False) -> int:
   step_lib.initialize_distributed(coordinator, num_processes, process_id)
   config = config_lib.load(config_path, list(overrides))
-  summary = train(config, workdir, log=print if jax.process_index() == 0 else (lambda *_: None))
+  summary = train(config, workdir, log=print if jax.process_index() == 0 else (lambda *_: None),
+                  allow_config_change=allow_config_change)
   if "eval" in summary and jax.process_index() == 0:
     print(json.dumps(summary["eval"], indent=2))
+  if summary["status"] == "diverged":
+    print(f"impax: error: {summary['reason']}", file=sys.stderr)
+    return EXIT_DIVERGED
   return 0 if summary["status"] == "finished" else 3
 
 

@@ -8,7 +8,9 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from impax.datasets.loader import Bucket
@@ -401,3 +403,137 @@ def test_a_tokenizer_with_more_pieces_than_the_vocabulary_is_refused(root, tmp_p
   assert not os.path.exists(tmp_path / "run" / "metrics.jsonl")
   with_room = dataclasses.replace(config, model_overrides=(("vocab_size", pieces),))
   inputs.check_datasets(with_room)  # a vocabulary as large as the tokenizer is enough
+
+
+class _Poisoned:
+  """A loader's iterator whose batches at the given steps (1-based) carry a NaN spectrogram."""
+
+  def __init__(self, it, steps):
+    self.it, self.steps, self.taken = it, set(steps), 0
+
+  def __next__(self):
+    batch = next(self.it)
+    self.taken += 1
+    if self.taken in self.steps:
+      batch = dict(batch, spectrogram=np.full_like(batch["spectrogram"], np.nan))
+    return batch
+
+  def get_state(self):
+    return self.it.get_state()
+
+  def set_state(self, state):
+    self.it.set_state(state)
+
+  def close(self):
+    self.it.close()
+
+
+def test_a_nonfinite_step_is_skipped_and_a_diverged_run_stops_without_saving_it(root, tmp_path):
+  from impax.train import checkpoint, step as step_lib
+  base = make_config(root, steps=10, checkpoint_every=2, keep_checkpoints=10, max_nonfinite_steps=3,
+                     eval_at_end=False)
+  config = dataclasses.replace(base, tasks=base.tasks[1:])  # audio classification alone
+  model_cfg = step_lib.model_config(config, inputs.check_datasets(config))
+  loader = inputs.open_loaders(config, model_cfg, batch_multiple=8)["audio_classification"]
+  # Steps 3-4: two in a row, skipped, the run goes on; 6-8: three in a row stop it.
+  poisoned = _Poisoned(iter(loader), steps=(3, 4, 6, 7, 8))
+  logged = []
+  summary = trainer.train(config, str(tmp_path), log=logged.append,
+                          iterators={"audio_classification": poisoned})
+  assert (summary["status"], summary["step"]) == ("diverged", 8)
+  assert summary["reason"].startswith("training diverged: the loss or gradient was not finite "
+                                      "in 3 steps in a row, to step 8 (max_nonfinite_steps 3; ")
+  assert "the last checkpoint is step 6" in summary["reason"]
+  assert summary["nonfinite_steps"]["in_all"] == 5
+  assert [s["step"] for s in summary["nonfinite_steps"]["last"]] == [3, 4, 6, 7, 8]
+  assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+  assert any(line.startswith("step 3: non-finite loss or gradient (audio_classification bucket 0 "
+                             "(8x32x128) loss nan, gradient norm nan): update skipped, 1 in a "
+                             "row, 1 in all") for line in logged), logged
+  rows = metrics.read(str(tmp_path / "metrics.jsonl"))
+  assert sorted({r["step"] for r in rows if "loss" in r}) == [1, 2, 5]
+  assert [r["step"] for r in rows if r.get("nonfinite")] == [3, 4, 6, 7, 8]
+  # The skipped steps left parameters and optimizer state as they were; nothing was saved
+  # after the last of them.
+  assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()) == [2, 4, 6]
+  ckpt = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), 10, create=False)
+  target = step_lib.init_state(config, model_cfg, step_lib.make_optimizer(config), None)
+  state = {}
+  for s in (2, 4, 6):
+    state[s] = ckpt.manager.restore(s, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))["state"]
+  leaves = lambda s: [np.asarray(x) for x in jax.tree.leaves(state[s])]
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(2), leaves(4)))
+  assert not all(np.array_equal(a, b) for a, b in zip(leaves(4), leaves(6)))  # step 5 trained
+  assert all(np.isfinite(x).all() for s in state for x in leaves(s) if x.dtype.kind == "f")
+  ckpt.close()
+
+
+def test_a_checkpoint_with_a_nonfinite_parameter_is_never_restored(tmp_path):
+  from impax.train import checkpoint
+  state = {"params": {"w": np.ones((2, 3), np.float32)}, "opt_state": {"count": np.array(4, np.int32)}}
+  ckpt = checkpoint.Checkpoints(str(tmp_path), 3)
+  ckpt.save(4, state, {}, {"step": 4})
+  bad = {"params": {"w": np.array([[1, np.nan, 1], [1, 1, np.inf]], np.float32)},
+         "opt_state": {"count": np.array(5, np.int32)}}
+  ckpt.save(5, bad, {}, {"step": 5})
+  ckpt.manager.wait_until_finished()
+  with pytest.raises(checkpoint.NonFiniteCheckpoint, match=r"the checkpoint of step 5 \(.*/5\) "
+                                                           r"holds non-finite parameters"):
+    ckpt.restore_latest(state)
+  ckpt.close()
+
+
+AUDIO_CONFIG_FILE = '''
+from impax.datasets.loader import Bucket
+from impax.train.config import Task, TrainConfig
+
+def get_config(data):
+  return TrainConfig(
+      tasks=(Task("audio_classification", data + "/audio", "classification", ("spectrogram",),
+                  buckets=(Bucket(audio_seconds=0.32),), token_budget=512),),
+      model="tiny", steps=2, warmup_steps=1, learning_rate=2e-3, log_every=1,
+      eval_at_end=False, plots=False)
+'''
+
+
+def test_resuming_under_a_config_that_changes_the_run_is_refused(root, tmp_path):
+  (tmp_path / "config.py").write_text(AUDIO_CONFIG_FILE)
+  config_file, workdir = f"{tmp_path / 'config.py'}:{root}", tmp_path / "run"
+  config = config_lib.load(config_file)
+  assert trainer.train(config, str(workdir), log=lambda *_: None)["status"] == "finished"
+  recorded = json.loads((workdir / "config.json").read_text())
+  assert recorded["seed"] == 0 and recorded["tasks"][0]["buckets"][0]["audio_seconds"] == 0.32
+  # `impax train ... --set seed=7` on it: one line naming each field and its two values
+  command = [sys.executable, "-m", "impax.cli", "train", config_file, "--workdir", str(workdir),
+             "--set", "seed=7", "--set", "learning_rate=0.01", "--set", "steps=4"]
+  refused = subprocess.run(command, capture_output=True, text=True, timeout=240)
+  assert refused.returncode == 2, refused.stdout + refused.stderr
+  assert refused.stderr.splitlines() == [
+      f"impax: error: {workdir} holds a run started under another config "
+      f"({workdir / 'config.json'}): seed 0 -> 7; learning_rate 0.002 -> 0.01. These define the "
+      "run: resuming would go on as another run. Train in a new workdir, or pass "
+      "--allow-config-change (the train flow's allow_config_change) if you mean to; steps, "
+      "logging, checkpoint and evaluation settings may change without it"]
+  # a task's data or buckets, too
+  other = dataclasses.replace(config.tasks[0], buckets=(Bucket(audio_seconds=0.64),))
+  with pytest.raises(ConfigError, match=r"tasks\['audio_classification'\]\.buckets "
+                                        r"\[\{.*\"audio_seconds\":0\.32.*\}\] -> \[\{.*"
+                                        r"\"audio_seconds\":0\.64.*\}\]"):
+    trainer.train(dataclasses.replace(config, tasks=(other,)), str(workdir), log=lambda *_: None)
+  # what extends the run may change: more steps, another cadence
+  longer = config_lib.apply_overrides(config, ["steps=3", "checkpoint_every=1"])
+  logged = []
+  summary = trainer.train(longer, str(workdir), log=logged.append)
+  assert (summary["status"], summary["step"]) == ("finished", 3)
+  assert "resuming with steps 2 -> 3" in logged and "resumed from step 2" in logged
+  assert [c["field"] for c in summary["config_changes"]] == ["steps", "checkpoint_every"]
+  assert summary["allow_config_change"] is False
+  # and the rest, when asked: recorded in summary.json, and config.json is the new config
+  reseeded = config_lib.apply_overrides(longer, ["seed=7", "steps=4"])
+  summary = trainer.train(reseeded, str(workdir), log=lambda *_: None, allow_config_change=True)
+  assert (summary["status"], summary["step"]) == ("finished", 4)
+  written = json.loads((workdir / "summary.json").read_text())
+  assert written["allow_config_change"] is True
+  assert {"field": "seed", "was": 0, "now": 7, "defines_the_run": True} in written["config_changes"]
+  assert json.loads((workdir / "config.json").read_text())["seed"] == 7
