@@ -39,7 +39,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 
 from impax.datasets import metadata, registry
-from impax.pipelines import graph, lock, plan as plan_lib, progress as progress_lib
+from impax.pipelines import graph, lock, loopback, plan as plan_lib, progress as progress_lib
 from impax.pipelines import publish, read, storage
 from impax.pipelines.plan import BuildError, Plan
 
@@ -90,6 +90,7 @@ def run(plan: Plan, workers: int | None = None, beam_args: list[str] = (),
       options = pipeline_options(list(beam_args), workers, read.max_entries(plan.input, spec))
       total = read.max_entries(plan.input, spec, within=None) if progress else None
       plan_lib.mark_started(plan)
+      loopback.patch()  # the runner's servers for its workers: on localhost, not every interface
       start = time.monotonic()
       # The progress line goes where stderr goes now, not into _worker_logs' file.
       with _progress(plan, total, progress), _worker_logs(quiet), \

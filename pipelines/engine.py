@@ -755,7 +755,9 @@ def _start_portable(state: dict, slots: int, timeout: float, master: str | None)
     raise EngineError("the portable engine serves this machine only: its job service listens "
                       "on localhost, whatever --bind says")
   port = state["ports"]["job"] = free_port()
-  _spawn(state, "job_server", [sys.executable, "-m", "apache_beam.runners.portability.local_job_service_main",
+  # Through loopback.py: the servers the service starts for each job listen on localhost too.
+  _spawn(state, "job_server", [sys.executable, "-m", "impax.pipelines.loopback",
+                               "apache_beam.runners.portability.local_job_service_main",
                                f"--port={port}"])
   _wait("Beam's Python job service", _listening(port), state, "job_server", timeout)
   _sdk_worker_pool(state, timeout)

@@ -267,33 +267,60 @@ def test_portable_runner_over_its_job_service(portable, corpora, tmp_path):
                  f"--environment_config=127.0.0.1:{engine.free_port()}", check=False, timeout=120)
   assert failed.returncode != 0
   for name, manifest in manifests.items():
-    build(manifest, tmp_path / name, *portable.options)
+    # While a job runs, the job service's servers for it (artifacts, its SDK workers'
+    # control, data, state and logging) are on loopback too.
+    seen = build_watching_sockets(
+        ["jsonl", "--input", manifest, "--output", str(tmp_path / name), "--workers", "2",
+         "--num-shards", "3", *SMALL, "--", *portable.options], tmp_path / f"{name}.log",
+        also=[p["pid"] for p in portable.state["processes"].values()])
+    assert len(seen) >= 6 and all(on_loopback(address) for address, _ in seen), seen
     assert contents(tmp_path / name) == contents(reference / name), name
 
 
-def test_prism_builds_the_direct_runners_bytes(corpora, tmp_path):
-  assert engine.fetched("prism"), "make install builds Prism: impax engine prism fetch"
-  manifests, reference = corpora
-  # The build starts its own Prism (in the build's session): while it runs, Prism's ports are
-  # on loopback.
-  argv = [sys.executable, "-m", "impax.cli", "build", "jsonl", "--input", manifests["bad"],
-          "--output", str(tmp_path / "bad"), "--workers", "2", "--num-shards", "3", *SMALL,
-          "--", *engine.prism_options()]
-  with open(tmp_path / "log", "w") as log:
-    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-  prism = set()
+def build_watching_sockets(argv, log_path, also=()) -> set[tuple[str, str]]:
+  """Runs `impax build ARGV` in a session of its own; every socket it (or a process of the
+  `also` sessions) listens on while it runs. Fails if the build fails."""
+  with open(log_path, "w") as log:
+    proc = subprocess.Popen([sys.executable, "-m", "impax.cli", "build", *argv], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+  seen = set()
   deadline = time.monotonic() + 600
   try:
     while proc.poll() is None and time.monotonic() < deadline:
-      prism |= {s for s in listening([proc.pid]) if s[1].startswith(engine.prism_binary())}
+      seen |= set(listening([proc.pid, *also]))
       time.sleep(0.2)
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
       proc.wait()
-  assert proc.returncode == 0, (tmp_path / "log").read_text()[-4000:]
-  assert prism and all(on_loopback(address) for address, _ in prism), prism
+  assert proc.returncode == 0, log_path.read_text()[-4000:]
+  return seen
+
+
+def test_prism_builds_the_direct_runners_bytes(corpora, tmp_path):
+  assert engine.fetched("prism"), "make install builds Prism: impax engine prism fetch"
+  manifests, reference = corpora
+  # The build starts its own Prism (in the build's session) and a worker pool in the launcher:
+  # while it runs, every port of both is on loopback.
+  seen = build_watching_sockets(
+      ["jsonl", "--input", manifests["bad"], "--output", str(tmp_path / "bad"), "--workers", "2",
+       "--num-shards", "3", *SMALL, "--", *engine.prism_options()], tmp_path / "log")
+  assert any(command.startswith(engine.prism_binary()) for _, command in seen), seen
+  assert all(on_loopback(address) for address, _ in seen), seen
   assert contents(tmp_path / "bad") == contents(reference / "bad")
+
+
+def test_a_direct_runner_build_listens_on_loopback_only(corpora, tmp_path):
+  """The DirectRunner's servers for its worker processes (control, data, state, logging)."""
+  manifests, reference = corpora
+  seen = build_watching_sockets(
+      ["jsonl", "--input", manifests["videos"], "--output", str(tmp_path / "videos"),
+       "--workers", "2", "--num-shards", "3", *SMALL, "--",
+       "--direct_running_mode=multi_processing"],
+      tmp_path / "log")
+  assert len(seen) >= 4, seen
+  assert all(on_loopback(address) for address, _ in seen), seen
+  assert contents(tmp_path / "videos") == contents(reference / "videos")
 
 
 def test_stop_never_signals_a_process_that_reused_a_recorded_id(tmp_path):
