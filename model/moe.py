@@ -25,10 +25,13 @@ dispatch tensors: dispatch is a gather and combine a scatter-add, so routing
 costs memory traffic instead of the O(S^2 * D) matmuls of one-hot dispatch,
 which on a CPU would cost about as much as the experts themselves.
 
-With a mesh, the whole layer on routing groups (`moe_groups`) runs inside
-`jax.shard_map` (see sharding.py for why): each device routes its own groups,
-expert weights are split over the mesh's 'expert' axis, and dispatched tokens
-travel to their expert's device with one all-to-all and back with another.
+Routing groups depend on the global batch and `group_size` alone (`group_tokens`),
+never on the mesh: a model routes the same groups, and so computes the same
+thing, on one device and on eight. With a mesh, the whole layer on routing
+groups (`moe_groups`) runs inside `jax.shard_map` (see sharding.py for why):
+each device holds whole groups and routes them, expert weights are split over
+the mesh's 'expert' axis, and dispatched tokens travel to their expert's
+device with one all-to-all and back with another.
 
 Auxiliary losses (both averaged over real, non-padding tokens):
   load_balance_loss = E * sum_e f_e * P_e (Switch eq. 4), f_e the fraction of
@@ -146,17 +149,28 @@ def expert_stats(routing: Routing, valid: jax.Array,
       expert_capacity=count(jnp.ones((g, routing.index.shape[-1]))))
 
 
+class RoutingGroupsError(ValueError):
+  """Routing groups that the mesh's batch shards cannot each hold whole."""
+
+
+def examples_per_group(batch: int, length: int, group_size: int) -> int:
+  """How many whole examples of `length` tokens one routing group packs: the most that fit
+  in group_size tokens and divide the (global) batch. 1 for long sequences."""
+  return max(i for i in range(1, batch + 1)
+             if batch % i == 0 and i * length <= max(group_size, length))
+
+
 def group_tokens(x: jax.Array, mask: jax.Array, group_size: int,
                  batch_shards: int):
   """[b, n, d] -> [G, S, d] routing groups, with the inverse.
 
   Long sequences (n >= group_size) are split into equal groups of about
   group_size tokens, padded at the end. Short ones are packed, whole examples
-  at a time, into groups of at most group_size tokens. A group never spans two
-  batch shards, so routing is local to a device, and the grouping (and so the
-  result) does not depend on the mesh as long as a group's examples fit into
-  one device's share of the batch: always the case when each device holds at
-  least group_size tokens.
+  at a time, into groups of at most group_size tokens. The groups are a
+  function of the global batch and group_size alone, so routing, and so the
+  result, is the same on one device and on many. Each device holds whole
+  groups, so routing stays local to it; a batch whose groups do not divide
+  among the batch shards is refused, with the group_size that would.
   """
   b, n, d = x.shape
   if b % batch_shards:
@@ -170,8 +184,15 @@ def group_tokens(x: jax.Array, mask: jax.Array, group_size: int,
     mask = jnp.pad(mask, ((0, 0), (0, pad)))
     ungroup = lambda y: y.reshape(b, k * s, -1)[:, :n]
     return x.reshape(b * k, s, d), mask.reshape(b * k, s), ungroup
-  local = b // batch_shards
-  e = max(i for i in range(1, local + 1) if local % i == 0 and i * n <= group_size)
+  e = examples_per_group(b, n, group_size)
+  if (b // e) % batch_shards:
+    fits = examples_per_group(b // batch_shards, n, group_size) * n
+    raise RoutingGroupsError(
+        f"routing groups of {e} examples of {n} tokens (group_size {group_size}) make "
+        f"{b // e} groups of a batch of {b}, which the mesh's {batch_shards} batch shards "
+        f"cannot each hold whole: set the model's group_size to {fits} "
+        f"(model_overrides=((\"group_size\", {fits}),)) to route the same groups on any "
+        f"device count, or make the batch a multiple of {e * batch_shards}")
   ungroup = lambda y: y.reshape(b, n, -1)
   return x.reshape(b // e, e * n, d), mask.reshape(b // e, e * n), ungroup
 

@@ -299,8 +299,10 @@ def class_text_embeddings(model, params, dataset, template: str, length: int, me
   tokens, masks = zip(*(decode.pad_tokens(tokenizer.encode(template.format(label=name)), length)
                         for name in dataset.labels))
   tokens, masks = np.stack(tokens), np.stack(masks)
+  # Rows padded so that the batch splits into routing groups of whole names that every
+  # device holds whole (moe.group_tokens): as many names as a group takes, per shard.
   shards = sharding.batch_shards(mesh)
-  pad = -len(tokens) % shards
+  pad = -len(tokens) % (shards * max(1, model.config.group_size // length))
   tokens = np.concatenate([tokens, np.zeros((pad, length), np.int32)])
   masks = np.concatenate([masks, np.zeros((pad, length), np.int32)])
   masks[len(dataset.labels):, 0] = 1  # padding rows: one token so the mean is defined

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from impax.model import Model, get_config, init_params, sharding
+from impax.model import Model, get_config, init_params, moe, sharding
 from impax.model import embed as embed_lib
 from impax.model import heads as heads_lib
 from impax.train import checkpoint, inputs, objectives
-from impax.train.config import Task, TrainConfig
+from impax.train.config import ConfigError, Task, TrainConfig
 
 
 # ---------------------------------------------------------------------------
@@ -182,8 +182,11 @@ class Compiled:
     state_spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                               self.state)
     batches = tuple(self._spec(s) for s in shapes)
-    executable = jitted.lower(state_spec, batches,
-                              jax.ShapeDtypeStruct((), jnp.int32)).compile()
+    try:
+      lowered = jitted.lower(state_spec, batches, jax.ShapeDtypeStruct((), jnp.int32))
+    except moe.RoutingGroupsError as e:  # before the first step, with the task and bucket
+      raise ConfigError(f"{name} batch {[shape_text(s) for s in shapes]}: {e}") from e
+    executable = lowered.compile()
     seconds = time.perf_counter() - start
     texts = [shape_text(s) for s in shapes]
     self.executables[key] = executable

@@ -169,11 +169,21 @@ def test_z_loss_gradient_shrinks_logits():
 def test_group_tokens():
   x = jnp.arange(4 * 10 * 2, dtype=jnp.float32).reshape(4, 10, 2)
   mask = jnp.ones((4, 10), bool)
-  # Short sequences: whole examples packed, never across batch shards.
+  # Short sequences: whole examples packed; the groups depend on the batch and group_size
+  # alone, whatever the batch shards (devices).
   xg, valid, ungroup = moe.group_tokens(x, mask, 25, batch_shards=1)
   assert xg.shape == (2, 20, 2)
   np.testing.assert_array_equal(ungroup(xg), x)
-  xg, _, _ = moe.group_tokens(x, mask, 25, batch_shards=4)
+  xg2, _, _ = moe.group_tokens(x, mask, 25, batch_shards=2)
+  np.testing.assert_array_equal(xg2, xg)
+  # Four shards cannot each hold one of two groups: refused, with the group_size that fits
+  # (one example a group), rather than grouped per shard, which changed the result.
+  with pytest.raises(moe.RoutingGroupsError, match=r"routing groups of 2 examples of 10 tokens "
+                     r"\(group_size 25\) make 2 groups of a batch of 4, which the mesh's 4 "
+                     r"batch shards cannot each hold whole: set the model's group_size to 10 "
+                     r".* or make the batch a multiple of 8"):
+    moe.group_tokens(x, mask, 25, batch_shards=4)
+  xg, _, _ = moe.group_tokens(x, mask, 10, batch_shards=4)
   assert xg.shape == (4, 10, 2)
   # Long sequences: split into equal groups, padded at the end.
   xg, valid, ungroup = moe.group_tokens(x, mask, 4, batch_shards=2)

@@ -18,7 +18,7 @@ from impax.model import get_config, init_params, sharding
 SCRIPT = textwrap.dedent("""
     import os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    import json
+    import dataclasses, json
     import jax, jax.numpy as jnp, numpy as np
     from impax.model import Model, get_config, init_params, sharding
 
@@ -31,8 +31,9 @@ SCRIPT = textwrap.dedent("""
               "text": rng.integers(1, 1000, (16, 12)).astype(np.int32)}
     inputs["text"][:, 9:] = 0  # Padding.
     results = {}
-    for router, top_k in (("expert_choice", 1), ("token_choice", 2)):
-      config = get_config("tiny", group_size=32, router=router, top_k=top_k)
+    for router, top_k in (("expert_choice", 1), ("token_choice", 2), ("dense", 1)):
+      config = (get_config("tiny", moe_layers=()) if router == "dense" else
+                get_config("tiny", group_size=32, router=router, top_k=top_k))
       params = init_params(config, jax.random.key(0))
 
       def value_and_grad(model):
@@ -57,7 +58,6 @@ SCRIPT = textwrap.dedent("""
       diff = lambda a, b: max(float(jnp.max(jnp.abs(x - y))) for x, y in
                               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
       scale = lambda a: max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(a))
-      wi = grads8["encoder"]["block_3"]["moe"]["wi"]
       results[router] = dict(
           mesh=dict(mesh.shape),
           loss=[float(loss1), float(loss8)],
@@ -69,15 +69,27 @@ SCRIPT = textwrap.dedent("""
           stats_equal=bool(all(np.array_equal(a, b) for a, b in zip(
               jax.tree.leaves(out1["moe"]["experts"]),
               jax.tree.leaves(out8["moe"]["experts"])))),
-          expert_grad_spec=list(wi.sharding.spec),
-          expert_grad_shard=list(wi.addressable_shards[0].data.shape),
           all_to_all=hlo.count(" all-to-all("),
           all_gather=hlo.count(" all-gather("))
+      if router == "dense":
+        continue
+      wi = grads8["encoder"]["block_3"]["moe"]["wi"]
+      results[router].update(expert_grad_spec=list(wi.sharding.spec),
+                             expert_grad_shard=list(wi.addressable_shards[0].data.shape))
       try:  # A batch the mesh cannot split is refused.
         step(sharded_params, {"video": inputs["video"][:4]})
         results[router]["odd_batch_refused"] = False
       except ValueError:
         results[router]["odd_batch_refused"] = True
+      # Routing groups of 4 captions (12 tokens, group_size 64): 4 groups of the 16, which
+      # 8 devices cannot each hold whole. Once grouped per device (2 captions a group), and
+      # so computed differently on one device and on eight; now refused, with the value.
+      wide = dataclasses.replace(config, group_size=64)
+      try:
+        value_and_grad(Model(wide, mesh))(sharded_params, sharded_inputs)
+        results[router]["unshardable_groups"] = "not refused"
+      except ValueError as e:
+        results[router]["unshardable_groups"] = str(e)
     print("RESULTS", json.dumps(results))
 """)
 
@@ -91,7 +103,7 @@ def results():
   return json.loads(line.split(" ", 1)[1])
 
 
-@pytest.mark.parametrize("router", ["expert_choice", "token_choice"])
+@pytest.mark.parametrize("router", ["expert_choice", "token_choice", "dense"])
 def test_one_and_eight_devices_agree(results, router):
   r = results[router]
   assert r["mesh"] == {"data": 2, "expert": 4}
@@ -101,6 +113,14 @@ def test_one_and_eight_devices_agree(results, router):
   assert r["output_diff"] <= 1e-5 * max(1.0, r["output_scale"])
   assert r["grad_diff"] <= 1e-5 * max(1.0, r["grad_scale"])
   assert r["stats_equal"]  # Same routing: same tokens per expert, drops.
+
+
+@pytest.mark.parametrize("router", ["expert_choice", "token_choice"])
+def test_groups_that_eight_devices_cannot_hold_whole_are_refused(results, router):
+  assert results[router]["unshardable_groups"].startswith(
+      "routing groups of 4 examples of 12 tokens (group_size 64) make 4 groups of a batch of "
+      "16, which the mesh's 8 batch shards cannot each hold whole: set the model's group_size "
+      "to 24")
 
 
 @pytest.mark.parametrize("router", ["expert_choice", "token_choice"])
