@@ -277,13 +277,13 @@ def main():
     for n in args.workers:
       out = os.path.join(args.workdir, f"out{n}")
       run = pipeline(manifest, out, n, settings)
+      own = build.pipeline_options([], n, read.max_entries(manifest, registry.get("jsonl")))
+      own = own.get_all_options()
+      run["mode"] = own["direct_running_mode"]
       if not args.no_fixed_cost:
         # The fixed cost: one example in the N-example build's own mode and workers.
-        own = build.pipeline_options([], n, read.max_entries(manifest, registry.get("jsonl")))
-        own = own.get_all_options()
         mode = [f"--direct_running_mode={own['direct_running_mode']}",
                 f"--direct_num_workers={own['direct_num_workers']}"]
-        run["mode"] = own["direct_running_mode"]
         run["fixed"] = pipeline(one, out + "-one", n, settings, mode)["s"]
       builds[n].append(run)
   loop_s, loop_cpu = (statistics.median(run[k] for run in loops) for k in (0, 1))

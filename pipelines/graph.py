@@ -178,23 +178,20 @@ MAX_OPEN_SPILLS = 32  # spill files a bundle keeps open; one evicted is reopened
 
 @dataclasses.dataclass(frozen=True)
 class RecordAt:
-  """Where step 5 left an example's serialized record for step 6."""
-  path: str
+  """Where step 5 left an example's serialized record for step 6: `length` bytes at
+  `offset` of a spill file (its name in the build's records folder), or, without a
+  file, a blob of its own (Plan.record_blob). Every result carries one through the
+  shuffle, so it holds a name, not a path."""
+  file: str | None = None
   offset: int = 0
-  length: int | None = None  # None: the whole file
+  length: int = 0
+
+  def path(self, plan: Plan, index: int) -> str:
+    return storage.join(_spill_dir(plan), self.file) if self.file else plan.record_blob(index)
 
 
 def _spill_dir(plan: Plan) -> str:
   return storage.join(plan.tmp, "records")
-
-
-def _record_at(result_json: Mapping, plan: Plan) -> RecordAt:
-  """Where a result read back from its file says its record is."""
-  spilled = result_json.get("record")
-  if spilled is None:  # a record of its own (an object store, or an older impax)
-    return RecordAt(plan.record_blob(result_json["index"]))
-  return RecordAt(storage.join(_spill_dir(plan), spilled["file"]), spilled["offset"],
-                  spilled["length"])
 
 
 class Process(beam.DoFn):
@@ -227,9 +224,8 @@ class Process(beam.DoFn):
   def _keep(self, shard: int, index: int, record: bytes) -> RecordAt:
     """Puts a record where its shard's writer will find it, whole before this returns."""
     if not self._spill:
-      path = self.plan.record_blob(index)
-      storage.write_atomic(path, record)
-      return RecordAt(path)
+      storage.write_atomic(self.plan.record_blob(index), record)
+      return RecordAt()
     f = self._open.pop(shard, None)
     if f is None:
       if len(self._open) >= MAX_OPEN_SPILLS:
@@ -245,7 +241,7 @@ class Process(beam.DoFn):
     offset = f.tell()
     f.write(record)
     f.flush()  # on disk (for other processes to read) before the result that points to it
-    return RecordAt(f.name, offset, len(record))
+    return RecordAt(os.path.basename(f.name), offset, len(record))
 
   def process(self, item, prepared: Prepared):
     shard, entry = item
@@ -256,7 +252,8 @@ class Process(beam.DoFn):
     if storage.exists(result_path):  # processed by a build that was killed
       stored = json.loads(storage.read(result_path))
       result = example.result_from_json(stored)
-      yield shard, (result, _record_at(stored, self.plan)
+      # Without "record": a blob of its own (an object store, or an older impax's build).
+      yield shard, (result, RecordAt(**stored.get("record", {}))
                     if isinstance(result, example.Processed) else None)
       return
     if self._labels[0] is not prepared.labels:
@@ -265,28 +262,28 @@ class Process(beam.DoFn):
                                            self._labels[1], self.plan.media_base)
     at = None if record is None else self._keep(shard, entry.index, record)
     stored = result.to_json()
-    if at is not None and at.length is not None:
-      stored["record"] = {"file": os.path.basename(at.path), "offset": at.offset,
-                          "length": at.length}
+    if at is not None and at.file:
+      stored["record"] = dataclasses.asdict(at)
     storage.write_atomic(result_path, json.dumps(stored, sort_keys=True).encode())
     yield shard, (result, at)
 
 
-def _read_records(written: list[tuple[example.Processed, RecordAt]]):
+def _read_records(written: list[tuple[example.Processed, RecordAt]], plan: Plan):
   """The records, in the order given; each spill file is opened once."""
   files = {}
   try:
-    for _, at in written:
-      if at.length is None:
-        yield storage.read(at.path)
+    for r, at in written:
+      path = at.path(plan, r.index)
+      if not at.file:
+        yield storage.read(path)
         continue
-      if at.path not in files:
-        files[at.path] = open(at.path, "rb")
-      f = files[at.path]
+      if path not in files:
+        files[path] = open(path, "rb")
+      f = files[path]
       f.seek(at.offset)
       record = f.read(at.length)
       if len(record) != at.length:
-        raise OSError(f"{at.path} ends before the record at {at.offset} (+{at.length})")
+        raise OSError(f"{path} ends before the record at {at.offset} (+{at.length})")
       yield record
   finally:
     for f in files.values():
@@ -370,7 +367,7 @@ class WriteShard(beam.DoFn):
     os.close(fd)
     try:
       writer = ArrayRecordWriter(local, plan.config.array_record_options())
-      with contextlib.closing(_read_records(written)) as records:
+      with contextlib.closing(_read_records(written, plan)) as records:
         for position, ((r, _), record) in enumerate(zip(written, records)):
           writer.write(record)
           for part in modalities.PARTS:
@@ -392,7 +389,7 @@ class WriteShard(beam.DoFn):
     finally:
       if os.path.exists(local):
         os.remove(local)
-    _remove({at.path for _, at in written})
+    _remove({at.path(plan, r.index) for r, at in written})
     yield info
 
 
