@@ -10,7 +10,8 @@ STATE_DIR/state.json.
 Every port they listen on is bound to 127.0.0.1 unless `start` is given another address:
 Beam's job server and SDK worker pool run whatever pipeline or worker they are sent, to
 anyone who reaches them, so on another address they hand that machine's code execution to
-its network.
+its network. The servers Beam's runner opens for the SDK workers while a job runs (in Flink's
+TaskManager, Spark's executors) are on loopback whatever the address: see LOOPBACK_AGENT.
 
 What runs, fetched once into the cache (IMPAX_ENGINE_CACHE, default ~/.cache/impax/engines)
 by `impax engine fetch` (make install runs it), every file checked against ENGINE_JARS:
@@ -37,6 +38,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable
 
 BEAM_JAVA = "2.62.0"
@@ -557,12 +559,55 @@ def _job_server(state: dict, engine: Engine, flags: tuple[str, ...], extra_class
   with open(source, "w") as f:
     f.write(BOUND_JOB_SERVER)
   _spawn(state, "job_server", [
-      _java(), *jvm, "-Xmx1g", f"-Dlog4j2.configurationFile=file:{os.path.join(state['dir'], 'log4j2.properties')}",
+      _java(), *jvm, f"-javaagent:{loopback_agent(engine)}", "-Xmx1g", f"-Dlog4j2.configurationFile=file:{os.path.join(state['dir'], 'log4j2.properties')}",
       "-cp", _classpath(os.path.join(_job_server_dir(engine), "lib"), *extra_classpath),
       source, engine.job_invoker, *flags, f"--job-host={state['bind']}", f"--job-port={ports['job']}",
       f"--artifact-port={ports['artifact']}", f"--expansion-port={ports['expansion']}"], env)
   _wait(f"Beam's {engine.name} job server", _listening(ports["job"], state["host"]), state, "job_server",
         timeout)
+
+
+# Beam's runner opens a job's servers for its SDK workers (control, data, state, logging,
+# provisioning, artifacts) with ServerFactory's InetSocketAddressServerFactory, which binds
+# every interface. The engines load it from each job's staged jars, through a loader of the
+# job's (Flink's child-first one, a Spark executor's); a copy on the JVM's own classpath
+# would be loaded apart from the Beam classes it calls. So the JVMs run the agent
+# pipelines/java/LoopbackAgent.java, which gives every loader impax's copy of the class
+# (pipelines/java/ServerFactory.java): it binds loopback, the address it tells the workers.
+JAVA_SOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "java")
+LOOPBACK_AGENT = ("LoopbackAgent.java", "ServerFactory.java")
+LOOPBACK_CLASS = "org/apache/beam/sdk/fn/server/ServerFactory$InetSocketAddressServerFactory.class"
+
+
+def loopback_agent(engine: Engine) -> str:
+  """The agent's jar, compiled once into the cache against the engine's job server's jars."""
+  sources = [os.path.join(JAVA_SOURCES, name) for name in LOOPBACK_AGENT]
+  digest = hashlib.sha256(b"".join(open(s, "rb").read() for s in sources)).hexdigest()[:16]
+  jar = os.path.join(cache_dir(), f"loopback-agent-{BEAM_JAVA}-{digest}.jar")
+  if os.path.exists(jar):
+    return jar
+  lib = os.path.join(_job_server_dir(engine), "lib")
+  jars = sorted(os.path.join(lib, n) for n in os.listdir(lib) if n.endswith(".jar"))
+  with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+    # javac through its module: Debian's JRE ships it (`java FILE.java` needs it too), not the
+    # javac command. --release 8, as Beam's classes, so the copy has their shape.
+    result = subprocess.run([_java(), "-m", "jdk.compiler/com.sun.tools.javac.Main", "--release", "8",
+                             "-Xlint:-options", "-cp", ":".join(jars), "-d", tmp, *sources],
+                            capture_output=True, text=True)
+    if result.returncode:
+      raise EngineError(f"javac {' '.join(LOOPBACK_AGENT)} failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
+    with zipfile.ZipFile(os.path.join(lib, f"beam-sdks-java-core-{BEAM_JAVA}.jar")) as core:
+      replaces = hashlib.sha256(core.read(LOOPBACK_CLASS)).hexdigest()
+    with zipfile.ZipFile(os.path.join(tmp, "agent.jar"), "w") as out:
+      out.writestr("META-INF/MANIFEST.MF", "Manifest-Version: 1.0\nPremain-Class: LoopbackAgent\n")
+      for name in sorted(os.listdir(tmp)):
+        if name.startswith("LoopbackAgent"):
+          out.write(os.path.join(tmp, name), name)
+      # Not at its class's path: the jar is on the JVM's classpath, whose loader would take it.
+      out.write(os.path.join(tmp, LOOPBACK_CLASS), "loopback/InetSocketAddressServerFactory.class")
+      out.writestr("loopback/replaces.sha256", replaces + "\n")
+    os.replace(os.path.join(tmp, "agent.jar"), jar)
+  return jar
 
 
 # -- Flink ----------------------------------------------------------------------------
@@ -624,11 +669,12 @@ def _flink_resources(home: str, conf_dir: str, which: str) -> tuple[list[str], l
   return lines[-2].split(), lines[-1].split()
 
 
-def _flink_process(state: dict, role: str, main_class: str, which: str, extra: list[str]) -> None:
+def _flink_process(state: dict, role: str, main_class: str, which: str, extra: list[str],
+                   agent: tuple[str, ...] = ()) -> None:
   home, conf_dir = state["home"], state["conf"]
   jvm, dynamic = _flink_resources(home, conf_dir, which)
   _spawn(state, role, [
-      _java(), *jvm, f"-Dlog.file={os.path.join(state['dir'], role + '.flink.log')}",
+      _java(), *jvm, *agent, f"-Dlog.file={os.path.join(state['dir'], role + '.flink.log')}",
       f"-Dlog4j.configurationFile=file:{os.path.join(conf_dir, 'log4j.properties')}",
       "-cp", _classpath(os.path.join(home, "lib")), main_class, "--configDir", conf_dir, *extra, *dynamic])
 
@@ -641,8 +687,9 @@ def start_taskmanager(state: dict, timeout: float = 120) -> None:
   given its slots in that time would fail: so the wait lasts until it is gone.
   """
   before = {tm["id"] for tm in _flink_taskmanagers(state)}
+  # Its tasks run Beam's runner, which serves each job's SDK workers.
   _flink_process(state, "taskmanager", "org.apache.flink.runtime.taskexecutor.TaskManagerRunner",
-                 "GET_TM_RESOURCE_PARAMS", [])
+                 "GET_TM_RESOURCE_PARAMS", [], (f"-javaagent:{loopback_agent(ENGINES['flink'])}",))
 
   def ready():
     tms = _flink_taskmanagers(state)
@@ -701,12 +748,17 @@ SPARK_JAVA17 = ["-XX:+IgnoreUnrecognizedVMOptions", "--add-opens=java.base/java.
 def _start_spark(state: dict, slots: int, timeout: float, master: str | None) -> list[str]:
   engine = ENGINES["spark"]
   home = state["home"] = _home(engine)
+  executors = ()
   if master is None:
     master = _spark_cluster(state, home, slots, timeout)
+    # The driver's conf (Beam's runner reads spark.* properties) starts each job's executors,
+    # which run Beam's runner for the SDK workers, with the agent; not on a cluster of one's
+    # own, whose hosts need not have this path.
+    executors = (f"-Dspark.executor.extraJavaOptions=-javaagent:{loopback_agent(engine)}",)
   # Beam's runner is the Spark driver, inside the job server: Spark's jars go after Beam's.
   # SPARK_LOCAL_IP: the driver (and its web UI, each job's) binds there, not to every interface.
   _job_server(state, engine, (f"--spark-master-url={master}",), (os.path.join(home, "jars"),), timeout,
-              jvm=tuple(SPARK_JAVA17), env={"SPARK_LOCAL_IP": state["bind"]})
+              jvm=(*SPARK_JAVA17, *executors), env={"SPARK_LOCAL_IP": state["bind"]})
   _sdk_worker_pool(state, timeout)
   return ["--runner=SparkRunner"]
 

@@ -179,7 +179,8 @@ def test_flink_listens_on_loopback_only(flink):
 
 def test_flink_builds_the_direct_runners_bytes(flink, corpora, tmp_path):
   manifests, reference = corpora
-  build(manifests["videos"], tmp_path / "videos", *flink.options, workers=None)
+  a_jobs_sockets_are_on_loopback(flink, ["jsonl", "--input", manifests["videos"], "--output", str(tmp_path / "videos"),
+                                         "--num-shards", "3", *SMALL, "--", *flink.options], tmp_path / "log")
   assert contents(tmp_path / "videos") == contents(reference / "videos")
   # Without --workers, the job runs on every slot of the cluster.
   rest = flink.state["ports"]["flink_rest"]
@@ -204,6 +205,19 @@ def test_flink_builds_the_direct_runners_bytes(flink, corpora, tmp_path):
   # The jobs ran on the cluster, not in the launcher.
   jobs = engine._get_json(flink.state["ports"]["flink_rest"], "/jobs/overview")["jobs"]
   assert sum(j["state"] == "FINISHED" for j in jobs) >= 2
+
+
+def a_jobs_sockets_are_on_loopback(cluster, argv, log_path):
+  """Runs `impax build ARGV` on the cluster, watching every socket its processes listen on:
+  while the job runs, the servers Beam's runner opens in the engine's Java processes for the
+  SDK workers (control, data, state, logging, provisioning, artifacts) are on loopback too."""
+  at_rest = set(cluster_listening(cluster))
+  seen = build_watching_sockets(argv, log_path, also=[p["pid"] for p in cluster.state["processes"].values()])
+  opened = [(address, command) for address, command in seen - at_rest
+            if os.path.basename(command.split()[0]) == "java"]
+  assert len(opened) >= 4, (at_rest, seen)  # what the check is for: the job's servers are seen
+  exposed = [s for s in seen if not on_loopback(s[0])]
+  assert not exposed, f"{cluster.name} listens beyond loopback while a job runs: {exposed}"
 
 
 def _examples_done(output):
@@ -243,7 +257,9 @@ def test_spark_listens_on_loopback_only(spark):
 
 def test_spark_builds_the_direct_runners_bytes(spark, corpora, tmp_path):
   manifests, reference = corpora
-  build(manifests["bad"], tmp_path / "bad", *spark.options)
+  a_jobs_sockets_are_on_loopback(spark, ["jsonl", "--input", manifests["bad"], "--output", str(tmp_path / "bad"),
+                                         "--workers", "2", "--num-shards", "3", *SMALL, "--", *spark.options],
+                                 tmp_path / "log")
   assert contents(tmp_path / "bad") == contents(reference / "bad")
   assert set(spark.state["processes"]) == {"master", "worker", "job_server", "sdk_worker_pool"}
   spark.stop()  # and what the job staged in the worker's folder goes with the cluster
