@@ -251,8 +251,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       else:  # the step left the state as it was (step.make_step)
         nonfinite["in_a_row"] += 1
         nonfinite["in_all"] += 1
-        where = [f"{n} bucket {loaders[n].bucket_of(step - 1)} ({step_lib.shape_text(shape)}) "
-                 f"loss {float(stats[n]['loss']):g}" for n, shape in zip(names, shapes)]
+        where = [f"{n} {_bucket_text(loaders[n], shape)} loss {float(stats[n]['loss']):g}"
+                 for n, shape in zip(names, shapes)]
         nonfinite["steps"] = (nonfinite["steps"] + [{"step": step, "tasks": where}])[-100:]
         log(f"step {step}: non-finite loss or gradient ({'; '.join(where)}, gradient norm "
             f"{float(grad_norm):g}): update skipped, {nonfinite['in_a_row']} in a row, "
@@ -418,6 +418,16 @@ class _Best:
 
   def close(self) -> None:
     self.ckpt.close()
+
+
+def _bucket_text(data, shapes: dict) -> str:
+  """A batch's bucket as the log names it: `bucket 1 (video 4x16x16: 16x4x16x16x3)`."""
+  text = step_lib.shape_text(shapes)
+  keys = [step_lib.program_key(s) for s in data.batch_shapes()]
+  if step_lib.program_key(shapes) not in keys:  # a batch from `iterators`, of its own shape
+    return f"batch {text}"
+  i = keys.index(step_lib.program_key(shapes))
+  return f"bucket {i} ({inputs.bucket_text(data.buckets[i])}: {text})"
 
 
 def _loader_states(iterators) -> dict:

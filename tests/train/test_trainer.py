@@ -455,8 +455,8 @@ def test_a_nonfinite_step_is_skipped_and_a_diverged_run_stops_without_saving_it(
   assert [s["step"] for s in summary["nonfinite_steps"]["last"]] == [3, 4, 6, 7, 8]
   assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
   assert any(line.startswith("step 3: non-finite loss or gradient (audio_classification bucket 0 "
-                             "(8x32x128) loss nan, gradient norm nan): update skipped, 1 in a "
-                             "row, 1 in all") for line in logged), logged
+                             "(audio 0.32 s: 8x32x128) loss nan, gradient norm nan): update "
+                             "skipped, 1 in a row, 1 in all") for line in logged), logged
   rows = metrics.read(str(tmp_path / "metrics.jsonl"))
   assert sorted({r["step"] for r in rows if "loss" in r}) == [1, 2, 5]
   assert [r["step"] for r in rows if r.get("nonfinite")] == [3, 4, 6, 7, 8]
