@@ -18,7 +18,8 @@ import tomllib
 # Bumped when the record layout or the processing changes what bytes a build
 # writes; part of the config hash so old outputs are not resumed into.
 # 2: a record's source is relative to the corpus root; 3: fingerprints; 4: a video's centre hash;
-# 5: anamorphic video at its display aspect, the long side capped.
+# 5: anamorphic video at its display aspect, the long side capped; an image shrunk over 2
+# times decodes at a JPEG's DCT scale and resizes with reducing_gap (other resized bytes).
 FORMAT_VERSION = 5
 
 JPEG_MAX_SIDE = 65500  # libjpeg's largest width or height
@@ -75,6 +76,8 @@ class BuildConfig:
                                    "next one, with jitter (a Retry-After header may ask more)")
   download_max_redirects: int = _field(10, "most redirects a download follows")
   download_per_host: int = _field(4, "most downloads from one host at once in each worker process")
+  download_threads: int = _field(16, "downloads each worker runs at once, ahead of the examples "
+                                 "that need them; 1: each as its example is processed")
   # Sizes a corpus's media have with room to spare (CC3M's images, WebVid's previews); a
   # larger body is more likely a mistake than an example.
   download_image_max_bytes: int = _field(32_000_000, "most bytes of a downloaded image")
@@ -122,6 +125,7 @@ class BuildConfig:
         ("download_backoff", self.download_backoff >= 0, "must be >= 0"),
         ("download_max_redirects", self.download_max_redirects >= 0, "must be >= 0"),
         ("download_per_host", self.download_per_host > 0, "must be > 0"),
+        ("download_threads", self.download_threads > 0, "must be > 0"),
         ("download_image_max_bytes", self.download_image_max_bytes > 0, "must be > 0"),
         ("download_video_max_bytes", self.download_video_max_bytes > 0, "must be > 0"),
         ("download_audio_max_bytes", self.download_audio_max_bytes > 0, "must be > 0"),
@@ -157,7 +161,7 @@ SPLIT_FIELDS = ("num_shards", "shard_size")
 # become examples, so they are hashed.)
 FETCH_FIELDS = ("download_connect_timeout", "download_read_timeout", "download_timeout",
                 "download_retries", "download_backoff", "download_max_redirects",
-                "download_per_host", "user_agent", "keep_originals")
+                "download_per_host", "download_threads", "user_agent", "keep_originals")
 
 
 def read_config_file(path: str) -> dict:

@@ -23,6 +23,7 @@ How a download goes, as the well-kept downloaders (img2dataset, urllib3) do it:
     reads it there before going to the web.
 """
 
+import concurrent.futures
 import contextlib
 import email.utils
 import hashlib
@@ -82,22 +83,78 @@ def local_copy(url: str, medium: str, config: BuildConfig):
   """A local file of the URL's body (decoded) and its sha256; raises DownloadError.
 
   With config.keep_originals, the body comes from there when an earlier build kept it.
+  A download `Ahead` started for this thread is taken rather than made again.
   """
-  kept = _kept(url, medium, config) if config.keep_originals else None
-  if kept:
-    with storage.local_copy(kept[0]) as (path, sha256):
+  started = getattr(_ahead, "fetches", {}).pop((url, medium), None)
+  copy, path, sha256, robots = started.result() if started else _fetch(url, medium, config)
+  with copy:
+    if robots is not None and config.keep_originals:
+      _keep(url, path, sha256, robots, config.keep_originals)
+    yield path, sha256
+
+
+def _fetch(url: str, medium: str, config: BuildConfig):
+  """local_copy's file: (an ExitStack that removes it, its path, its sha256, the response's
+  X-Robots-Tag values, or None when it was kept by an earlier build)."""
+  copy = contextlib.ExitStack()
+  try:
+    kept = _kept(url, medium, config) if config.keep_originals else None
+    if kept:
+      path, sha256 = copy.enter_context(storage.local_copy(kept[0]))
       if sha256 == kept[1]:  # else damaged: download it again
         with open(path, "rb") as f:
           refused = sniff(medium, f.read(_HEAD), path)
         if refused:
           raise DownloadError(refused)
-        yield path, sha256
-        return
-  with tempfile.NamedTemporaryFile(prefix="impax-download-") as local:
+        return copy, path, sha256, None
+      copy.close()
+    local = copy.enter_context(tempfile.NamedTemporaryFile(prefix="impax-download-"))
     sha256, robots = download(url, medium, config, local)
-    if config.keep_originals:
-      _keep(url, local.name, sha256, robots, config.keep_originals)
-    yield local.name, sha256
+    return copy, local.name, sha256, robots
+  except BaseException:
+    copy.close()
+    raise
+
+
+class Ahead:
+  """Downloads started on a thread pool before their examples are processed, so that a
+  worker waits for many servers at once. Each is the same `_fetch` (retries, limits,
+  opt-out, kept originals), its failure raised when its example reaches local_copy; a
+  body waits in a temporary file, so at most `window` of them are on disk at once."""
+
+  def __init__(self, threads: int):
+    self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="impax-download")
+
+  def start(self, urls: list[tuple[str, str]], config: BuildConfig) -> dict:
+    """{(url, medium): future} of one example's URLs."""
+    return {(url, medium): self.pool.submit(_fetch, url, medium, config) for url, medium in urls}
+
+  def close(self):
+    self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def taken_from(fetches: dict):
+  """local_copy, on this thread, takes these started downloads ({(url, medium): future});
+  those it does not take (the example failed before) are removed once done."""
+  _ahead.fetches = dict(fetches)
+  try:
+    yield
+  finally:
+    left, _ahead.fetches = _ahead.fetches, {}
+    for future in left.values():
+      discard(future)
+
+
+def discard(future: concurrent.futures.Future):
+  """Removes a started download's file once it is done; a cancelled one leaves none."""
+  def close(f):
+    if not f.cancelled() and f.exception() is None:
+      f.result()[0].close()
+  future.add_done_callback(close)
+
+
+_ahead = threading.local()
 
 
 def download(url: str, medium: str, config: BuildConfig, out) -> tuple[str, list[str]]:

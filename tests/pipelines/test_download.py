@@ -77,6 +77,7 @@ class Server(http.server.ThreadingHTTPServer):
     self.gate = threading.Event()  # /gate/ answers once set
     self.closing = threading.Event()
     self.active, self.most_active = 0, 0
+    self.delayed = []  # (start, end) of each /delay/ answer
     self.lock = threading.Lock()
 
   def url(self, path: str) -> str:
@@ -178,6 +179,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
       with s.lock:
         s.active -= 1
       self.send(200, s.files["red.png"])
+    elif kind == "delay":  # /delay/NAME: 200 ms, as a distant server takes
+      start = time.monotonic()
+      time.sleep(0.2)
+      self.send(200, s.files[rest])
+      with s.lock:
+        s.delayed.append((start, time.monotonic()))
     else:
       self.send(404)
 
@@ -295,6 +302,29 @@ def test_every_good_url_is_written_and_every_bad_one_listed_with_its_reason(buil
   assert server.hits["/flaky/429/white.png"] == 4  # two builds, two tries each
   # The User-Agent names impax and its version.
   assert server.agents == {download.user_agent()} and download.user_agent().startswith("impax/")
+
+
+def test_downloads_ahead_give_the_bytes_of_one_at_a_time(built, server, tmp_path):
+  """The built corpus downloads 16 at a time (download_threads' default): the same shards
+  and failures as a build that downloads each URL as its example is processed."""
+  manifest = write_manifest(tmp_path / "web.jsonl", server)
+  out = tmp_path / "one-at-a-time"
+  assert build(manifest, out, "--num-shards", "2", "--download-threads", "1") == 0
+  assert list(shard_bytes(out).values()) == list(shard_bytes(built[0]).values())
+  reasons = lambda out: {id_: (f["stage"], f["error"]) for id_, f in failures(out).items()}
+  assert reasons(out) == reasons(built[0])
+
+
+def test_a_worker_waits_for_many_servers_at_once(server, tmp_path):
+  n = 24
+  names = ["red.png", "blue.png", "green.png", "white.png"]
+  cases = [(f"slow-{i}", "image", f"/delay/{names[i % 4]}?{i}", None) for i in range(n)]
+  manifest = write_manifest(tmp_path / "slow.jsonl", server, cases)
+  assert build(manifest, tmp_path / "out", "--workers", "1", "--download-per-host", "16") == 0
+  assert sorted(record_ids(tmp_path / "out")) == sorted(c[0] for c in cases)
+  starts, ends = zip(*server.delayed)
+  # One at a time, the downloads alone would take n x 200 ms = 4.8 s.
+  assert len(server.delayed) == n and max(ends) - min(starts) < n * 0.2 / 3
 
 
 def test_metadata_and_card_count_download_failures_by_reason(built):
@@ -475,7 +505,7 @@ def test_opt_out_reads_x_robots_tag_as_img2dataset(values, refused):
 def test_download_settings_that_cannot_change_bytes_keep_the_config_hash():
   fp = lambda **s: config_lib.config_hash(config_lib.fingerprint(config_lib.resolve(s), "jsonl"))
   assert fp() == fp(download_timeout=5.0, user_agent="data@example.org", keep_originals="/k",
-                    download_retries=0, download_per_host=1)
+                    download_retries=0, download_per_host=1, download_threads=1)
   assert fp() != fp(download_image_max_bytes=10) != fp(opt_out="noai")
   with pytest.raises(ValueError, match="opt_out"):
     config_lib.resolve({"opt_out": "noai; noindex"})
