@@ -233,18 +233,16 @@ def get_config(data):
   # batch_multiple (8): 16 and 8 on any number of devices (before batch_multiple, one
   # device took 18 and 10, eight 16 and 8). Routing groups depend on the global batch and
   # group_size alone: with groups of 32 tokens (a video, a caption, two 32-pixel images
-  # or their two captions, half a 48-pixel image or a spectrogram) each of eight devices
-  # holds whole groups. With the preset's 64, the 16 images of 32 pixels would make 4
-  # groups, which 8 devices cannot hold whole: refused (once grouped per device, which
-  # changed the losses: issue 31).
+  # or their two captions, half a spectrogram) each of eight devices holds whole groups.
+  # With the preset's 64, the 16 images of 32 pixels would make 4 groups, which 8 devices
+  # cannot hold whole: refused (once grouped per device, which changed the losses: issue 31).
   return TrainConfig(
       tasks=(Task("video_text", data + "/videos", "contrastive", ("video", "text"),
                   buckets=(Bucket(video=(4, 32, 32)),), token_budget=1008, text_length=24),
              Task("audio_classification", data + "/audio", "classification", ("spectrogram",),
                   buckets=(Bucket(audio_seconds=0.32),), token_budget=640),
              Task("image_text", data + "/images", "contrastive", ("image", "text"),
-                  buckets=(Bucket(image=(48, 48), batch_size=16),  # its step draws 32
-                           Bucket(image=(32, 32), batch_size=16)), text_length=16)),
+                  buckets=(Bucket(image=(32, 32), batch_size=16),), text_length=16)),
       model="tiny", model_overrides=(("group_size", 32),), steps=4, warmup_steps=1,
       learning_rate=1e-3, log_every=1, eval_at_end=False, plots=False)
 '''
