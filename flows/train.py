@@ -34,6 +34,23 @@ class TrainingStopped(RuntimeError):
   """The trainer left before the last step (SIGTERM); the next attempt resumes."""
 
 
+class TrainingDiverged(ValueError):
+  """max_nonfinite_steps stopped the run: a retry from its last checkpoint would diverge
+  again, so it is not retried."""
+
+
+def _retried(task, task_run, state) -> bool:
+  """A refusal (ValueError: a config that changes the run on resume, a bad field) or a
+  diverged run comes again on a retry: only other failures are retried."""
+  try:
+    state.result()
+  except ValueError:
+    return False
+  except Exception:
+    return True
+  return True
+
+
 @task(name="load_config", task_run_name="load_config", cache_policy=NO_CACHE)
 def load_config(config: str, overrides: list[str]):
   """The TrainConfig, refused here (not retried) when a field, task, dataset or bucket is
@@ -46,13 +63,16 @@ def load_config(config: str, overrides: list[str]):
   return loaded
 
 
-@task(name="train_model", task_run_name="train_model", cache_policy=NO_CACHE)
+@task(name="train_model", task_run_name="train_model", cache_policy=NO_CACHE,
+      retry_condition_fn=_retried)
 def train_model(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Trains, or resumes workdir's last checkpoint; returns the trainer's summary."""
   from impax.train import trainer
   logger = get_run_logger()
   summary = trainer.train(config, workdir, log=logger.info,
                           allow_config_change=allow_config_change)
+  if summary["status"] == "diverged":
+    raise TrainingDiverged(summary.get("reason") or f"training diverged at step {summary['step']}")
   if summary["status"] != "finished":
     raise TrainingStopped(f"training {summary['status']} at step {summary['step']} of "
                           f"{summary['steps']}; a retry resumes from its checkpoint")

@@ -100,3 +100,17 @@ def test_bad_training_parameters_are_refused_with_the_field_named(images, tiny_c
     end_to_end(root=str(tmp_path), corpora=[{"output": params["output"],
                                              "splits": params["splits"]}])
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_diverged_run_fails_the_train_flow_without_retries(images, tiny_config, tmp_path, api):
+  """A retry from the last finite checkpoint would diverge again: the flow fails at once."""
+  from impax.flows.train import TrainingDiverged, train
+  params, _ = images
+  state = train(config=f"{tiny_config}:{params['output']}", workdir=str(tmp_path / "run"),
+                overrides=["learning_rate=1e9", "max_nonfinite_steps=2", "steps=8"],
+                retry_delay_seconds=0.1, return_state=True)
+  assert state.is_failed()
+  with pytest.raises(TrainingDiverged, match=r"training diverged"):
+    state.result()
+  runs = api.task_runs(state.state_details.flow_run_id)
+  assert [r["run_count"] for name, r in runs.items() if name.startswith("train_model")] == [1]
