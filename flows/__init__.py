@@ -22,3 +22,17 @@ def markdown_text(text: str) -> str:
   """Markdown for Prefect's UI, whose renderer drops what looks like an HTML tag
   (`cannot read <image>` would show as `cannot read `): each `<` escaped."""
   return text.replace("<", "&lt;")
+
+
+def retried_unless(*refusals: type[BaseException]):
+  """A task's retry_condition_fn: a failure of these types (a refusal that comes again on
+  every attempt: a held output, a diverged run) is not retried; any other failure is."""
+  def condition(task, task_run, state) -> bool:
+    try:
+      state.result()
+    except refusals:
+      return False
+    except Exception:
+      return True
+    return True
+  return condition

@@ -48,7 +48,7 @@ from prefect.tasks import exponential_backoff
 from impax import demo
 from impax.datasets import card as card_lib
 from impax.datasets import metadata
-from impax.flows import artifact_key, markdown_text
+from impax.flows import artifact_key, markdown_text, retried_unless
 from impax.pipelines import build, lock, storage
 from impax.pipelines import publish as publish_lib
 from impax.pipelines import plan as plan_lib
@@ -127,21 +127,10 @@ def _absolute(path: str) -> str:
 # -- 2: build -----------------------------------------------------------------
 
 
-def _transient(task, task_run, state) -> bool:
-  """A refusal (another build holds the output, every input failed, too many failed)
-  comes again on a retry: only other failures are retried."""
-  try:
-    state.result()
-  except (build.BuildError, lock.Locked):
-    return False
-  except Exception:
-    return True
-  return True
-
-
 @task(name="build_split", task_run_name="build {split}", persist_result=True,
       cache_key_fn=lambda context, parameters: parameters["cache_key"],
-      retry_condition_fn=_transient)
+      # A held output, no example written, too many failed: the same on every attempt.
+      retry_condition_fn=retried_unless(build.BuildError, lock.Locked))
 def build_split(spec: str, input: str, output: str, split: str, settings: tuple[dict, ...],
                 workers: int | None, cache_key: str, beam_options: list[str] = (),
                 max_failure_rate: float | None = None) -> dict:

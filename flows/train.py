@@ -23,7 +23,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from impax.flows import artifact_key
+from impax.flows import artifact_key, retried_unless
 from impax.train import metrics
 
 # The trainer, its config and its evaluation import JAX: the tasks that run
@@ -39,18 +39,6 @@ class TrainingDiverged(ValueError):
   again, so it is not retried."""
 
 
-def _retried(task, task_run, state) -> bool:
-  """A refusal (ValueError: a config that changes the run on resume, a bad field) or a
-  diverged run comes again on a retry: only other failures are retried."""
-  try:
-    state.result()
-  except ValueError:
-    return False
-  except Exception:
-    return True
-  return True
-
-
 @task(name="load_config", task_run_name="load_config", cache_policy=NO_CACHE)
 def load_config(config: str, overrides: list[str]):
   """The TrainConfig, refused here (not retried) when a field, task, dataset or bucket is
@@ -64,7 +52,8 @@ def load_config(config: str, overrides: list[str]):
 
 
 @task(name="train_model", task_run_name="train_model", cache_policy=NO_CACHE,
-      retry_condition_fn=_retried)
+      # A refused resume (ValueError) or a diverged run comes again on every attempt.
+      retry_condition_fn=retried_unless(ValueError))
 def train_model(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Trains, or resumes workdir's last checkpoint; returns the trainer's summary."""
   from impax.train import trainer

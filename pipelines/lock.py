@@ -29,6 +29,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 
 from impax.pipelines import storage
 
@@ -46,7 +47,7 @@ class Locked(Exception):
 @dataclasses.dataclass
 class _Held:
   count: int
-  release: "callable"
+  release: Callable[[], None]
 
 
 _held: dict[str, _Held] = {}
