@@ -11,13 +11,16 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Top folder -> the package it is under the import namespace (pyproject's package-dir).
 PACKAGES = {"impax": "impax", "pipelines": "impax.pipelines", "datasets": "impax.datasets",
-            "model": "impax.model", "train": "impax.train", "flows": "impax.flows"}
-LAYERS = ("pipelines", "datasets", "model", "train", "flows", "cli", "demo", "root")
+            "tools": "impax.tools", "model": "impax.model", "train": "impax.train",
+            "flows": "impax.flows"}
+LAYERS = ("pipelines", "datasets", "tools", "model", "train", "flows", "cli", "demo", "root")
 # layer -> (the layers it may import, the rule in words)
 RULES = {
     "model": ({"model"}, "model imports only model"),
     "datasets": ({"datasets"}, "datasets imports only datasets"),
-    "pipelines": ({"datasets", "pipelines"}, "pipelines imports only datasets and pipelines"),
+    "tools": ({"datasets", "tools"}, "tools imports only datasets and tools"),
+    "pipelines": ({"datasets", "tools", "pipelines"},
+                  "pipelines imports only datasets, tools and pipelines"),
     "train": ({"datasets", "model", "train"}, "train imports only datasets, model and train"),
     "demo": (set(LAYERS) - {"flows", "cli"}, "demo imports anything but flows and cli"),
     "flows": (set(LAYERS) - {"cli"}, "flows imports anything but cli"),
