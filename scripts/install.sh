@@ -38,7 +38,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test]'
+# setuptools too, pinned: a reinstall without build isolation (pip install
+# --no-build-isolation -e .) builds with the venv's, and pyproject.toml needs >= 77.
+"$VENV/bin/python" -m pip install -q -c constraints.txt setuptools -e '.[test]'
 # The engines of distributed builds (README "Dataflow, Flink and Spark"), fetched once into
 # ${IMPAX_ENGINE_CACHE:-~/.cache/impax/engines} and reused: Flink's and Spark's jars from
 # PyPI's sdists, Beam's job servers from Maven Central (Java 17 and Maven), Prism built with
