@@ -51,7 +51,7 @@ def build_dataset(root: str, videos: int) -> str:
   if os.path.exists(os.path.join(out, "metadata.json")):
     return out
   manifests = demo.generate(os.path.join(root, "raw"), videos=videos, images=2, audio=2,
-                            seconds=2.0, size=160, test_fraction=0.1, seed=0)
+                            seconds=2.0, size=160, held_out={"test": 0.1}, seed=0)
   plan = build.prepare("jsonl", manifests["videos-train"], out, "train",
                        ({"video_short_side": 160, "video_fps": 8.0},))
   build.run(plan, workers=2)
