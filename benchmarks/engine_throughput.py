@@ -86,7 +86,7 @@ def main():
     results["flink_10x_examples_time_ratio_less_fixed"] = round(
         (large - flink["fixed_cost_s"]) / (small - flink["fixed_cost_s"]), 3)
   finally:
-    engine.stop_state(cluster)
+    engine.stop("flink", cluster["dir"])
   print(json.dumps(results, indent=2))
 
 

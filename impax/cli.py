@@ -265,12 +265,12 @@ def _engine_command(args, beam_args):
       print(" ".join(state["beam_options"]))
       return 0
     directory = args.state_dir or engine.state_dir(args.engine)
-    state = engine.read_state(directory)
+    stopping = args.action == "stop"
+    state = engine.stop(args.engine, directory) if stopping else engine.read_state(directory)
     if state is None:
       print(f"no {args.engine} cluster was started from {directory}", file=sys.stderr)
       return 3
-    if args.action == "stop":
-      engine.stop_state(state)
+    if stopping:
       print(f"{args.engine}: stopped {len(state['processes'])} process(es)")
       return 0
     alive = engine.status(state)

@@ -155,7 +155,7 @@ def test_build_dataset_runs_on_the_runner_beam_options_name(images, api, tmp_pat
     state = build_dataset(**{**params, "output": str(output)}, beam_options=cluster["beam_options"],
                           return_state=True)
   finally:
-    engine.stop_state(cluster)
+    engine.stop("portable", cluster["dir"])
   assert state.is_completed(), state.message
   digests = lambda d: {name: sha for name, (sha, _) in shard_digests(d).items()}
   assert digests(output) == digests(params["output"]) and len(digests(output)) == 4

@@ -21,7 +21,8 @@ import time
 
 import pytest
 
-from impax.pipelines import engine
+from impax.pipelines import engine, engine_fetch, processes
+from impax.pipelines.flink import start_taskmanager
 
 SMALL = ["--video-short-side", "32", "--image-short-side", "32", "--video-fps", "5.0"]
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -184,8 +185,8 @@ def test_flink_builds_the_direct_runners_bytes(flink, corpora, tmp_path):
   assert contents(tmp_path / "videos") == contents(reference / "videos")
   # Without --workers, the job runs on every slot of the cluster.
   rest = flink.state["ports"]["flink_rest"]
-  job = max(engine._get_json(rest, "/jobs/overview")["jobs"], key=lambda j: j["start-time"])
-  vertices = engine._get_json(rest, f"/jobs/{job['jid']}")["vertices"]
+  job = max(processes.get_json(rest, "/jobs/overview")["jobs"], key=lambda j: j["start-time"])
+  vertices = processes.get_json(rest, f"/jobs/{job['jid']}")["vertices"]
   assert {v["parallelism"] for v in vertices} == {flink.state["slots"]} == {2}
   # A cluster of one's own: `--master` starts only Beam's job server and the SDK workers for
   # it, here on another address that --bind names (all of 127.0.0.0/8 is this machine's).
@@ -203,7 +204,7 @@ def test_flink_builds_the_direct_runners_bytes(flink, corpora, tmp_path):
   assert contents(tmp_path / "bad") == contents(reference / "bad")
   assert contents(tmp_path / "bad")["metadata.json"]["splits"]["train"]["num_failed"] > 10
   # The jobs ran on the cluster, not in the launcher.
-  jobs = engine._get_json(flink.state["ports"]["flink_rest"], "/jobs/overview")["jobs"]
+  jobs = processes.get_json(flink.state["ports"]["flink_rest"], "/jobs/overview")["jobs"]
   assert sum(j["state"] == "FINISHED" for j in jobs) >= 2
 
 
@@ -235,9 +236,9 @@ def test_a_killed_taskmanager_then_a_rerun_gives_the_same_bytes(flink, corpora, 
     assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
     assert time.monotonic() < deadline, "the build never started processing"
     time.sleep(0.02)
-  engine.kill(flink.state, "taskmanager")  # kill -9, mid-build
+  processes.kill(flink.state, "taskmanager")  # kill -9, mid-build
   assert not os.path.exists(out / "metadata.json")
-  engine.start_taskmanager(flink.state)  # as a cluster manager would bring one back
+  start_taskmanager(flink.state)  # as a cluster manager would bring one back
   try:
     proc.wait(timeout=400)  # the job fails, or Flink recovers it: either way it ends
   finally:
@@ -277,10 +278,10 @@ def test_portable_listens_on_loopback_only(portable, tmp_path):
 def test_portable_runner_over_its_job_service(portable, corpora, tmp_path):
   manifests, reference = corpora
   # A job service that is not there: a clear failure, and nothing left that blocks the next build.
-  dead = f"--job_endpoint=127.0.0.1:{engine.free_port()}"
+  dead = f"--job_endpoint=127.0.0.1:{processes.free_port()}"
   failed = build(manifests["videos"], tmp_path / "videos", "--runner=PortableRunner", dead,
                  "--job_server_timeout=5", "--environment_type=EXTERNAL",
-                 f"--environment_config=127.0.0.1:{engine.free_port()}", check=False, timeout=120)
+                 f"--environment_config=127.0.0.1:{processes.free_port()}", check=False, timeout=120)
   assert failed.returncode != 0
   for name, manifest in manifests.items():
     # While a job runs, the job service's servers for it (artifacts, its SDK workers'
@@ -321,7 +322,7 @@ def test_prism_builds_the_direct_runners_bytes(corpora, tmp_path):
   seen = build_watching_sockets(
       ["jsonl", "--input", manifests["bad"], "--output", str(tmp_path / "bad"), "--workers", "2",
        "--num-shards", "3", *SMALL, "--", *engine.prism_options()], tmp_path / "log")
-  assert any(command.startswith(engine.prism_binary()) for _, command in seen), seen
+  assert any(command.startswith(engine_fetch.prism_binary()) for _, command in seen), seen
   assert all(on_loopback(address) for address, _ in seen), seen
   assert contents(tmp_path / "bad") == contents(reference / "bad")
 
@@ -341,13 +342,13 @@ def test_a_direct_runner_build_listens_on_loopback_only(corpora, tmp_path):
 
 def test_stop_never_signals_a_process_that_reused_a_recorded_id(tmp_path):
   state = {"dir": str(tmp_path), "processes": {}}
-  engine._spawn(state, "sleeper", ["sleep", "60"])
+  processes.spawn(state, "sleeper", ["sleep", "60"])
   process = state["processes"]["sleeper"]
-  assert engine.status(state) == {"sleeper": True}
+  assert processes.status(state) == {"sleeper": True}
   recorded = dict(process)
   process["started"] = "1"  # as if the system had given the id to another process since
-  engine.stop_state(state)
+  processes.stop_all(state)
   assert os.path.exists(f"/proc/{process['pid']}")  # left alone
   state["processes"]["sleeper"] = recorded
-  engine.stop_state(state)
-  assert engine.status(state) == {"sleeper": False}
+  processes.stop_all(state)
+  assert processes.status(state) == {"sleeper": False}
