@@ -48,8 +48,8 @@ def _dedupe(keyed):
 # One pass over the entries gathers everything that needs all of them: the label
 # names and the captions (step 3, the vocabularies) and the entries' count and index
 # range (step 4, the layout). One global step, not one per question: each of Beam's
-# steps costs a local build about 10 ms to plan and run, and a Flink build a task of its
-# own (four combines, each nine steps, were 0.4 s of a one-video build).
+# steps costs a local build time to plan and run, and a Flink build a task of its own
+# (benchmarks/README.md, issue 15).
 
 
 def _label_names(entry):
@@ -168,12 +168,11 @@ def _assign(entry, prepared: Prepared, plan: Plan):
 # -- 5: process ---------------------------------------------------------------
 # A record waits for its shard in a temporary file, and its result beside it (a
 # resumed build reuses both; pipelines/progress.py counts the results). Creating a
-# file can cost a good part of a small example's whole work (0.4-2 ms in this project's
-# /tmp and /work, against 2-4 ms to decode, resize, encode and fingerprint a 16x16 PNG;
-# benchmarks/README.md, issue 28), so on a local disk a bundle appends its records to
-# one file per shard, and each result says where its record lies. An object store
-# cannot append: there each record is a file of its own. Either way the result is
-# written after its record is whole.
+# file can cost a good part of a small example's whole work (benchmarks/README.md,
+# issue 28), so on a local disk a bundle appends its records to one file per shard,
+# and each result says where its record lies. An object store cannot append: there
+# each record is a file of its own. Either way the result is written after its
+# record is whole.
 
 MAX_OPEN_SPILLS = 32  # spill files a bundle keeps open; one evicted is reopened to append
 # Examples whose URLs download ahead, per download thread: enough to keep every thread busy
@@ -344,7 +343,7 @@ def _remove(paths: set[str]):
   local = [p for p in paths if storage.is_local(p)]
   for path in local:
     with contextlib.suppress(FileNotFoundError):
-      os.remove(path)  # not storage.delete: Beam matches each local path as a pattern (1 ms)
+      os.remove(path)  # not storage.delete: Beam matches each local path as a pattern
   storage.delete(sorted(paths.difference(local)))
 
 

@@ -94,8 +94,8 @@ PIPE_BYTES = 1 << 20  # Linux's largest pipe for a user without privileges, by d
 def _widen(pipe):
   """Gives a pipe from ffmpeg a 1 MiB buffer (Linux), not 64 KiB: a 256-pixel frame is
   about 350 KB, and with the small buffer each frame costs both processes a dozen
-  wake-ups (about 3% of a video's CPU, and 5% of its time). Elsewhere, or where the
-  system's limit is lower, the pipe stays as it is."""
+  wake-ups (benchmarks/README.md, issue 15, has what they cost). Elsewhere, or where
+  the system's limit is lower, the pipe stays as it is."""
   with contextlib.suppress(AttributeError, OSError):
     fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
   return pipe

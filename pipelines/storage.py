@@ -60,10 +60,11 @@ def patch_beam():
 
 
 def _share_s3_clients():
-  """Beam's S3 filesystem makes a new boto3 session and client for every call:
-  about 0.2 s of CPU each (botocore parses its service model anew), several
-  times per example. Each of Beam's clients (which keep per-download state)
-  gets a boto3 client shared by all with the same settings instead."""
+  """Beam's S3 filesystem makes a new boto3 session and client for every call,
+  several times per example, and botocore parses its service model anew for
+  each (benchmarks/README.md has the cost). Each of Beam's clients (which keep
+  per-download state) gets a boto3 client shared by all with the same settings
+  instead."""
   if boto3_client is None:
     return
   base = boto3_client.Client
@@ -97,8 +98,8 @@ def _share_s3_clients():
 def _no_credential_search_for_a_gcs_emulator():
   """With STORAGE_EMULATOR_HOST set, google-cloud-storage talks to that emulator
   anonymously, but Beam first looks for Google's default credentials, retrying
-  with backoff: about 25 s in every process before its first gs:// call. Beam
-  connects anonymously then anyway, so it does so at once."""
+  with backoff, in every process before its first gs:// call (benchmarks/README.md
+  has the wait). Beam connects anonymously then anyway, so it does so at once."""
   if auth is None:
     return
   search = auth._Credentials._get_service_credentials
