@@ -1,5 +1,11 @@
 """impax.train: Alternating Gradient Descent from prepared shards, and its evaluation.
 
+The package is also the function that trains (`impax.train`):
+
+    import impax
+    config = impax.load_config("train/configs/demo.py:demo-output/data", ["steps=500"])
+    summary = impax.train(config, "demo-output/run")   # = impax.train.trainer.train
+
   config.py     TrainConfig (and the loader's Task): experiments as Python files in configs/
   inputs.py     the tasks' loaders, checked against their datasets; batches as model inputs
   step.py       model, mesh, optimizer, one task's loss, the compiled step
@@ -10,3 +16,18 @@
 
 May import: impax.datasets, impax.model.
 """
+
+import sys
+import types
+
+
+class _Callable(types.ModuleType):
+  """impax.train the package, callable as impax.train.trainer.train: the public name
+  `impax.train` is both (a module attribute cannot be a package and a function)."""
+
+  def __call__(self, config, workdir: str, **kwargs):
+    from impax.train import trainer  # JAX and the model: loaded when training starts
+    return trainer.train(config, workdir, **kwargs)
+
+
+sys.modules[__name__].__class__ = _Callable
