@@ -7,8 +7,9 @@ and text, with a sharded Mixture-of-Experts) and its presets.
     out = Model(config, mesh=None).apply({"params": params}, {"image": x})
 
 Modules: config (presets), embed (modality embedders, input conventions),
-encoder (Transformer), moe (routing, experts), heads, sharding (mesh and
-partition rules), imp (the model), info (parameter and FLOP counts, CLI).
+encoder (Transformer; scan_params / unscan_params move parameters between its
+unrolled and scanned layouts), moe (routing, experts), heads, sharding (mesh
+and partition rules), imp (the model), info (parameter and FLOP counts, CLI).
 
 May import: nothing of impax outside impax.model (its input names are checked
 against impax.datasets.modalities by a test).
@@ -16,7 +17,8 @@ against impax.datasets.modalities by a test).
 
 from impax.model import sharding
 from impax.model.config import PRESETS, Config, get_config
+from impax.model.encoder import scan_params, unscan_params
 from impax.model.imp import Model, dummy_inputs, init_params
 
 __all__ = ["Config", "Model", "PRESETS", "dummy_inputs", "get_config",
-           "init_params", "sharding"]
+           "init_params", "scan_params", "sharding", "unscan_params"]

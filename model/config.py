@@ -14,6 +14,12 @@ routing with capacity factor 1.0 over routing groups of 2048 tokens.
 
 import dataclasses
 
+# What a block keeps for the backward pass: "none" keeps every activation;
+# "full" only the block's input (the whole block is recomputed); "save_dots"
+# every matmul's output; "save_dots_no_batch" the outputs of matmuls without
+# batch dimensions (projections, dense MLPs), recomputing attention and experts.
+REMAT = ("none", "full", "save_dots", "save_dots_no_batch")
+
 
 @dataclasses.dataclass(frozen=True)
 class Config:
@@ -29,7 +35,12 @@ class Config:
   # "float32" or "bfloat16": the compute dtype. Parameters, the router, softmax
   # statistics and LayerNorm statistics stay in float32 either way.
   dtype: str = "float32"
-  remat: bool = False  # Recompute block activations in backward (saves memory).
+  # How the encoder compiles, never what it computes (encoder.py): scan_layers
+  # runs each run of identical blocks under nn.scan (one block compiled per
+  # run, parameters stacked on a leading layer axis); remat names what a block
+  # keeps from its forward pass for the backward one (REMAT).
+  scan_layers: bool = False
+  remat: str = "none"
   attention_impl: str | None = None  # jax.nn.dot_product_attention: None/"xla"/"cudnn".
 
   # Mixture-of-Experts feed-forward layers.
@@ -65,6 +76,11 @@ class Config:
   # (name, num_classes) pairs; a tuple so the config stays hashable.
   classifiers: tuple[tuple[str, int], ...] = (
       ("imagenet", 1000), ("kinetics700", 700), ("esc50", 50))
+
+  def __post_init__(self):
+    # remat was a boolean: True recomputed whole blocks.
+    if isinstance(self.remat, bool):
+      object.__setattr__(self, "remat", "full" if self.remat else "none")
 
   @property
   def is_moe(self) -> bool:
@@ -130,5 +146,7 @@ def validate(config: Config) -> None:
     raise ValueError(f"tubelet {config.tubelet}: height and width must be "
                      f"divisible by {stride} for a {len(config.vision_stem)}-"
                      f"layer vision_stem.")
+  if config.remat not in REMAT:
+    raise ValueError(f"remat must be one of {REMAT}, not {config.remat!r}.")
   if config.dtype not in ("float32", "bfloat16"):
     raise ValueError(f"dtype must be float32 or bfloat16, not {config.dtype}.")

@@ -35,6 +35,8 @@ from impax.model.config import Config
 
 def _param_shapes(config: Config):
   from impax.model.imp import init_params  # Keeps `--help` fast.
+  # Counted in the unrolled layout ("block_{i}"), the same numbers either way.
+  config = dataclasses.replace(config, scan_layers=False)
   return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
 
 

@@ -38,6 +38,9 @@ PARAM_RULES = (
     (r".*/moe/(bi|bo)$", P(EXPERT_AXIS, None)),
     (r".*", P()),
 )
+# A scanned run of blocks (encoder.py, scan_layers) stacks its layers' parameters
+# on a leading axis, which is never split: its rule's spec gets a leading None.
+STACKED = r"(.*/)?encoder/blocks_\d+_\d+/.*"
 
 
 def make_mesh(num_experts: int, devices=None) -> Mesh:
@@ -70,7 +73,7 @@ def param_specs(params, rules=PARAM_RULES):
     name = _path_str(path)
     for pattern, s in rules:
       if re.fullmatch(pattern, name):
-        return s
+        return P(None, *s) if s and re.fullmatch(STACKED, name) else s
     raise ValueError(f"No partition rule matches {name}.")
   return jax.tree_util.tree_map_with_path(spec, params)
 

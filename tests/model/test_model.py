@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from impax.model import Model, get_config
+from impax.model.config import REMAT
 from impax.train import objectives
 
 
@@ -111,14 +112,23 @@ def test_bfloat16_compute_gives_close_float32_outputs(tiny_params, make_inputs):
     assert float(cosine.min()) > 0.99
 
 
-def test_remat_changes_memory_not_results(tiny_params, make_inputs):
+def test_remat_policies_change_memory_not_results(tiny_params, make_inputs):
+  # What each saves is measured at IMP's sizes (benchmarks/model_memory.py).
   inputs = make_inputs(batch=2, image=None, spectrogram=None, waveform=None,
                        text=None)
-  grads = []
-  for remat in (False, True):
+  grads = {}
+  for remat in REMAT:
     config = get_config("tiny", remat=remat)
     loss = lambda p: jnp.sum(Model(config).apply(
         {"params": p}, inputs)["video"]["embedding"] ** 2)
-    grads.append(jax.jit(jax.grad(loss))(tiny_params))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4,
-                                                       atol=1e-6), *grads)
+    grads[remat] = jax.jit(jax.grad(loss))(tiny_params)
+  for remat in REMAT:
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+                 grads[remat], grads["none"])
+
+
+def test_remat_was_a_boolean():
+  assert get_config("tiny", remat=True).remat == "full"
+  assert get_config("tiny", remat=False).remat == "none"
+  with pytest.raises(ValueError, match="remat must be one of"):
+    get_config("tiny", remat="some")
