@@ -25,9 +25,10 @@ import time
 
 import numpy as np
 
-from impax.datasets import dedup, prepared
+from impax.datasets import prepared
 from impax.pipelines import build
 from impax.pipelines.tools import ffmpeg_binary
+from impax.tools import dedup
 
 SETTINGS = {"video_short_side": 64, "image_short_side": 64, "video_fps": 5.0, "num_shards": 2}
 RULES = (30, 45, 73, 90, 105, 110, 150, 18, 22, 126, 54, 60)

@@ -4,7 +4,7 @@
 
 Random 64-bit fingerprints with planted near copies (1% of the records, each
 with up to `threshold` flipped bits), as `impax dedup` groups them: the index
-(datasets/dedup.py, multi-index hashing and union-find) on all records, and
+(tools/dedup.py, multi-index hashing and union-find) on all records, and
 the all-pairs baseline on a subset, extrapolated by the number of pairs
 (n^2 / 2) to the full size. Prints JSON with both times, their ratio, and
 whether the index found every planted copy and every pair the baseline found
@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from impax.datasets import dedup
+from impax.tools import dedup
 
 
 def fingerprints(n: int, threshold: int, seed: int = 0) -> tuple[dedup.Fingerprints, int]:

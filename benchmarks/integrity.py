@@ -14,8 +14,9 @@ import tempfile
 import time
 
 from impax import demo
-from impax.datasets import verify
+from impax.datasets import files
 from impax.pipelines import build
+from impax.tools import verify
 
 
 def timed(fn):
@@ -58,7 +59,7 @@ def main():
           pass
     read()  # into the page cache
     plain = timed(read)
-    hashed = timed(lambda: verify.file_sha256(big))
+    hashed = timed(lambda: files.sha256(big))
     print(f"read {args.mb} MB           {plain:8.3f} s  1.000 ({args.mb / plain:.0f} MB/s)")
     print(f"sha256 {args.mb} MB         {hashed:8.3f} s  {hashed / plain:.2f}x the read "
           f"({args.mb / hashed:.0f} MB/s, {1024 / (args.mb / hashed):.2f} s per GB)")

@@ -2,11 +2,17 @@
 
   registry.py, specs/  how a raw corpus is read: Entry, DatasetSpec, the built-in specs
   modalities.py        the vocabulary: stored media, model inputs, which medium each input needs
-  records.py           the record contract: feature keys and dtypes, tf.Example bytes
+  records.py           the record contract: feature keys and dtypes, tf.Example bytes, and
+                       Record, the typed view every reader reads a record through
   metadata.py          metadata.json as types, with its one writer and one reader
-  prepared.py          opening and checking a prepared dataset (staging gs://, s3://)
+  prepared.py          the reader of a prepared dataset: its metadata, shards and records;
+                       opening and checking one for training (staging gs://, s3://)
+  files.py             paths and files, local or remote: the one caller of Beam's FileSystems
+  exclusions.py        exclusion lists (a dedup report, or record ids) that `Task.exclude` reads
   decode.py, loader.py one record into arrays; Task, and the resolution-bucketed loader
-  inspect.py           `impax inspect DIR`
+
+The tools that check and describe a prepared dataset (`impax verify`, `dedup`, `card`,
+`inspect`) read it through prepared.py and records.py from impax.tools, above this package.
 
 May import: nothing of impax outside impax.datasets.
 """

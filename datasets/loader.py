@@ -53,7 +53,7 @@ import grain
 import numpy as np
 import sentencepiece as spm
 
-from impax.datasets import decode, dedup, modalities, prepared
+from impax.datasets import decode, exclusions, modalities, prepared
 from impax.datasets.modalities import INPUTS
 
 _BLOCK = 1024  # steps drawn together by `draw`
@@ -240,12 +240,12 @@ def _exclude(task: Task, split: str, dataset: prepared.PreparedDataset,
   if not task.exclude:
     return records, 0
   try:
-    ids = dedup.excluded_ids(task.exclude, dataset.root, split)
-  except dedup.DedupError as e:
+    ids = exclusions.excluded_ids(task.exclude, dataset.root, split)
+  except exclusions.ExclusionError as e:
     raise LoaderError(f"task {task.name!r}: {e}") from None
   if not ids:
     return records, 0
-  skip = np.array([i in ids for i in dedup.split_ids(dataset, split)], bool)
+  skip = np.array([i in ids for i in exclusions.split_ids(dataset, split)], bool)
   keep = ~skip if records is None else np.isin(np.arange(len(skip)), records) & ~skip
   return np.flatnonzero(keep), int(skip.sum() if records is None else (skip[records]).sum())
 

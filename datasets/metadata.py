@@ -96,7 +96,7 @@ class Split:
   # {part: split positions of the records without it}, for the parts some
   # records of the split have; None for a split built before impax listed them.
   lacking: Mapping[str, tuple[int, ...]] | None = None
-  # Duplicates within the split, from the records' fingerprints (datasets/dedup.py):
+  # Duplicates within the split, from the records' fingerprints (tools/dedup.py):
   # {"exact_groups": int, "near_groups": int, "records_in_groups": int,
   #  "groups": [[record id, ...], ...] (the first 20)}; None when not computed.
   duplicates: Mapping[str, Any] | None = None

@@ -1,27 +1,38 @@
-"""Opens a prepared dataset by its metadata.json and checks it before training.
+"""A prepared dataset, read: its metadata.json, its shards and their records.
 
-A prepared dataset is what `impax build` writes: ArrayRecord shards
-plus DIR/metadata.json listing every shard of every split. The loader calls
+A prepared dataset is what `impax build` writes: ArrayRecord shards plus
+DIR/metadata.json listing every shard of every split. Every reader goes through
+here: the loader, the trainer, `impax verify/dedup/card/inspect` and the build's
+own resume check.
 
-  dataset = prepared.open_dataset(path_or_uri)
-  paths = dataset.shard_paths("train")   # absolute local paths, validated
+  dataset = prepared.open_dataset(path_or_uri)   # staged, checked
+  dataset.shard_paths("train")                   # the files, in split order
+  for position, data in dataset.records("train"): record = records.Record.parse(data)
+
+  meta = prepared.read_metadata(path_or_uri)     # metadata.json alone, or None
 
 Checks fail loudly with the file they concern, because a silently short or
 mismatched shard would otherwise show up only as a skewed training run.
-ArrayRecord reads local (or mounted) files only, so a gs:// or s3:// dataset is
-first copied to a local cache directory.
+ArrayRecord reads local (or mounted) files only, so `open_dataset` first copies
+a gs:// or s3:// dataset to a local cache directory; `load` leaves it where it
+is, for the tools that read metadata.json and hash files remotely.
 """
 
+import collections
+import contextlib
 import dataclasses
 import hashlib
 import os
+from collections.abc import Iterator, Sequence
 
 from array_record.python import array_record_module
 
+from impax.datasets import files
 from impax.datasets import metadata as metadata_lib
 from impax.datasets import records
 
-REMOTE_SCHEMES = ("gs://", "s3://")
+METADATA = "metadata.json"
+READ_BATCH = 256  # records read from a shard at a time
 
 
 class DatasetError(ValueError):
@@ -34,7 +45,7 @@ class NoDataset(DatasetError):
 
 @dataclasses.dataclass(frozen=True)
 class PreparedDataset:
-  root: str  # local directory holding metadata.json and the shards
+  root: str  # the folder holding metadata.json and the shards (local, or a URI with `load`)
   metadata: metadata_lib.Metadata
 
   @property
@@ -47,8 +58,12 @@ class PreparedDataset:
                          f"{sorted(self.metadata.splits)}")
     return self.metadata.splits[name]
 
+  def path(self, name: str) -> str:
+    """A file of the dataset (a shard, the tokenizer, a failures file) by its name."""
+    return files.join(self.root, name)
+
   def shard_paths(self, split: str) -> list[str]:
-    return [os.path.join(self.root, s.path) for s in self.split(split).shards]
+    return [self.path(s.path) for s in self.split(split).shards]
 
   def num_records(self, split: str) -> int:
     return sum(s.num_records for s in self.split(split).shards)
@@ -56,20 +71,50 @@ class PreparedDataset:
   @property
   def tokenizer_path(self) -> str | None:
     tokenizer = self.metadata.tokenizer
-    return os.path.join(self.root, tokenizer.path) if tokenizer else None
+    return self.path(tokenizer.path) if tokenizer else None
+
+  def records(self, split: str, positions: Sequence[int] | None = None
+              ) -> Iterator[tuple[int, bytes]]:
+    """(split position, record bytes) of every record of a split, in order, or of the given
+    sorted positions; one shard open at a time (local datasets)."""
+    start, pending = 0, None if positions is None else collections.deque(positions)
+    for shard in self.split(split).shards:
+      if pending is None:
+        mine = None
+      else:
+        mine = []
+        while pending and pending[0] < start + shard.num_records:
+          mine.append(pending.popleft() - start)
+        if not mine:
+          start += shard.num_records
+          continue
+      for index, data in read_shard(self.path(shard.path), mine):
+        yield start + index, data
+      start += shard.num_records
+
+
+def read_metadata(root: str) -> metadata_lib.Metadata | None:
+  """DIR/metadata.json (local or a URI), or None when it has none."""
+  path = files.join(root, METADATA)
+  if not files.exists(path):
+    return None
+  return metadata_lib.loads(files.read(path), where=path)
+
+
+def load(root: str) -> PreparedDataset | None:
+  """The dataset as metadata.json describes it, where it is, unchecked; None without one."""
+  meta = read_metadata(root)
+  return None if meta is None else PreparedDataset(root=root, metadata=meta)
 
 
 def stage(uri: str, cache_dir: str | None = None) -> str:
   """Copies a remote dataset to a local cache (once) and returns the local directory."""
-  from apache_beam.io.filesystems import FileSystems  # heavy import, remote only
-
   cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "impax", "datasets")
   local = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
   print(f"impax: ArrayRecord cannot read {uri.split('://')[0]}:// directly; "
         f"staging {uri} to {local}")
   os.makedirs(local, exist_ok=True)
-  with FileSystems.open(uri.rstrip("/") + "/metadata.json") as f:
-    metadata_bytes = f.read()
+  metadata_bytes = files.read(files.join(uri, METADATA))
   meta = metadata_lib.loads(metadata_bytes, where=f"{uri}/metadata.json")
   names = [s.path for split in meta.splits.values() for s in split.shards]
   if meta.tokenizer:
@@ -78,12 +123,12 @@ def stage(uri: str, cache_dir: str | None = None) -> str:
     target = os.path.join(local, name)
     if os.path.exists(target):
       continue  # a previous run staged it; shard files never change in place
-    with FileSystems.open(uri.rstrip("/") + "/" + name) as src, open(target + ".part", "wb") as dst:
+    with files.open(files.join(uri, name)) as src, open(target + ".part", "wb") as dst:
       while chunk := src.read(1 << 24):
         dst.write(chunk)
     os.replace(target + ".part", target)
   # metadata last, so an interrupted staging is redone rather than trusted
-  with open(os.path.join(local, "metadata.json"), "wb") as f:
+  with open(os.path.join(local, METADATA), "wb") as f:
     f.write(metadata_bytes)
   return local
 
@@ -91,20 +136,18 @@ def stage(uri: str, cache_dir: str | None = None) -> str:
 def open_dataset(path: str, *, cache_dir: str | None = None, check_counts: bool = True
                  ) -> PreparedDataset:
   """Reads and validates DIR/metadata.json; stages remote URIs first."""
-  if path.startswith(REMOTE_SCHEMES):
+  if files.is_remote(path):
     path = stage(path, cache_dir)
-  meta_path = os.path.join(path, "metadata.json")
-  if not os.path.exists(meta_path):
-    raise NoDataset(f"{meta_path} does not exist: is {path} a prepared dataset?")
-  with open(meta_path, "rb") as f:
-    meta = metadata_lib.loads(f.read(), where=meta_path)
-  dataset = PreparedDataset(root=path, metadata=meta)
+  dataset = load(path)
+  if dataset is None:
+    raise NoDataset(f"{os.path.join(path, METADATA)} does not exist: is {path} a prepared "
+                    "dataset?")
   validate(dataset, check_counts=check_counts)
   return dataset
 
 
 def validate(dataset: PreparedDataset, *, check_counts: bool = True) -> None:
-  meta_path = os.path.join(dataset.root, "metadata.json")
+  meta_path = dataset.path(METADATA)
   unknown = sorted(set(dataset.metadata.features) - set(records.FEATURES))
   if unknown:
     raise DatasetError(f"{meta_path} declares unknown feature keys {unknown}; "
@@ -113,7 +156,7 @@ def validate(dataset: PreparedDataset, *, check_counts: bool = True) -> None:
                  "`impax build` again to rebuild it")
   for split_name, split in dataset.metadata.splits.items():
     for shard in split.shards:
-      path = os.path.join(dataset.root, shard.path)
+      path = dataset.path(shard.path)
       if not os.path.exists(path):
         raise DatasetError(f"shard {path} of split {split_name!r} listed in {meta_path} is "
                            f"missing: {verify_hint}")
@@ -132,9 +175,30 @@ def validate(dataset: PreparedDataset, *, check_counts: bool = True) -> None:
                              f"{shard.num_records}: {verify_hint}")
 
 
-def count_records(path: str) -> int:
+# -- shards -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_shard(path: str) -> Iterator[array_record_module.ArrayRecordReader]:
+  """An ArrayRecord reader of a local shard, closed after. Riegeli raises RuntimeError for a
+  damaged file: on opening, reading, or closing (a damaged tail)."""
   reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
   try:
-    return reader.num_records()
+    yield reader
   finally:
     reader.close()
+
+
+def read_shard(path: str, indices: Sequence[int] | None = None) -> Iterator[tuple[int, bytes]]:
+  """(index, record bytes) of every record of a local shard, or of the given indices, in
+  order, READ_BATCH at a time."""
+  with open_shard(path) as reader:
+    wanted = range(reader.num_records()) if indices is None else indices
+    for start in range(0, len(wanted), READ_BATCH):
+      batch = list(wanted[start:start + READ_BATCH])
+      yield from zip(batch, reader.read(batch))
+
+
+def count_records(path: str) -> int:
+  with open_shard(path) as reader:
+    return reader.num_records()

@@ -13,7 +13,7 @@
    (deleted, half built) is built whatever the cache holds.
 3. publish: metadata.json (written by the build) as artifacts: a table of examples,
    failures and shards per split, and a markdown summary of the failure reasons.
-4. card: the dataset card (`impax card`, datasets/card.py) written to OUTPUT/card.html,
+4. card: the dataset card (`impax card`, tools/card.py) written to OUTPUT/card.html,
    and an artifact with its path and each split's contact sheet inline.
 5. When a split was built (not served from the cache, not already there), the event
    `impax.dataset.built`: the train-demo deployment's trigger (flows/deployments.py)
@@ -46,7 +46,7 @@ from prefect.states import Completed, Failed
 from prefect.tasks import exponential_backoff
 
 from impax import demo
-from impax.datasets import card as card_lib
+from impax.tools import card as card_lib
 from impax.datasets import metadata
 from impax.flows import artifact_key, markdown_text, retried_unless
 from impax.pipelines import build, lock, storage

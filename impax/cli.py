@@ -91,7 +91,7 @@ def _inspect_parser(sub):
 
 
 def _inspect(args, beam_args):
-  from impax.datasets import inspect
+  from impax.tools import inspect
   return inspect.main(args.dir, split=args.split, example=args.example, frames_to=args.frames_to,
                       as_json=args.json)
 
@@ -113,7 +113,7 @@ def _verify_parser(sub):
 
 def _verify(args, beam_args):
   from apache_beam.options.pipeline_options import PipelineOptions
-  from impax.datasets import verify
+  from impax.tools import verify
   from impax.pipelines import storage
   storage.configure(PipelineOptions(beam_args))  # object-store settings, as for build
   return verify.main(args.dir, deep=args.deep, split=args.split, as_json=args.json)
@@ -140,7 +140,7 @@ def _dedup_parser(sub):
 
 
 def _dedup(args, beam_args):
-  from impax.datasets import dedup
+  from impax.tools import dedup
   return dedup.main(args.datasets, against=args.against, json_path=args.json,
                     threshold=args.threshold)
 
@@ -157,7 +157,7 @@ def _card_parser(sub):
 
 
 def _card(args, beam_args):
-  from impax.datasets import card
+  from impax.tools import card
   written = card.write_card(args.dir, args.output, samples=args.samples, seed=args.seed)
   print(f"wrote {written.html} and {len(written.pngs)} PNG(s) in "
         f"{card.picture_folder(written.html)}")

@@ -15,6 +15,8 @@ import os
 import re
 import tomllib
 
+from impax.datasets import files
+
 # Bumped when the record layout or the processing changes what bytes a build
 # writes; part of the config hash so old outputs are not resumed into.
 # 2: a record's source is relative to the corpus root; 3: fingerprints; 4: a video's centre hash;
@@ -199,8 +201,7 @@ def resolve(*layers: dict) -> BuildConfig:
 
 
 def file_sha256(path: str) -> str:
-  from impax.datasets import verify  # heavy (Beam, array_record); one hashing for build and verify
-  return verify.file_sha256(path)
+  return files.sha256(path)  # the format's, so the build and `impax verify` hash alike
 
 
 def fingerprint(config: BuildConfig, spec_name: str) -> dict:

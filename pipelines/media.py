@@ -384,7 +384,7 @@ def process_image(data: bytes, *, short_side: int, jpeg_quality: int, max_long_s
 
 # -- perceptual fingerprints ------------------------------------------------
 # 64-bit DCT hashes (imagehash.phash) that survive re-encoding, resizing, small
-# crops and grayscale, and for sound a 64-bit value per frame; datasets/dedup.py
+# crops and grayscale, and for sound a 64-bit value per frame; tools/dedup.py
 # groups records whose fingerprints are close. Stored as signed int64 (the
 # record's int64 list).
 

@@ -24,9 +24,10 @@ from typing import Any
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from impax.datasets import metadata, registry, verify
+from impax.datasets import metadata, prepared, registry
 from impax.pipelines import config as config_lib
 from impax.pipelines import lock, storage, text
+from impax.tools import verify
 
 TMP_DIR = ".impax-tmp"
 
@@ -206,9 +207,8 @@ def finished_shards(plan: Plan) -> frozenset[str]:
 
 
 def read_metadata(output: str) -> metadata.Metadata | None:
-  """The output's metadata.json, or None when it has none."""
-  path = storage.join(output, "metadata.json")
-  return metadata.loads(storage.read(path), where=path) if storage.exists(path) else None
+  """The output's metadata.json, or None when it has none: read as every reader reads it."""
+  return prepared.read_metadata(output)
 
 
 def damaged_shards(plan: Plan, built: metadata.Split) -> list[verify.Problem]:

@@ -15,11 +15,12 @@ import logging
 import os
 import subprocess
 
-from impax.datasets import dedup, metadata, records, registry
+from impax.datasets import metadata, prepared, records, registry
 from impax.pipelines import example, stats, storage, text
 from impax.pipelines.graph import ShardInfo
-from impax.pipelines.plan import TMP_DIR, BuildError, Plan, clear_split, read_metadata
+from impax.pipelines.plan import TMP_DIR, BuildError, Plan, clear_split
 from impax.pipelines.tools import ffmpeg_binary
+from impax.tools import dedup
 
 
 def finalize(plan: Plan, seconds: float) -> metadata.Metadata:
@@ -55,7 +56,7 @@ def finalize(plan: Plan, seconds: float) -> metadata.Metadata:
     tokenizer = storage.read(storage.join(plan.tmp, "tokenizer.model"))
   labels = plan.labels if plan.labels is not None else tuple(json.loads(
       storage.read(storage.join(plan.tmp, "labels.json"))))
-  existing = read_metadata(plan.output)
+  existing = prepared.read_metadata(plan.output)
   tokenizer_path = storage.join(plan.output, "tokenizer.model")
   if tokenizer and not storage.exists(tokenizer_path):
     storage.write_atomic(tokenizer_path, tokenizer)
@@ -71,7 +72,7 @@ def finalize(plan: Plan, seconds: float) -> metadata.Metadata:
       impax_version=importlib.metadata.version("impax"),
       created=now,
       spec=plan.spec_name,
-      config=plan.fingerprint["config"],
+      config=plan.config,
       config_hash=plan.config_hash,
       fingerprint=plan.fingerprint,
       array_record_options=plan.config.array_record_options(),

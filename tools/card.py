@@ -26,10 +26,10 @@ from collections.abc import Mapping
 
 import matplotlib
 import numpy as np
-from array_record.python.array_record_module import ArrayRecordReader
 from PIL import Image, ImageDraw, ImageFont
 
-from impax.datasets import decode, inspect, metadata, prepared, records
+from impax.datasets import decode, files, metadata, prepared, records
+from impax.tools import inspect
 
 matplotlib.use("Agg")  # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -62,7 +62,7 @@ def write_card(directory: str, output: str | None = None, samples: int = 16, see
   if samples < 1 or max_records < 1:
     raise ValueError(f"--samples ({samples}) and max_records ({max_records}) must be at least 1")
   if output is None:
-    if "://" in directory:
+    if files.is_remote(directory):
       raise ValueError(f"{directory} is remote: give the card a local --output PATH")
     output = inspect.card_path(directory)
   dataset = prepared.open_dataset(directory, check_counts=False)
@@ -108,86 +108,63 @@ def sample_indices(num_records: int, count: int, seed: int, split: str) -> list[
 
 
 def read_records(dataset: prepared.PreparedDataset, split: str, indices: list[int]):
-  """Yields (position, features) of the records at the sorted split positions, one shard
-  reader at a time."""
-  start, pending = 0, collections.deque(indices)
-  for shard in dataset.split(split).shards:
-    mine = []
-    while pending and pending[0] < start + shard.num_records:
-      mine.append(pending.popleft())
-    if mine:
-      reader = ArrayRecordReader(os.path.join(dataset.root, shard.path), "readahead_buffer_size:0")
-      try:
-        for i, data in zip(mine, reader.read([i - start for i in mine])):
-          yield i, records.parse_example(data)
-      finally:
-        reader.close()
-    start += shard.num_records
+  """Yields (position, record) of the records at the sorted split positions."""
+  for position, data in dataset.records(split, indices):
+    yield position, records.Record.parse(data)
 
 
-def _one(features: dict, key: str, default=None):
-  values = features.get(key)
-  return values[0] if values else default
-
-
-def record_facts(features: dict) -> dict[str, list]:
+def record_facts(record: records.Record) -> dict[str, list]:
   """What the histograms count of one record: {quantity: values}."""
   facts = collections.defaultdict(list)
-  if features.get("video/frames"):
-    fps = float(_one(features, "video/fps", 0.0))
-    facts["video duration (s)"].append(len(features["video/frames"]) / fps if fps else 0.0)
-    facts["fps"].append(fps)
-    facts["resolution (height x width)"].append(
-        f"video {_one(features, 'video/height')}x{_one(features, 'video/width')}")
-  if features.get("audio/pcm_s16le"):
-    rate = int(_one(features, "audio/sample_rate", 0))
-    facts["audio duration (s)"].append(int(_one(features, "audio/num_samples", 0)) / rate
-                                       if rate else 0.0)
-  if features.get("image/encoded"):
-    facts["resolution (height x width)"].append(
-        f"image {_one(features, 'image/height')}x{_one(features, 'image/width')}")
-  facts["tokens per caption"].extend(int(n) for n in features.get("text/lengths", ()))
-  facts["label frequencies"].extend(n.decode("utf-8", "replace")
-                                    for n in features.get("label/name", ()))
+  if video := record.video:
+    facts["video duration (s)"].append(video.seconds)
+    facts["fps"].append(video.fps)
+    facts["resolution (height x width)"].append(f"video {video.height}x{video.width}")
+  if audio := record.audio:
+    facts["audio duration (s)"].append(audio.seconds)
+  if image := record.image:
+    facts["resolution (height x width)"].append(f"image {image.height}x{image.width}")
+  facts["tokens per caption"].extend(int(n) for n in record.token_lengths)
+  facts["label frequencies"].extend(record.label_names)
   return facts
 
 
 # -- pictures -------------------------------------------------------------------
 
 
-def _centre_square(features: dict, kind: str) -> tuple[int, int, int, int]:
-  height, width = int(_one(features, f"{kind}/height")), int(_one(features, f"{kind}/width"))
+def _centre_square(height: int, width: int) -> tuple[int, int, int, int]:
   side = min(height, width)
   left, top = (width - side) // 2, (height - side) // 2
   return left, top, left + side, top + side
 
 
-def tiles(features: dict) -> list[np.ndarray]:
+def tiles(record: records.Record) -> list[np.ndarray]:
   """The sheet's tiles of one record: FRAMES_PER_VIDEO frames spread over a video, or the
   image; uint8 [TILE, TILE, 3] each, the centre square."""
-  if frames := features.get("video/frames"):
-    box = _centre_square(features, "video")
+  if video := record.video:
+    frames, box = video.frames, _centre_square(*video.shape)
     picks = np.linspace(0, len(frames) - 1, min(FRAMES_PER_VIDEO, len(frames))).round().astype(int)
     return [decode.decode_jpeg(frames[i], box, TILE, TILE, False) for i in picks]
-  if image := _one(features, "image/encoded"):
-    return [decode.decode_jpeg(image, _centre_square(features, "image"), TILE, TILE, False)]
+  if image := record.image:
+    return [decode.decode_jpeg(image.encoded, _centre_square(*image.shape), TILE, TILE, False)]
   return []
 
 
-def contact_sheet(examples: list[tuple[int, dict]]) -> tuple[np.ndarray, list[dict]] | None:
+def contact_sheet(examples: list[tuple[int, records.Record]]
+                  ) -> tuple[np.ndarray, list[dict]] | None:
   """A grid (uint8 [H, W, 3]): each video a row of its frames, images COLUMNS to a row, each
   example's number in its first tile's corner; and per number what it shows and the
   top-left pixel (y, x) of its first tile. None when no example has pictures."""
   rows, legend = [], []
-  for position, features in examples:
-    pictures = tiles(features)
+  for position, record in examples:
+    pictures = tiles(record)
     if not pictures:
       continue
     pictures[0] = _numbered(pictures[0], len(legend) + 1)
-    is_video = bool(features.get("video/frames"))
+    is_video = record.video is not None
     if is_video or not rows or rows[-1][0] or len(rows[-1][1]) == COLUMNS:
       rows.append((is_video, []))  # a video has a row of its own
-    legend.append({"number": len(legend) + 1, "position": position, "features": features,
+    legend.append({"number": len(legend) + 1, "position": position, "record": record,
                    "tile": (len(rows) - 1, len(rows[-1][1]))})
     rows[-1][1].extend(pictures)
   if not rows:
@@ -242,23 +219,23 @@ def _plain(figure):
     text.set_usetex(False)
 
 
-def audio_picture(examples: list[tuple[int, dict]]) -> bytes | None:
+def audio_picture(examples: list[tuple[int, records.Record]]) -> bytes | None:
   """Waveform and log-mel of the first AUDIO_SAMPLES sampled records with sound, one row
   each; the log-mel is the loader's (decode.log_mel: librosa's filterbank, 128 bins,
   80-7600 Hz, 10 ms hop), so the picture is what an audio task is fed."""
-  sounds = [f for _, f in examples if f.get("audio/pcm_s16le")][:AUDIO_SAMPLES]
+  sounds = [r for _, r in examples if r.audio][:AUDIO_SAMPLES]
   if not sounds:
     return None
   figure, axes = plt.subplots(len(sounds), 2, figsize=(8, 1.5 * len(sounds)), squeeze=False,
                               gridspec_kw={"width_ratios": (1, 1.4)})
-  for features, (wave_axis, mel_axis) in zip(sounds, axes):
-    rate = int(_one(features, "audio/sample_rate"))
-    wave = np.frombuffer(features["audio/pcm_s16le"][0], "<i2").astype(np.float32) / 32768
+  for record, (wave_axis, mel_axis) in zip(sounds, axes):
+    rate = record.audio.sample_rate
+    wave = record.audio.waveform()
     seconds = len(wave) / rate
     wave_axis.plot(np.arange(len(wave)) / rate, wave, linewidth=0.5, color="#1f5fa8")
     wave_axis.set_xlim(0, seconds)
     wave_axis.set_ylim(-1, 1)
-    wave_axis.set_ylabel(_text(features, "id")[:24], rotation=0, ha="right", va="center",
+    wave_axis.set_ylabel(record.id[:24], rotation=0, ha="right", va="center",
                          fontsize=8)
     mel_axis.imshow(decode.log_mel(wave, rate).T, origin="lower", aspect="auto", cmap="magma",
                     extent=(0, seconds, 0, decode.MEL_BINS), interpolation="nearest")
@@ -298,8 +275,8 @@ def _split_section(dataset, name: str, split: metadata.Split, samples: int, seed
   total = sum(s.num_records for s in split.shards)
   facts = collections.defaultdict(list)
   counted = sample_indices(total, max_records, seed, name)
-  for _, features in read_records(dataset, name, counted):
-    for key, values in record_facts(features).items():
+  for _, record in read_records(dataset, name, counted):
+    for key, values in record_facts(record).items():
       facts[key].extend(values)
   chosen = list(read_records(dataset, name, sample_indices(total, samples, seed, name)))
   pictures, parts = {}, [f'<section id="split-{_e(name)}"><h2>Split {_e(name)}</h2>',
@@ -359,19 +336,10 @@ def _split_summary(split: metadata.Split, total: int) -> str:
 def _legend(legend: list[dict]) -> str:
   rows = []
   for item in legend:
-    f = item["features"]
-    rows.append(_row(
-        item["number"], item["position"], _text(f, "id"), _text(f, "source"),
-        "; ".join(_texts(f, "label/name")), " | ".join(_texts(f, "text/string"))))
+    r = item["record"]
+    rows.append(_row(item["number"], item["position"], r.id, r.source, "; ".join(r.label_names),
+                     " | ".join(r.captions)))
   return _table(("#", "position", "id", "source", "labels", "captions"), rows, "legend")
-
-
-def _text(features: dict, key: str) -> str:
-  return _one(features, key, b"").decode("utf-8", "replace")
-
-
-def _texts(features: dict, key: str) -> list[str]:
-  return [v.decode("utf-8", "replace") for v in features.get(key, ())]
 
 
 def _statistics(statistics: Mapping) -> str:
@@ -406,7 +374,7 @@ def _failures(root: str, split: metadata.Split) -> str:
                       [_row(reason, n) for reason, n in sorted(downloads.items(),
                                                                 key=lambda kv: (-kv[1], kv[0]))],
                       "download-failures"))
-  path = os.path.join(root, split.failures)
+  path = files.join(root, split.failures)
   if not os.path.exists(path):
     out.append(f"<p>{_e(path)} is missing: the failed inputs cannot be listed.</p>")
     return "\n".join(out)
@@ -485,7 +453,7 @@ def _page(meta: metadata.Metadata, directory: str, sections: list[str], samples:
         for n, s in meta.splits.items()],
       *[_row(f"ffmpeg of {n}", s.ffmpeg) for n, s in meta.splits.items()]], "dataset-lineage")
   config = _table(("option", "value"), [_row(k, json.dumps(v)) for k, v in
-                                        sorted(meta.config.items())], "config")
+                                        sorted(meta.config.stored().items())], "config")
   tok = meta.tokenizer
   tokenizer = (f"{tok.path}, vocabulary {tok.vocab_size}, sha256 {tok.sha256}, "
                + ("trained on this corpus" if tok.trained else "given")) if tok else "none"

@@ -41,7 +41,6 @@ import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
-from array_record.python import array_record_module
 
 from impax.datasets import prepared, records
 
@@ -104,42 +103,26 @@ class Fingerprints:
                np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
 
 
-def of_features(features: Iterable[dict], dataset: str, split: str) -> Fingerprints:
-  """Fingerprints from parsed records (records.parse_example), in split order."""
+def of_records(found: Iterable[records.Record], dataset: str, split: str) -> Fingerprints:
+  """Fingerprints from records, in split order."""
   members, shas, kinds, values = [], [], [], []
-  for position, f in enumerate(features):
-    id_ = f["id"][0].decode()
-    if "fingerprint/sha256" not in f:
-      raise DedupError(f"record {id_!r} of {dataset} split {split!r} has no fingerprints: "
+  for position, record in enumerate(found):
+    fingerprints = record.fingerprints
+    if fingerprints is None:
+      raise DedupError(f"record {record.id!r} of {dataset} split {split!r} has no fingerprints: "
                        "rebuild it with fingerprints on (the default; --fingerprints true)")
-    members.append(Member(dataset, split, id_, position))
-    shas.append(f["fingerprint/sha256"][0].decode())
-    kind = next((i for i, k in enumerate(KINDS) if f.get(f"fingerprint/{k}")), -1)
+    members.append(Member(dataset, split, record.id, position))
+    shas.append(fingerprints.sha256)
+    kind = next((i for i, k in enumerate(KINDS) if getattr(fingerprints, k)), -1)
     kinds.append(kind)
-    values.append(f[f"fingerprint/{KINDS[kind]}"] if kind >= 0 else [])
+    values.append(getattr(fingerprints, KINDS[kind]) if kind >= 0 else [])
   return Fingerprints.from_lists(members, shas, kinds, values)
 
 
-def _features(paths: Sequence[str]):
-  """The parsed records of these shards, in order."""
-  for path in paths:
-    reader = array_record_module.ArrayRecordReader(path, "readahead_buffer_size:0")
-    try:
-      n = reader.num_records()
-      for start in range(0, n, 256):
-        yield from map(records.parse_example, reader.read(list(range(start, min(n, start + 256)))))
-    finally:
-      reader.close()
-
-
 def read_shards(paths: Sequence[str], dataset: str, split: str) -> Fingerprints:
-  """The fingerprints of the records of these shards, in order."""
-  return of_features(_features(paths), dataset, split)
-
-
-def split_ids(dataset: prepared.PreparedDataset, split: str) -> list[str]:
-  """The record ids of a split, by position."""
-  return [f["id"][0].decode() for f in _features(dataset.shard_paths(split))]
+  """The fingerprints of the records of these shards (local files), in order."""
+  return of_records((records.Record.parse(data) for path in paths
+                     for _, data in prepared.read_shard(path)), dataset, split)
 
 
 def read(dataset: prepared.PreparedDataset, name: str | None = None,
@@ -478,36 +461,6 @@ def describe(found: Found, leaked: list[tuple[Member, list[Member]]] | None, tot
     if len(leaked) > shown:
       lines.append(f"  ... {len(leaked) - shown} more (write them all with --json)")
   return "\n".join(lines)
-
-
-# -- exclusion lists ------------------------------------------------------------
-
-
-def excluded_ids(path: str, dataset_root: str, split: str) -> set[str]:
-  """Ids of `split` of the dataset at `dataset_root` that an exclusion file names.
-
-  A dedup report (JSON): its leaks when it has them, else every member of a
-  group but the group's first (one copy of each example stays). Any other
-  file: one id per line, for whichever dataset it is given with."""
-  try:
-    with open(path, encoding="utf-8-sig") as f:
-      text = f.read()
-  except OSError as e:
-    raise DedupError(f"exclusion file {path} cannot be read: {e.strerror or e}") from None
-  if not path.endswith(".json"):
-    return {line.strip() for line in text.splitlines() if line.strip()}
-  try:
-    obj = json.loads(text)
-    if "leaks" in obj:
-      members = obj["leaks"]
-    else:
-      members = [m for g in obj["groups"] for m in g[1:]]
-    root = os.path.realpath(dataset_root)
-    return {m["id"] for m in members
-            if m["split"] == split and os.path.realpath(m["dataset"]) == root}
-  except (ValueError, KeyError, TypeError) as e:
-    raise DedupError(f"exclusion file {path} is not a dedup report (`impax dedup --json`): "
-                     f"{type(e).__name__}: {e}") from None
 
 
 # -- impax dedup ------------------------------------------------------------------

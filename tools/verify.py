@@ -9,29 +9,23 @@ for a shard whose size is already wrong), and the tokenizer's sha256. --deep als
 opens every shard as ArrayRecord, counts its records against metadata.json (per
 shard and per split) and parses every record against the feature spec.
 
-Files go through Beam's FileSystems, so DIR may be local, gs:// or s3://; --deep
+Files go through datasets/files.py, so DIR may be local, gs:// or s3://; --deep
 copies a remote shard to a local temporary file while hashing it, since
-ArrayRecord reads local files only.
+ArrayRecord reads local files only. metadata.json and the shards are read as
+every reader reads them (datasets/prepared.py), each record against the feature
+spec by records.problem.
 """
 
 import contextlib
 import dataclasses
-import hashlib
 import json
-import os
 import tempfile
 from collections.abc import Iterator, Mapping
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from array_record.python.array_record_module import ArrayRecordReader
-
+from impax.datasets import files, prepared, records
 from impax.datasets import metadata as metadata_lib
-from impax.datasets import records
 
-_CHUNK = 1 << 20
 _BATCH = 64  # records read at a time by --deep
-_KINDS = {bytes: "bytes", float: "float", int: "int64"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,41 +79,17 @@ class Report:
     return "\n".join(lines)
 
 
-def _join(root: str, name: str) -> str:
-  return os.path.join(root, name) if "://" not in root else FileSystems.join(root, name)
-
-
-def _open(path: str):
-  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def file_sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with _open(path) as f:
-    while chunk := f.read(_CHUNK):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
-def sizes(paths: list[str]) -> dict[str, int | None]:
-  """{path: size in bytes, or None where no file is}, from one listing call."""
-  if not paths:
-    return {}
-  return {p: (m.metadata_list[0].size_in_bytes if m.metadata_list else None)
-          for p, m in zip(paths, FileSystems.match(paths))}
-
-
 def shard_problems(root: str, split_name: str, shards: tuple[metadata_lib.Shard, ...],
                    checksum: bool = True) -> list[Problem]:
   """What is wrong with a split's shards on disk: missing, another size, or (with checksum)
   another sha256. The fast path: hashes only the shards whose size is right."""
   out = []
-  found = sizes([_join(root, s.path) for s in shards])
+  found = files.sizes([files.join(root, s.path) for s in shards])
   for shard in shards:
-    path = _join(root, shard.path)
+    path = files.join(root, shard.path)
     problem = _size_problem(split_name, shard, found[path])
     if problem is None and checksum and shard.sha256:
-      problem = _checksum_problem(split_name, shard, file_sha256(path))
+      problem = _checksum_problem(split_name, shard, files.sha256(path))
     if problem:
       out.append(problem)
   return out
@@ -142,17 +112,11 @@ def _checksum_problem(split: str, shard: metadata_lib.Shard, sha256: str) -> Pro
   return None
 
 
-def load_metadata(root: str) -> metadata_lib.Metadata:
-  path = _join(root, "metadata.json")
-  if not FileSystems.exists(path):
-    raise ValueError(f"{root} has no metadata.json: is it the output of `impax build`?")
-  with _open(path) as f:
-    return metadata_lib.loads(f.read(), where=path)
-
-
 def verify(root: str, *, deep: bool = False, split: str | None = None) -> Report:
   """Checks a prepared dataset's files against its metadata.json (see the module's doc)."""
-  meta = load_metadata(root)
+  meta = prepared.read_metadata(root)
+  if meta is None:
+    raise ValueError(f"{root} has no metadata.json: is it the output of `impax build`?")
   names = sorted(meta.splits)
   if split is not None:
     if split not in meta.splits:
@@ -180,10 +144,10 @@ def verify(root: str, *, deep: bool = False, split: str | None = None) -> Report
 
 
 def _tokenizer_problems(root: str, tokenizer: metadata_lib.Tokenizer) -> list[Problem]:
-  path = _join(root, tokenizer.path)
-  if not FileSystems.exists(path):
+  path = files.join(root, tokenizer.path)
+  if not files.exists(path):
     return [Problem("-", tokenizer.path, "missing", "missing")]
-  sha256 = file_sha256(path)
+  sha256 = files.sha256(path)
   if sha256 != tokenizer.sha256:
     return [Problem("-", tokenizer.path, "checksum", f"checksum mismatch: sha256 "
                     f"{sha256[:16]}..., metadata.json says {tokenizer.sha256[:16]}...")]
@@ -196,9 +160,9 @@ def _tokenizer_problems(root: str, tokenizer: metadata_lib.Tokenizer) -> list[Pr
 def _deep_split(root: str, name: str, split: metadata_lib.Split,
                 features: Mapping[str, Mapping[str, str]]) -> list[Problem]:
   problems, found_records = [], 0
-  found = sizes([_join(root, s.path) for s in split.shards])
+  found = files.sizes([files.join(root, s.path) for s in split.shards])
   for shard in split.shards:
-    path = _join(root, shard.path)
+    path = files.join(root, shard.path)
     size_problem = _size_problem(name, shard, found[path])
     if size_problem and size_problem.kind == "missing":
       problems.append(size_problem)
@@ -221,55 +185,45 @@ def _deep_split(root: str, name: str, split: metadata_lib.Split,
 @contextlib.contextmanager
 def _local(path: str) -> Iterator[tuple[str, str]]:
   """A local path to the file and its sha256; a remote file is copied while hashed."""
-  digest = hashlib.sha256()
-  if "://" not in path:
-    yield path, file_sha256(path)
+  if not files.is_remote(path):
+    yield path, files.sha256(path)
     return
   with tempfile.NamedTemporaryFile(suffix=".array_record") as local:
-    with _open(path) as f:
-      while chunk := f.read(_CHUNK):
-        digest.update(chunk)
-        local.write(chunk)
+    sha256 = files.sha256(path, copy_to=local)
     local.flush()
-    yield local.name, digest.hexdigest()
+    yield local.name, sha256
 
 
 def _read_records(split: str, shard: metadata_lib.Shard, path: str,
                   features: Mapping[str, Mapping[str, str]]) -> tuple[int, list[Problem]]:
   """(records in the file, problems): its count against metadata.json's, and each record
-  parsed against the feature spec."""
+  parsed against the feature spec (records.problem)."""
   problems, count = [], 0
   try:
-    reader = ArrayRecordReader(path, "readahead_buffer_size:0")
-  except RuntimeError as e:
-    return 0, [Problem(split, shard.path, "unreadable", f"not a readable ArrayRecord file: {e}")]
-  try:
-    count = reader.num_records()
-    if count != shard.num_records:
-      problems.append(Problem(split, shard.path, "records",
-                              f"{count} records, metadata.json says {shard.num_records}"))
-    for start in range(0, count, _BATCH):
-      indices = list(range(start, min(count, start + _BATCH)))
-      try:
-        batch = reader.read(indices)
-      except RuntimeError:
-        problems.append(_unreadable_record(split, shard, reader, indices))
-        break
-      for index, data in zip(indices, batch):
-        if reason := record_problem(data, features):
-          problems.append(Problem(split, shard.path, "record",
-                                  f"record {index} does not parse: {reason}"))
-  finally:
-    try:
-      reader.close()
-    except RuntimeError as e:  # riegeli reports a damaged tail when closing
-      if not problems:
-        problems.append(Problem(split, shard.path, "unreadable",
-                                f"not a readable ArrayRecord file: {e}"))
+    with prepared.open_shard(path) as reader:
+      count = reader.num_records()
+      if count != shard.num_records:
+        problems.append(Problem(split, shard.path, "records",
+                                f"{count} records, metadata.json says {shard.num_records}"))
+      for start in range(0, count, _BATCH):
+        indices = list(range(start, min(count, start + _BATCH)))
+        try:
+          batch = reader.read(indices)
+        except RuntimeError:
+          problems.append(_unreadable_record(split, shard, reader, indices))
+          break
+        for index, data in zip(indices, batch):
+          if reason := records.problem(data, features):
+            problems.append(Problem(split, shard.path, "record",
+                                    f"record {index} does not parse: {reason}"))
+  except RuntimeError as e:  # riegeli's, opening a damaged file or closing its damaged tail
+    if not problems:
+      problems.append(Problem(split, shard.path, "unreadable",
+                              f"not a readable ArrayRecord file: {e}"))
   return count, problems
 
 
-def _unreadable_record(split: str, shard: metadata_lib.Shard, reader: ArrayRecordReader,
+def _unreadable_record(split: str, shard: metadata_lib.Shard, reader,
                        indices: list[int]) -> Problem:
   """The first record of a batch that cannot be read, one at a time."""
   for index in indices:
@@ -279,34 +233,6 @@ def _unreadable_record(split: str, shard: metadata_lib.Shard, reader: ArrayRecor
       return Problem(split, shard.path, "unreadable", f"record {index} cannot be read: {e}")
   return Problem(split, shard.path, "unreadable",
                  f"records {indices[0]}-{indices[-1]} cannot be read together")
-
-
-def record_problem(data: bytes, features: Mapping[str, Mapping[str, str]]) -> str | None:
-  """Why a serialized record does not fit the feature spec (metadata.json's `features`,
-  records.feature_spec()), or None when it does."""
-  try:
-    parsed = records.parse_example(data)
-  except Exception as e:  # protobuf's DecodeError, or a message that is not an Example
-    return f"not a tf.train.Example ({type(e).__name__}: {e})"
-  if not parsed.get("id"):
-    return "it has no 'id'"
-  for key, values in sorted(parsed.items()):
-    spec = features.get(key)
-    if spec is None:
-      return f"key {key!r} is not in the feature spec"
-    if not values:
-      return f"{key!r} is empty"
-    kind = _KINDS.get(type(values[0]))
-    if kind != spec["dtype"]:
-      return f"{key!r} holds {kind} values, the feature spec says {spec['dtype']}"
-    if spec["shape"] == "scalar" and len(values) != 1:
-      return f"{key!r} holds {len(values)} values, the feature spec says a scalar"
-  stored = {"video/num_frames": len(parsed.get("video/frames", ())),
-            "audio/num_samples": len(parsed.get("audio/pcm_s16le", [b""])[0]) // 2}
-  for key, count in stored.items():
-    if key in parsed and parsed[key][0] != count:
-      return f"{key!r} says {parsed[key][0]}, the record holds {count}"
-  return None
 
 
 def main(root: str, *, deep: bool = False, split: str | None = None, as_json: bool = False) -> int:

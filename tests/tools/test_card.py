@@ -17,7 +17,8 @@ from PIL import Image
 
 from impax import demo
 from impax.cli import main as cli
-from impax.datasets import card, inspect, prepared
+from impax.datasets import prepared
+from impax.tools import card, inspect
 from impax.pipelines import build, tools
 
 SAMPLES = 8
@@ -141,7 +142,7 @@ def test_the_card_shows_the_builds_config_and_lineage(dataset, written):
   assert options["video_short_side"] == "48" and options["jpeg_quality"] == "90"
   assert json.loads(of_split["sharding"]) == dict(split.sharding)
   assert split.sharding["num_shards"] == 2
-  assert set(options) == set(meta.config)
+  assert set(options) == set(meta.config.stored())
   assert [row[0] for row in page.rows("shards")] == [s.path for s in split.shards]
 
 
@@ -153,8 +154,8 @@ def test_the_card_pictures_and_charts_each_split(dataset, written):
   legend = page.rows("legend")
   # every seeded sample with frames or an image, in split order
   data = prepared.open_dataset(dataset)
-  pictured = [p for p, f in card.read_records(data, "train", sample_positions(data))
-              if f.get("video/frames") or f.get("image/encoded")]
+  pictured = [p for p, r in card.read_records(data, "train", sample_positions(data))
+              if r.video or r.image]
   assert [int(row[1]) for row in legend] == pictured and len(pictured) > 1
   assert {row[3].split("/")[0] for row in legend} >= {"videos", "images"}
   assert page.image("audio")["alt"] == "audio of split train"
@@ -177,11 +178,10 @@ def test_the_contact_sheet_shows_the_records_frames(dataset, written):
   positions = sample_positions(data)
   examples = dict(card.read_records(data, "train", positions))
   _, legend = card.contact_sheet([(p, examples[p]) for p in positions])
-  video = next(item for item in legend if item["features"].get("video/frames"))
-  assert [row[2] for row in page.rows("legend")] == [
-      item["features"]["id"][0].decode() for item in legend]
+  video = next(item for item in legend if item["record"].video)
+  assert [row[2] for row in page.rows("legend")] == [item["record"].id for item in legend]
   # the clip's last frame is its row's last tile: decoded here with PIL, centre square
-  frames = video["features"]["video/frames"]
+  frames = video["record"].video.frames
   last = Image.open(io.BytesIO(frames[-1])).convert("RGB")
   side = min(last.size)
   left, top = (last.width - side) // 2, (last.height - side) // 2

@@ -19,7 +19,8 @@ import pytest
 from array_record.python import array_record_module
 
 from impax import cli
-from impax.datasets import dedup, loader, metadata, prepared, records
+from impax.datasets import loader, metadata, prepared, records
+from impax.tools import dedup
 from impax.pipelines import build, publish, tools
 
 SETTINGS = {"video_short_side": 48, "image_short_side": 48, "video_fps": 5.0, "num_shards": 2}
@@ -163,7 +164,8 @@ def test_metadata_summarizes_the_duplicates_of_each_split(built):
 
 
 def test_old_metadata_without_duplicates_still_loads():
-  path = os.path.join(os.path.dirname(__file__), "data", "metadata-before-types.json")
+  path = os.path.join(os.path.dirname(__file__), "..", "datasets", "data",
+                      "metadata-before-types.json")
   with open(path, "rb") as f:
     meta = metadata.loads(f.read())
   assert all(s.duplicates is None for s in meta.splits.values())
@@ -273,7 +275,7 @@ def test_fingerprints_off_writes_none(tmp_path):
 COPIES = """
 import json, resource, sys, tracemalloc
 import numpy as np
-from impax.datasets import dedup
+from impax.tools import dedup
 n, same_bytes = int(sys.argv[1]), sys.argv[2] == "same"
 # A small image's two hashes (whole, centre), n times; the same file or n re-encodes.
 fp = dedup.Fingerprints(

@@ -11,10 +11,11 @@ import pytest
 from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
 
 from impax import cli, demo
-from impax.datasets import metadata, prepared, records, verify
+from impax.datasets import files, metadata, prepared, records
 from impax.pipelines import build
 
-OLD_METADATA = pathlib.Path(__file__).parent / "data" / "metadata-before-types.json"
+OLD_METADATA = (pathlib.Path(__file__).parent.parent / "datasets" / "data"
+                / "metadata-before-types.json")
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +79,8 @@ def test_each_damage_is_named_with_its_shard_and_reason(dataset, capsys, monkeyp
                                                         expected):
   shard = shards(dataset)[1]
   hashed = []
-  real_sha256 = verify.file_sha256
-  monkeypatch.setattr(verify, "file_sha256", lambda p: hashed.append(p) or real_sha256(p))
+  real_sha256 = files.sha256
+  monkeypatch.setattr(files, "sha256", lambda p: hashed.append(p) or real_sha256(p))
   damage(dataset / shard["path"])
   code, out = run_verify(capsys, dataset)
   assert code == 1
