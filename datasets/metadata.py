@@ -18,6 +18,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from impax.datasets.build_settings import BuildConfig
+
 
 class MetadataError(ValueError):
   """A metadata.json this impax cannot read; the message says which field and what to do."""
@@ -116,7 +118,10 @@ class Metadata:
   impax_version: str
   created: str
   spec: str
-  config: Mapping[str, Any]  # the build config that fixes the bytes
+  # The build config: metadata.json holds the settings that fix the bytes (BuildConfig.stored);
+  # the others (a split's sharding is Split.sharding), and those a file written by an older
+  # impax lacks, read back as their defaults.
+  config: BuildConfig
   config_hash: str
   fingerprint: Mapping[str, Any]
   array_record_options: str
@@ -156,6 +161,7 @@ class Metadata:
 
 def to_json(meta: Metadata) -> dict:
   out = dataclasses.asdict(meta)
+  out["config"] = meta.config.stored()
   for split, s in zip(out["splits"].values(), meta.splits.values()):
     if s.lacking is None:
       del split["lacking"]
@@ -195,7 +201,8 @@ def from_json(obj: Mapping, where: str = "metadata.json") -> Metadata:
   splits = read.field(obj, "splits", dict)
   tokenizer = obj.get("tokenizer")
   return Metadata(
-      **read.fields(obj, Metadata, skip=("labels", "tokenizer", "tasks", "splits")),
+      **read.fields(obj, Metadata, skip=("config", "labels", "tokenizer", "tasks", "splits")),
+      config=BuildConfig(**read.fields(read.field(obj, "config", dict), BuildConfig, "config")),
       labels=tuple(read.field(obj, "labels", list)),
       tokenizer=(Tokenizer(**read.fields(tokenizer, Tokenizer, path="tokenizer"))
                  if tokenizer else None),

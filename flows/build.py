@@ -76,13 +76,6 @@ BuildOptions = pydantic.create_model(
        for name, field in config_lib.FIELDS.items()})
 
 
-def _settings(options, config_file: str | None) -> tuple[dict, ...]:
-  """The CLI's layers: the config file, then the options given."""
-  layers = [config_lib.read_config_file(config_file)] if config_file else []
-  given = options.model_dump(exclude_none=True) if options is not None else {}
-  return (*layers, given)
-
-
 # -- 1: check -----------------------------------------------------------------
 
 
@@ -309,9 +302,10 @@ def build_dataset(
 
   Returns: {split: the build's summary}.
   """
+  settings = config_lib.layers(config_file, options.model_dump() if options else None)
   resource = {"prefect.resource.id": f"impax.dataset.{_absolute(output)}",
               "prefect.resource.name": os.path.basename(output.rstrip("/"))}
-  return _build(spec, output, splits, _settings(options, config_file), overwrite, workers,
+  return _build(spec, output, splits, settings, overwrite, workers,
                 retries, retry_delay_seconds, timeout_minutes, resource, payload={},
                 beam_options=beam_options or [], max_failure_rate=max_failure_rate)
 

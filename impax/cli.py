@@ -64,13 +64,11 @@ def _rate(text: str) -> float:
 
 def _build(args, beam_args):
   from impax.pipelines import build, config as config_lib
-  settings = []
-  if args.config:
-    settings.append(config_lib.read_config_file(args.config))
-  settings.append({k[4:]: v for k, v in vars(args).items() if k.startswith("set_") and v is not None})
+  settings = config_lib.layers(args.config, {k[4:]: v for k, v in vars(args).items()
+                                             if k.startswith("set_")})
   if args.workers is not None and args.workers < 1:
     raise build.BuildError("--workers must be at least 1")
-  plan = build.prepare(args.spec, args.input, args.output, args.split, tuple(settings),
+  plan = build.prepare(args.spec, args.input, args.output, args.split, settings,
                        overwrite=args.overwrite, beam_args=beam_args)
   if plan.resumed_shards and not plan.up_to_date:
     print(f"resuming: {plan.resumed_shards} shard(s) already finished", file=sys.stderr)

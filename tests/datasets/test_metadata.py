@@ -7,6 +7,7 @@ import os
 import pytest
 
 from impax.datasets import metadata
+from impax.datasets.build_settings import BuildConfig
 
 # A metadata.json that impax wrote before metadata had types (the demo's audio
 # dataset, trimmed to one split): its tasks still carry the unread keys
@@ -36,11 +37,20 @@ def test_what_is_written_reads_back_the_same():
   again = metadata.loads(metadata.dumps(meta))
   assert again == meta
   written = json.loads(metadata.dumps(meta))
-  # The layout is the old one, less the task keys nothing read.
+  # The layout is the old one, less the task keys nothing read, and with the build
+  # settings added since at their defaults (the config reads back as a BuildConfig).
   expected = old_json()
   for task in expected["tasks"]:
     del task["label_names"], task["tokenizer"]
+  expected["config"] = {**BuildConfig().stored(), **expected["config"]}
   assert written == expected
+
+
+def test_the_build_config_reads_back_typed():
+  meta = metadata.loads(open(OLD, "rb").read())
+  assert isinstance(meta.config, BuildConfig)
+  assert {k: getattr(meta.config, k) for k in old_json()["config"]} == old_json()["config"]
+  assert meta.config.array_record_options() == meta.array_record_options
 
 
 def test_a_split_without_the_lacking_list_reads_as_none():

@@ -3,6 +3,7 @@
 import pytest
 
 from impax.datasets import records
+from impax.datasets.build_settings import BuildConfig
 from impax.pipelines import config as config_lib
 
 
@@ -26,6 +27,29 @@ def test_settings_layers_and_hash(tmp_path):
   (tmp_path / "bad.json").write_text("{oops")
   with pytest.raises(ValueError, match="bad.json is not valid JSON"):
     config_lib.read_config_file(str(tmp_path / "bad.json"))
+
+
+def test_the_cli_and_the_flow_layer_a_config_file_and_options_alike(tmp_path):
+  (tmp_path / "c.json").write_text('{"video_fps": 4, "jpeg_quality": 80}')
+  layers = config_lib.layers(str(tmp_path / "c.json"), {"jpeg_quality": 70, "video_fps": None})
+  assert layers == ({"video_fps": 4, "jpeg_quality": 80}, {"jpeg_quality": 70})
+  # Over the spec's settings: the file wins over the spec, the options over the file.
+  cfg = config_lib.resolve({"video_fps": 2.0, "image_short_side": 64}, *layers)
+  assert (cfg.video_fps, cfg.jpeg_quality, cfg.image_short_side) == (4.0, 70, 64)
+  assert config_lib.layers() == ({},)
+  with pytest.raises(ValueError, match="config file .*missing.toml does not exist"):
+    config_lib.layers(str(tmp_path / "missing.toml"), {})
+  (tmp_path / "unknown.toml").write_text("fps = 4\n")
+  with pytest.raises(ValueError, match="unknown setting.s. fps; known: name, version"):
+    config_lib.layers(str(tmp_path / "unknown.toml"))
+
+
+def test_the_build_config_is_the_formats_and_its_stored_part_is_what_is_hashed():
+  assert config_lib.BuildConfig is BuildConfig
+  cfg = config_lib.resolve({"num_shards": 3, "download_retries": 1, "video_fps": 4})
+  assert config_lib.fingerprint(cfg, "jsonl")["config"] == cfg.stored()
+  assert "num_shards" not in cfg.stored() and "download_retries" not in cfg.stored()
+  assert cfg.stored()["video_fps"] == 4.0
 
 
 def test_records_parse_as_tf_train_example():
