@@ -20,7 +20,8 @@ Follow one example top to bottom:
   7. Publish (pipelines/publish.py): the launcher merges the shards' sidecars
      into metadata.json and failures-<split>.jsonl and removes the temporary files.
 
-This file is the launcher: `prepare` (step 0), then `run` (steps 1-7).
+This file is the launcher: `prepare` (step 0), then `run` (steps 1-7); `build` does
+both (`impax.build`).
 
 The temporary files live in OUTPUT/.impax-tmp/<split>/; a killed build leaves
 them there, and running the same build again reuses every finished shard and
@@ -39,9 +40,32 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, WorkerOptions
 
 from impax.datasets import metadata, registry
+from impax.pipelines import config as config_lib
 from impax.pipelines import graph, lock, loopback, plan as plan_lib, progress as progress_lib
 from impax.pipelines import publish, read, storage
 from impax.pipelines.plan import BuildError, Plan
+
+
+def build(spec: str, input: str, output: str, split: str = "train", *,
+          config_file: str | None = None, settings: dict | None = None,
+          workers: int | None = None, beam_args: list[str] = (), overwrite: bool = False,
+          max_failure_rate: float | None = None, progress: bool = False) -> dict:
+  """Builds one split of a corpus into a prepared dataset, as `impax build` does.
+
+      import impax
+      impax.build("jsonl", "corpus/videos-train.jsonl", "data/videos", split="train",
+                  settings={"video_short_side": 128, "video_fps": 8.0})
+      impax.build("kinetics", "gs://bucket/k400/train.csv", "gs://bucket/prepared/k400",
+                  beam_args=["--runner=DataflowRunner", "--project=p", "--region=r"])
+
+  spec: a registered spec (`impax specs`) or a spec file. settings: build settings over
+  config_file's, over the spec's and the defaults (pipelines/config.py lists them).
+  beam_args: Beam pipeline options (the runner and its options). Returns the split's
+  summary (build.run); raises what prepare and run raise.
+  """
+  plan = prepare(spec, input, output, split, config_lib.layers(config_file, settings),
+                 overwrite, beam_args)
+  return run(plan, workers, beam_args, progress=progress, max_failure_rate=max_failure_rate)
 
 
 def prepare(spec_name: str, input_path: str, output: str, split: str = "train",
