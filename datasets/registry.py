@@ -45,6 +45,8 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+from impax.datasets import files
+
 from impax.datasets import modalities, specs
 from impax.datasets.metadata import Composition, TaskInfo
 
@@ -112,10 +114,6 @@ def folder_of(path: str) -> str:
   return os.path.dirname(os.path.abspath(path))
 
 
-def join(base: str, *parts: str) -> str:
-  return "/".join([base.rstrip("/"), *parts]) if "://" in base else os.path.join(base, *parts)
-
-
 def corpus_root(path: str) -> str:
   """The folder a corpus's media lie under: the annotation file's folder, or its
   parent when that folder is one of ANNOTATION_FOLDERS."""
@@ -168,9 +166,9 @@ def without_bom(number: int, raw: bytes) -> bytes:
 
 
 def read_lines(path: str):
-  """Yields (line number, raw bytes) of a text file on any Beam filesystem."""
-  from apache_beam.io.filesystems import FileSystems  # heavy: only builds read corpora
-  with FileSystems.open(path) as f:
+  """Yields (line number, raw bytes) of a text file, local or remote, decompressed by its
+  name (.gz, .bz2, ...)."""
+  with files.open(path, decompress=True) as f:
     for number, line in enumerate(iter(f.readline, b""), 1):
       yield number, without_bom(number, line)
 

@@ -3,7 +3,7 @@
 import csv
 import json
 
-from impax.datasets import registry
+from impax.datasets import files, registry
 
 
 class LineError(Exception):
@@ -54,11 +54,10 @@ def bad(path: str, number: int, error: str, id_: str = "") -> registry.BadEntry:
 
 
 def load_json(path: str) -> object:
-  from apache_beam.io.filesystems import FileSystems  # heavy: only builds read corpora
-  if not FileSystems.exists(path):
+  if not files.exists(path):
     raise FileNotFoundError(path)
   try:
-    with FileSystems.open(path) as f:
+    with files.open(path, decompress=True) as f:
       return json.load(f)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path} is not valid JSON: {e}") from None

@@ -16,7 +16,7 @@ already cut to the segment; a missing clip is a failure of the read stage.
 import math
 import posixpath
 
-from impax.datasets import registry
+from impax.datasets import files, registry
 from impax.datasets.specs import _csv
 
 HEADER = "# YTID, start_seconds, end_seconds, positive_labels"
@@ -27,7 +27,7 @@ def context(path: str, header: list[bytes], split: str) -> dict:
     raise ValueError(f"{path}:3: an AudioSet segments CSV starts with three comment lines, the "
                      f"third {HEADER!r}: is this the right file?")
   folder = registry.folder_of(path)
-  ontology_path = registry.join(folder, "ontology.json")
+  ontology_path = files.join(folder, "ontology.json")
   try:
     ontology = _csv.load_json(ontology_path)
   except FileNotFoundError:
@@ -39,7 +39,7 @@ def context(path: str, header: list[bytes], split: str) -> dict:
     raise ValueError(f"{ontology_path} must be a list of objects with 'id' and 'name' strings")
   stem = posixpath.splitext(path.rstrip("/").rsplit("/", 1)[-1])[0]
   return {"path": path, "names": {c["id"]: c["name"] for c in ontology},
-          "clips": registry.join(folder, stem)}
+          "clips": files.join(folder, stem)}
 
 
 def _seconds(value: str, field: str, number: int) -> float:
@@ -78,7 +78,7 @@ def parse(ctx: dict, number: int, raw: bytes) -> registry.Entry | registry.BadEn
     return _csv.bad(path, number, str(e))
   name = f"{ytid}_{start}_{end}"
   return registry.Entry(index=number - 1, source=f"{path}:{number}", id=name,
-                        media={"audio": registry.join(ctx["clips"], name + ".wav")},
+                        media={"audio": files.join(ctx["clips"], name + ".wav")},
                         labels=tuple(ctx["names"][i] for i in ids))
 
 

@@ -10,7 +10,7 @@ its captions (five or more), in the file's order; its id is the image id.
 
 import re
 
-from impax.datasets import registry
+from impax.datasets import files, registry
 from impax.datasets.specs import _csv, _join
 
 
@@ -20,7 +20,7 @@ def _image_folder(path: str) -> str:
   if not m:
     raise ValueError(f"{path}: name the file as COCO does, captions_<set>.json (e.g. "
                      "captions_train2017.json), with its images in <set>/ beside annotations/")
-  return registry.join(registry.corpus_root(path), m[1])
+  return files.join(registry.corpus_root(path), m[1])
 
 
 def _load(path: str) -> dict:
@@ -54,7 +54,7 @@ def read(path: str):
                               "'file_name' string")
       continue
     yield registry.Entry(index=i, source=source, id=str(im["id"]),
-                         media={"image": registry.join(folder, im["file_name"])},
+                         media={"image": files.join(folder, im["file_name"])},
                          captions=tuple(captions.get(im["id"], ())))
 
 

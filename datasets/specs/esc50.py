@@ -11,7 +11,7 @@ cross-validation: `--split fold5` builds fold 5 only, `--split fold1234` folds
 
 import re
 
-from impax.datasets import registry
+from impax.datasets import files, registry
 from impax.datasets.specs import _csv
 
 HEADER = "filename,fold,target,category,esc10,src_file,take"
@@ -27,7 +27,7 @@ def folds_of(split: str) -> frozenset[int] | None:
 def context(path: str, header: list[bytes], split: str) -> dict:
   columns = _csv.columns(path, header, ("filename", "fold", "category"), HEADER)
   return {"path": path, "columns": columns, "folds": folds_of(split),
-          "audio": registry.join(registry.corpus_root(path), "audio")}
+          "audio": files.join(registry.corpus_root(path), "audio")}
 
 
 def parse(ctx: dict, number: int, raw: bytes) -> registry.Entry | registry.BadEntry | None:
@@ -48,7 +48,7 @@ def parse(ctx: dict, number: int, raw: bytes) -> registry.Entry | registry.BadEn
   if ctx["folds"] is not None and int(fold) not in ctx["folds"]:
     return None
   return registry.Entry(index=number - 1, source=f"{path}:{number}", id=filename,
-                        media={"audio": registry.join(ctx["audio"], filename)},
+                        media={"audio": files.join(ctx["audio"], filename)},
                         labels=(category,))
 
 

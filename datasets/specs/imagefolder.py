@@ -8,16 +8,14 @@ deeper) is a failure that says where it should be.
 
 import os
 
-from apache_beam.io.filesystems import FileSystems
-
-from impax.datasets import registry
+from impax.datasets import files, registry
 
 
 def read(path: str):
   root = path.rstrip("/") if "://" in path else os.path.abspath(path)
-  files = sorted(m.path for m in FileSystems.match([registry.join(root, "**")])[0].metadata_list)
+  found = sorted(f.path for f in files.match(files.join(root, "**")))
   index = 0
-  for file in files:
+  for file in found:
     relative = file[len(root) + 1:] if file.startswith(root + "/") else file
     parts = relative.split("/")
     if any(p.startswith(".") for p in parts):
@@ -32,7 +30,7 @@ def read(path: str):
 
 
 def check(path: str, split: str):
-  if not FileSystems.match([registry.join(path.rstrip("/"), "*", "*")], limits=[1])[0].metadata_list:
+  if not files.match(files.join(path.rstrip("/"), "*", "*"), limit=1):
     raise ValueError(f"{path} holds no <class>/<file>: an image folder holds one folder of "
                      "images per class")
 

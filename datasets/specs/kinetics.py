@@ -19,7 +19,7 @@ import math
 import os
 import re
 
-from impax.datasets import registry
+from impax.datasets import files, registry
 from impax.datasets.specs import _csv
 
 HEADER = "label,youtube_id,time_start,time_end,split"
@@ -63,7 +63,7 @@ def parse(ctx: dict, number: int, raw: bytes) -> registry.Entry | registry.BadEn
   label = value("label")
   return registry.Entry(
       index=number - 1, source=f"{path}:{number}", id=name,
-      media={"video": registry.join(ctx["root"], folder, name + ".mp4")},
+      media={"video": files.join(ctx["root"], folder, name + ".mp4")},
       labels=(label,) if label else ())
 
 

@@ -11,7 +11,7 @@ is one example with all its captions (20 in MSR-VTT). `--split train`,
 file has none); any other split name takes every video of the file. Videos are already cut to their clip.
 """
 
-from impax.datasets import registry
+from impax.datasets import files, registry
 from impax.datasets.specs import _csv, _join
 
 SPLITS = {"train": "train", "val": "validate", "validate": "validate", "validation": "validate",
@@ -67,7 +67,7 @@ def read(path: str, split: str = "train"):
       continue
     folder = "TestVideo" if v.get("split") == "test" else "TrainValVideo"
     yield registry.Entry(index=i, source=source, id=v["video_id"],
-                         media={"video": registry.join(root, folder, v["video_id"] + ".mp4")},
+                         media={"video": files.join(root, folder, v["video_id"] + ".mp4")},
                          captions=tuple(captions.get(v["video_id"], ())))
 
 

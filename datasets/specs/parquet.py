@@ -27,9 +27,7 @@ import concurrent.futures
 import math
 import os
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-
+from impax.datasets import files as files_lib
 from impax.datasets import modalities, registry
 from impax.datasets.specs import jsonl
 
@@ -40,25 +38,23 @@ GUESSES = {"url": ("url",), "caption": ("caption", "text")}
 
 
 def _open(path: str):
-  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+  return files_lib.open(path)
 
 
 def _is_dir(path: str) -> bool:
   if "://" not in path:
     return os.path.isdir(path)
-  return bool(FileSystems.match([registry.join(path.rstrip("/"), "**")], limits=[1])[0].metadata_list)
+  return bool(files_lib.match(files_lib.join(path.rstrip("/"), "**"), limit=1))
 
 
 def files(path: str) -> list[tuple[str, int, float]]:
   """(path, size, modified) of an input's Parquet files: the file itself, or every
   *.parquet under a folder, in path order."""
   if not _is_dir(path):
-    return [(path, m.size_in_bytes, m.last_updated_in_seconds)
-            for m in FileSystems.match([path])[0].metadata_list[:1]] or [(path, -1, 0.0)]
+    return [(path, f.size, f.modified) for f in files_lib.match(path)[:1]] or [(path, -1, 0.0)]
   root = path.rstrip("/") if "://" in path else os.path.abspath(path)
-  found = sorted((m.path, m.size_in_bytes, m.last_updated_in_seconds)
-                 for m in FileSystems.match([registry.join(root, "**")])[0].metadata_list
-                 if m.path.endswith(".parquet") and not os.path.basename(m.path).startswith("."))
+  found = sorted((f.path, f.size, f.modified) for f in files_lib.match(files_lib.join(root, "**"))
+                 if f.path.endswith(".parquet") and not os.path.basename(f.path).startswith("."))
   if not found:
     raise ValueError(f"{path} holds no .parquet file: give a Parquet file or a folder of them")
   return found
