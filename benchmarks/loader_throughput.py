@@ -60,9 +60,8 @@ def build_dataset(root: str, videos: int) -> str:
 
 def plain_decode(record: bytes) -> np.ndarray:
   """The middle 8 frames, centre crop, 112x112: the loader's JPEG decoding, no buckets."""
-  f = records_lib.parse_example(record)
-  frames = f["video/frames"]
-  h, w = f["video/height"][0], f["video/width"][0]
+  video = records_lib.Record.parse(record).video
+  frames, (h, w) = video.frames, video.shape
   s = min(w, h)
   box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
   start = max(0, len(frames) - FRAMES) // 2

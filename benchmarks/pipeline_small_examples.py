@@ -47,10 +47,10 @@ import time
 
 import numpy as np
 import psutil
-from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+from array_record.python.array_record_module import ArrayRecordWriter
 from PIL import Image
 
-from impax.datasets import registry
+from impax.datasets import prepared, registry
 from impax.pipelines import build, config as config_lib, example, read, text
 
 
@@ -154,10 +154,8 @@ def profile(manifest: str, out: str, settings: dict, path: str):
 def records_sha256(paths: list[str]) -> str:
   digest = hashlib.sha256()
   for path in paths:
-    reader = ArrayRecordReader(path, "readahead_buffer_size:0")
-    for i in range(reader.num_records()):
-      digest.update(reader.read([i])[0])
-    reader.close()
+    for _, data in prepared.read_shard(path):
+      digest.update(data)
   return digest.hexdigest()
 
 

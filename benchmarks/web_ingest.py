@@ -197,23 +197,19 @@ def run_impax(tsv: str, out: str, args) -> dict:
   shutil.rmtree(out, ignore_errors=True)
   wall, cpu = timed([IMPAX, "build", "cc3m", "--input", tsv, "--output", out, "--workers",
                      str(args.processes), "--quiet"], out + ".log")
-  with open(os.path.join(out, "metadata.json")) as f:
-    split = json.load(f)["splits"]["train"]
-  return {"wall_s": wall, "cpu_s": cpu, "images": split["num_examples"],
-          "failed": split["num_failed"], "sample_size": _impax_size(out, split)}
+  from impax.datasets import prepared
+  dataset = prepared.load(out)
+  split = dataset.metadata.splits["train"]
+  return {"wall_s": wall, "cpu_s": cpu, "images": split.num_examples,
+          "failed": split.num_failed, "sample_size": _impax_size(dataset)}
 
 
-def _impax_size(out: str, split: dict) -> list[int] | None:
-  from array_record.python.array_record_module import ArrayRecordReader
+def _impax_size(dataset) -> list[int] | None:
+  """(width, height) of the first record's image."""
   from impax.datasets import records
-  reader = ArrayRecordReader(os.path.join(out, split["shards"][0]["path"]))
-  example = records.Example.FromString(reader.read([0])[0])
-  reader.close()
-  feature = example.features.feature
-  jpeg = next((feature[k].bytes_list.value[0] for k in sorted(feature)
-               if feature[k].bytes_list.value and feature[k].bytes_list.value[0][:2] == b"\xff\xd8"),
-              None)
-  return list(Image.open(io.BytesIO(jpeg)).size) if jpeg else None
+  _, data = next(dataset.records("train"))
+  image = records.Record.parse(data).image
+  return list(Image.open(io.BytesIO(image.encoded)).size) if image else None
 
 
 # -- the run ---------------------------------------------------------------------------
