@@ -5,7 +5,7 @@ DIR/metadata.json listing every shard of every split. Every reader goes through
 here: the loader, the trainer, `impax verify/dedup/card/inspect` and the build's
 own resume check.
 
-  dataset = prepared.open_dataset(path_or_uri)   # staged, checked
+  dataset = prepared.open_dataset(path_or_uri)   # checked
   dataset.shard_paths("train")                   # the files, in split order
   for position, data in dataset.records("train"): record = records.Record.parse(data)
 
@@ -13,9 +13,9 @@ own resume check.
 
 Checks fail loudly with the file they concern, because a silently short or
 mismatched shard would otherwise show up only as a skewed training run.
-ArrayRecord reads local (or mounted) files only, so `open_dataset` first copies
-a gs:// or s3:// dataset to a local cache directory; `load` leaves it where it
-is, for the tools that read metadata.json and hash files remotely.
+A gs:// or s3:// dataset stays where it is: `open_dataset` checks its shards'
+sizes in one listing, and its records are read by byte range (datasets/remote.py),
+never staged.
 """
 
 import collections
@@ -29,7 +29,7 @@ from array_record.python import array_record_module
 
 from impax.datasets import files
 from impax.datasets import metadata as metadata_lib
-from impax.datasets import records
+from impax.datasets import records, remote
 
 METADATA = "metadata.json"
 READ_BATCH = 256  # records read from a shard at a time
@@ -70,13 +70,26 @@ class PreparedDataset:
 
   @property
   def tokenizer_path(self) -> str | None:
+    """A local file: a remote dataset's tokenizer is copied once into the cache folder."""
     tokenizer = self.metadata.tokenizer
-    return self.path(tokenizer.path) if tokenizer else None
+    if not tokenizer:
+      return None
+    if remote.is_remote(self.root):
+      return remote.local_copy(self.path(tokenizer.path),
+                               os.path.join(remote.cache_settings(None, None)[0], "tokenizers"))
+    return self.path(tokenizer.path)
 
   def records(self, split: str, positions: Sequence[int] | None = None
               ) -> Iterator[tuple[int, bytes]]:
     """(split position, record bytes) of every record of a split, in order, or of the given
-    sorted positions; one shard open at a time (local datasets)."""
+    sorted positions; one shard open at a time (a remote dataset's by byte range)."""
+    if remote.is_remote(self.root):
+      source = remote.RemoteSource.open(self.root, self.split(split).shards, cache_limit=0)
+      wanted = range(len(source)) if positions is None else list(positions)
+      for start in range(0, len(wanted), READ_BATCH):
+        batch = list(wanted[start:start + READ_BATCH])
+        yield from zip(batch, source.read(batch))
+      return
     start, pending = 0, None if positions is None else collections.deque(positions)
     for shard in self.split(split).shards:
       if pending is None:
@@ -108,7 +121,8 @@ def load(root: str) -> PreparedDataset | None:
 
 
 def stage(uri: str, cache_dir: str | None = None) -> str:
-  """Copies a remote dataset to a local cache (once) and returns the local directory."""
+  """Copies a remote dataset to a local cache (once) and returns the local directory (through
+  Beam's FileSystems; the loader streams instead, datasets/remote.py)."""
   cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "impax", "datasets")
   local = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
   print(f"impax: ArrayRecord cannot read {uri.split('://')[0]}:// directly; "
@@ -135,9 +149,11 @@ def stage(uri: str, cache_dir: str | None = None) -> str:
 
 def open_dataset(path: str, *, cache_dir: str | None = None, check_counts: bool = True
                  ) -> PreparedDataset:
-  """Reads and validates DIR/metadata.json; stages remote URIs first."""
-  if files.is_remote(path):
-    path = stage(path, cache_dir)
+  """Reads and validates DIR/metadata.json. A gs:// or s3:// dataset is opened where it is,
+  with the store's standard environment (datasets/remote.py): its shards' sizes are
+  checked, their records counted as the loader's record source opens them."""
+  if remote.is_remote(path):
+    return _open_remote(path.rstrip("/"))
   dataset = load(path)
   if dataset is None:
     raise NoDataset(f"{os.path.join(path, METADATA)} does not exist: is {path} a prepared "
@@ -146,12 +162,31 @@ def open_dataset(path: str, *, cache_dir: str | None = None, check_counts: bool 
   return dataset
 
 
-def validate(dataset: PreparedDataset, *, check_counts: bool = True) -> None:
-  meta_path = dataset.path(METADATA)
+def _open_remote(uri: str) -> PreparedDataset:
+  meta_path = files.join(uri, METADATA)
+  try:
+    if METADATA not in remote.sizes(uri):
+      raise NoDataset(f"{meta_path} does not exist: is {uri} a prepared dataset?")
+    dataset = PreparedDataset(root=uri, metadata=metadata_lib.loads(remote.read(meta_path),
+                                                                    where=meta_path))
+    _check_features(dataset)
+    remote.check_sizes(uri, [s for split in dataset.metadata.splits.values()
+                             for s in split.shards])
+  except remote.RemoteError as e:
+    raise DatasetError(str(e)) from None
+  return dataset
+
+
+def _check_features(dataset: PreparedDataset) -> None:
   unknown = sorted(set(dataset.metadata.features) - set(records.FEATURES))
   if unknown:
-    raise DatasetError(f"{meta_path} declares unknown feature keys {unknown}; "
+    raise DatasetError(f"{dataset.path(METADATA)} declares unknown feature keys {unknown}; "
                        "this impax cannot decode them")
+
+
+def validate(dataset: PreparedDataset, *, check_counts: bool = True) -> None:
+  meta_path = dataset.path(METADATA)
+  _check_features(dataset)
   verify_hint = (f"run `impax verify {dataset.root}` to check every shard, and the split's "
                  "`impax build` again to rebuild it")
   for split_name, split in dataset.metadata.splits.items():

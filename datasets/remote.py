@@ -1,0 +1,702 @@
+"""A prepared dataset read straight from a bucket (s3://, gs://): records fetched by byte range.
+
+    source = remote.RemoteSource.open("s3://bucket/sets/videos", "train")
+    source.read([17, 4, 901])        # the bytes of three records of the split
+    len(source)                       # records in the split
+
+The loader reads a remote dataset through this record source (datasets/loader.py),
+without staging it: no shard is copied whole, and the training host needs
+neither Beam nor TensorFlow.
+
+Where a record lies. An ArrayRecord shard is a Riegeli file: chunks of records
+(one record each with the build's `group_size:1`), then a footer chunk listing
+every chunk's offset, then a 64 KiB postscript giving the footer's offset.
+Opening a source fetches each shard's tail (one ranged GET, two for a long
+footer), so a record is then one ranged GET of its chunk, which this module
+decodes (`_chunk_records`: Riegeli's simple chunks, uncompressed or zstd, the
+build's choices; brotli where its module is installed). Fetching whole shards
+instead would read a shard per record under a global shuffle.
+
+Ahead of the loader. The loader knows every coming step's records (the
+sampler's are a function of the seed and the step) and tells the source
+(`prefetch`): their chunks are fetched on a pool of threads while earlier
+steps decode, adjacent chunks of a shard in one request, and held in memory
+until read.
+
+The disk cache. Chunks read are also kept on disk, under `IMPAX_CACHE_DIR`
+(default ~/.cache/impax/streams), in a folder per dataset version, within
+`IMPAX_CACHE_LIMIT` bytes (or the Loader's `cache_limit`; 0: memory only). Each
+reading process claims a slot folder (a lock file) with its share of the
+limit, evicts its least recently used chunks before writing one that would
+pass it, and reads any slot's chunks: the folder never holds more than the
+limit, though several loader processes share it, and a second epoch (or run)
+reads what fits from disk.
+
+Failures. A request that fails transiently (HTTP 5xx, 429, 408, a reset or
+refused connection, a timeout, a short body) is retried with exponential
+backoff, `RETRIES` times. A shard that is gone, or whose size or footer
+differs from metadata.json, stops the run with a `RemoteError` naming it and
+`impax verify`. (A shard's sha256 covers its whole file, which streaming never
+reads: `impax verify` checks it.)
+
+Credentials and endpoints are each store's standard environment: boto3's
+(`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL` for an
+S3-compatible store, ...) and Google's application default credentials, or
+`STORAGE_EMULATOR_HOST`. boto3 and google-cloud-storage rather than fsspec's
+s3fs and gcsfs: google-cloud-storage is already an impax dependency, s3fs's
+aiobotocore pins botocore to a narrow range that the environment's boto3
+excludes, and plain synchronous clients made per process are safe in the
+loader's forked worker processes, where an asyncio loop inherited across a fork
+is not.
+"""
+
+import collections
+import concurrent.futures
+import dataclasses
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import random
+import struct
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import zstandard
+
+from impax.datasets import metadata as metadata_lib
+
+SCHEMES = ("s3://", "gs://")
+RETRIES = 8  # attempts after the first, for a transient failure
+BACKOFF = 0.2  # seconds before the first retry; doubles, up to 10 s, with jitter
+THREADS = 16  # concurrent requests per process
+AHEAD = 4  # steps of one loader process fetched ahead of the one it makes
+MERGE_GAP = 64 << 10  # chunks of a shard this close are fetched in one request
+MEMORY_CAP = 1 << 30  # bytes of fetched-ahead chunks held, past which the oldest are dropped
+TAIL = 256 << 10  # bytes of a shard's end fetched first: its postscript and, mostly, its footer
+
+_BLOCK, _BLOCK_HEADER, _CHUNK_HEADER = 1 << 16, 24, 40
+
+
+class RemoteError(ValueError):
+  """A remote dataset that is gone, changed, unreadable or unreachable."""
+
+
+class _Gone(Exception):
+  """The object does not exist (404), or not with the bytes asked for (416)."""
+
+
+class _Transient(Exception):
+  """A failure worth retrying."""
+
+
+def is_remote(path: str) -> bool:
+  return path.startswith(SCHEMES)
+
+
+def _split(uri: str) -> tuple[str, str, str]:
+  scheme, rest = uri.split("://", 1)
+  bucket, _, key = rest.partition("/")
+  return scheme, bucket, key.strip("/")
+
+
+def _verify_hint(root: str) -> str:
+  return f"run `impax verify {root}` to check every shard, and rebuild the split"
+
+
+# -- object stores ---------------------------------------------------------------------
+
+
+class _S3:
+  """boto3, configured by the environment; its own retries off: `_retried` is the policy."""
+
+  def __init__(self, bucket: str):
+    import boto3  # the s3:// client, loaded for s3:// datasets only
+    import botocore.config
+    import botocore.exceptions
+    self.bucket, self.errors = bucket, botocore.exceptions
+    config = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"},
+                                    connect_timeout=20, read_timeout=60,
+                                    max_pool_connections=THREADS * 2)
+    self.client = boto3.session.Session().client("s3", config=config)
+
+  def _call(self, fn, **kw):
+    e = self.errors
+    try:
+      return fn(**kw)
+    except e.ClientError as err:
+      status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+      code = err.response.get("Error", {}).get("Code", "")
+      if status in (404, 416) or code in ("NoSuchKey", "NotFound", "InvalidRange"):
+        raise _Gone(code or status) from None
+      if status in (408, 429) or status >= 500 or code in ("SlowDown", "Throttling"):
+        raise _Transient(f"HTTP {status} {code}") from None
+      raise
+    except (e.ConnectionError, e.HTTPClientError, e.ResponseStreamingError,
+            e.IncompleteReadError) as err:
+      raise _Transient(f"{type(err).__name__}: {err}") from None
+
+  def get(self, key: str, start: int, end: int) -> bytes:
+    def fetch():
+      body = self.client.get_object(Bucket=self.bucket, Key=key,
+                                    Range=f"bytes={start}-{end - 1}")["Body"]
+      return body.read()
+    return self._call(fetch)
+
+  def sizes(self, prefix: str) -> dict[str, int]:
+    def listing():
+      out, pages = {}, self.client.get_paginator("list_objects_v2")
+      for page in pages.paginate(Bucket=self.bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+          out[item["Key"]] = item["Size"]
+      return out
+    return self._call(listing)
+
+
+class _GCS:
+  """google-cloud-storage with application default credentials (or STORAGE_EMULATOR_HOST, which
+  it reads itself); its own retries off: `_retried` is the policy."""
+
+  def __init__(self, bucket: str):
+    import google.api_core.exceptions  # the gs:// client, loaded for gs:// datasets only
+    import requests
+    from google.cloud import storage
+    self.api, self.requests = google.api_core.exceptions, requests
+    project = os.environ.get("GOOGLE_CLOUD_PROJECT", "<none>")  # reads need none
+    self.bucket = storage.Client(project=project).bucket(bucket)
+
+  def _call(self, fn):
+    api = self.api
+    try:
+      return fn()
+    except (api.NotFound, api.RequestRangeNotSatisfiable):
+      raise _Gone("not found") from None
+    except (api.TooManyRequests, api.InternalServerError, api.BadGateway,
+            api.ServiceUnavailable, api.GatewayTimeout, api.RequestTimeout) as err:
+      raise _Transient(f"{type(err).__name__}: {err}"[:200]) from None
+    except (self.requests.ConnectionError, self.requests.Timeout,
+            self.requests.exceptions.ChunkedEncodingError) as err:
+      raise _Transient(f"{type(err).__name__}: {err}"[:200]) from None
+
+  def get(self, key: str, start: int, end: int) -> bytes:
+    return self._call(lambda: self.bucket.blob(key).download_as_bytes(
+        start=start, end=end - 1, checksum=None, retry=None, timeout=(20, 60)))
+
+  def sizes(self, prefix: str) -> dict[str, int]:
+    return self._call(lambda: {b.name: b.size for b in
+                               self.bucket.client.list_blobs(self.bucket, prefix=prefix,
+                                                             retry=None)})
+
+
+_stores: dict = {}
+_stores_lock = threading.Lock()
+
+
+def _store(uri: str):
+  """This process's client of a URI's bucket, shared by its threads (both libraries' clients
+  are thread-safe); made in the process using it, never inherited across a fork."""
+  scheme, bucket, _ = _split(uri)
+  key = (os.getpid(), scheme, bucket)
+  with _stores_lock:
+    if key not in _stores:
+      _stores[key] = (_S3 if scheme == "s3" else _GCS)(bucket)
+    return _stores[key]
+
+
+def _retried(what: str, fn: Callable[[], bytes | dict]):
+  """fn(), retried with backoff while it fails transiently; RemoteError once it gives up."""
+  for attempt in range(RETRIES + 1):
+    try:
+      return fn()
+    except _Transient as e:
+      if attempt == RETRIES:
+        raise RemoteError(f"{what}: still failing after {RETRIES} retries: {e}") from None
+      time.sleep(min(10.0, BACKOFF * 2 ** attempt) * (0.5 + random.random()))
+
+
+def get(uri: str, start: int, end: int, *, size_known: bool = True) -> bytes:
+  """Bytes [start, end) of an object, retried; a short answer is retried, then refused."""
+  _, _, key = _split(uri)
+
+  def fetch():
+    data = _store(uri).get(key, start, end)
+    if size_known and len(data) != end - start:
+      raise _Transient(f"{len(data)} bytes where {end - start} were asked")
+    return data
+  try:
+    return _retried(f"reading bytes {start}-{end} of {uri}", fetch)
+  except _Gone:
+    raise RemoteError(f"{uri} is gone, or shorter than {end} bytes") from None
+
+
+def read(uri: str) -> bytes:
+  """A whole (small) object: metadata.json, the tokenizer."""
+  parent, _, name = uri.rpartition("/")
+  size = sizes(parent).get(name)
+  if size is None:
+    raise RemoteError(f"{uri} does not exist")
+  return get(uri, 0, size) if size else b""
+
+
+def sizes(folder: str) -> dict[str, int]:
+  """{name: size} of the objects in a folder (and below it, by relative name), one listing."""
+  _, _, prefix = _split(folder)
+  prefix = prefix + "/" if prefix else ""
+  found = _retried(f"listing {folder}", lambda: _store(folder).sizes(prefix))
+  return {k[len(prefix):]: v for k, v in found.items()}
+
+
+def check_sizes(root: str, shards: Sequence[metadata_lib.Shard]) -> None:
+  """Every shard there with the size metadata.json gives it (one listing), else a RemoteError
+  naming the first that is not."""
+  found = sizes(root)
+  for shard in shards:
+    size = found.get(shard.path)
+    if size is None:
+      raise RemoteError(f"shard {root}/{shard.path} listed in {root}/metadata.json is "
+                        f"gone: {_verify_hint(root)}")
+    if size != shard.num_bytes:
+      raise RemoteError(f"shard {root}/{shard.path} is {size} bytes but {root}/metadata.json "
+                        f"says {shard.num_bytes}: {_verify_hint(root)}")
+
+
+# -- ArrayRecord (Riegeli) decoding ------------------------------------------------------
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+  value = shift = 0
+  while True:
+    byte = b[i]
+    i += 1
+    value |= (byte & 0x7F) << shift
+    shift += 7
+    if byte < 0x80:
+      return value, i
+
+
+def _fields(message: bytes) -> dict[int, int]:
+  """The varint fields of a small protobuf message (ArrayRecord's footer entries, postscript)."""
+  out, i = {}, 0
+  while i < len(message):
+    key, i = _varint(message, i)
+    if key & 7 != 0:
+      raise ValueError(f"protobuf field {key >> 3} is not a varint")
+    out[key >> 3], i = _varint(message, i)
+  return out
+
+
+def _without_block_headers(raw: bytes, begin: int) -> bytes:
+  """File bytes from position `begin`, without the 24-byte block header at every 64 KiB."""
+  parts, i, pos = [], 0, begin
+  while i < len(raw):
+    if pos % _BLOCK == 0:
+      i, pos = i + _BLOCK_HEADER, pos + _BLOCK_HEADER
+      continue
+    n = min(len(raw) - i, _BLOCK - pos % _BLOCK)
+    parts.append(raw[i:i + n])
+    i, pos = i + n, pos + n
+  return b"".join(parts)
+
+
+def _decompress(kind: int, data: bytes) -> bytes:
+  if kind == 0:
+    return data
+  size, i = _varint(data, 0)
+  if kind == ord("z"):
+    return zstandard.ZstdDecompressor().decompress(data[i:], max_output_size=size)
+  if kind == ord("b"):
+    import brotli  # optional: impax builds write zstd
+    return brotli.decompress(data[i:])
+  raise ValueError(f"Riegeli compression {chr(kind)!r} is not read from a bucket; "
+                   "build with zstd or uncompressed")
+
+
+def _chunk_records(raw: bytes, begin: int) -> list[bytes]:
+  """The records of the Riegeli chunk whose bytes (with padding after) begin at file position
+  `begin`: a simple chunk ('r') of records, uncompressed, zstd or brotli."""
+  b = _without_block_headers(raw, begin)
+  data_size, = struct.unpack_from("<Q", b, 8)
+  chunk_type, count = b[24], int.from_bytes(b[25:32], "little")
+  if chunk_type != ord("r"):
+    raise ValueError(f"a Riegeli chunk of type {chr(chunk_type)!r}, not simple records "
+                     "(a transposed shard?)")
+  data = b[_CHUNK_HEADER:_CHUNK_HEADER + data_size]
+  if len(data) != data_size:
+    raise ValueError("a Riegeli chunk shorter than its header says")
+  sizes_size, i = _varint(data, 1)
+  record_sizes = _decompress(data[0], data[i:i + sizes_size])
+  values = _decompress(data[0], data[i + sizes_size:])
+  out, j, k = [], 0, 0
+  for _ in range(count):
+    size, j = _varint(record_sizes, j)
+    out.append(values[k:k + size])
+    k += size
+  if k != len(values):
+    raise ValueError("a Riegeli chunk whose record sizes do not add up")
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardIndex:
+  """Where each chunk of a shard lies: chunk c is bytes [offsets[c], offsets[c + 1]) and holds
+  records first[c] .. first[c + 1] - 1."""
+  offsets: np.ndarray  # int64, chunks + 1 (the last: the footer's offset)
+  first: np.ndarray  # int64, chunks + 1 (the last: the shard's record count)
+
+  @property
+  def num_records(self) -> int:
+    return int(self.first[-1])
+
+  def chunk_of(self, record: int) -> int:
+    return int(np.searchsorted(self.first, record, side="right")) - 1
+
+
+def read_index(uri: str, size: int) -> ShardIndex:
+  """The chunk index of a remote ArrayRecord shard of `size` bytes: one or two ranged reads of
+  its end (the postscript, the last 64 KiB, gives the footer's offset)."""
+  start = max(0, size - TAIL)
+  tail = get(uri, start, size)
+  postscript = _chunk_records(tail[size - _BLOCK - start:], size - _BLOCK)
+  footer_offset = _fields(postscript[0])[1]
+  if footer_offset < start:
+    tail = get(uri, footer_offset, start) + tail
+    start = footer_offset
+  footer = _chunk_records(tail[footer_offset - start:size - _BLOCK - start], footer_offset)
+  entries = [_fields(e) for e in footer[1:]]  # footer[0]: the file's ArrayRecord metadata
+  offsets = np.array([e.get(1, 0) for e in entries] + [footer_offset], np.int64)
+  first = np.concatenate([[0], np.cumsum([e.get(3, 0) for e in entries])]).astype(np.int64)
+  return ShardIndex(offsets, first)
+
+
+# -- the disk cache ----------------------------------------------------------------------
+
+
+def cache_settings(cache_dir: str | None, cache_limit: int | None) -> tuple[str, int]:
+  """(folder, bytes) of the disk cache: the arguments, else IMPAX_CACHE_DIR and
+  IMPAX_CACHE_LIMIT, else ~/.cache/impax/streams and 10 GiB."""
+  folder = cache_dir or os.environ.get("IMPAX_CACHE_DIR") or os.path.join(
+      os.path.expanduser("~"), ".cache", "impax", "streams")
+  if cache_limit is None:
+    cache_limit = int(float(os.environ.get("IMPAX_CACHE_LIMIT", 10 << 30)))
+  if cache_limit < 0:
+    raise RemoteError(f"a cache limit of {cache_limit} bytes: give 0 (memory only) or more")
+  return folder, cache_limit
+
+
+class _DiskCache:
+  """Chunks on disk in this process's slot of the dataset's cache folder, least recently used
+  evicted first, the slot within `budget` bytes; any slot's chunks are read."""
+
+  def __init__(self, folder: str, slots: int, budget: int):
+    os.makedirs(folder, exist_ok=True)
+    self.folder, self.budget = folder, budget
+    self.lock = threading.Lock()
+    self.used: collections.OrderedDict[str, int] = collections.OrderedDict()
+    self.total = 0
+    for n in range(1 << 16):  # the first slot no other process holds (its budget: 0 past `slots`)
+      lock = open(os.path.join(folder, f"slot-{n}.lock"), "wb")  # noqa: SIM115 - held till exit
+      try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except OSError:
+        lock.close()
+        continue
+      self._lock_file, self.slot = lock, os.path.join(folder, f"slot-{n}")
+      if n >= slots:
+        self.budget = 0
+      break
+    os.makedirs(self.slot, exist_ok=True)
+    found = []
+    for name in os.listdir(self.slot):
+      path = os.path.join(self.slot, name)
+      if name.endswith(".part"):
+        os.remove(path)  # a write a killed process left
+        continue
+      stat = os.stat(path)
+      found.append((stat.st_mtime, name, stat.st_size))
+    for _, name, size in sorted(found):
+      self.used[name] = size
+      self.total += size
+    self._evict(0)
+
+  def _evict(self, room: int) -> None:
+    while self.used and self.total + room > self.budget:
+      name, size = self.used.popitem(last=False)
+      try:
+        os.remove(os.path.join(self.slot, name))
+      except FileNotFoundError:
+        pass
+      self.total -= size
+
+  def get(self, name: str) -> bytes | None:
+    with self.lock:
+      if name in self.used:
+        self.used.move_to_end(name)
+    for slot in [self.slot] + [os.path.join(self.folder, s) for s in os.listdir(self.folder)
+                               if s.startswith("slot-") and not s.endswith(".lock")]:
+      try:
+        with open(os.path.join(slot, name), "rb") as f:
+          return f.read()
+      except (FileNotFoundError, NotADirectoryError):
+        continue
+    return None
+
+  def put(self, name: str, data: bytes) -> None:
+    with self.lock:
+      if len(data) > self.budget or name in self.used:
+        return
+      self._evict(len(data))  # before writing: the folder never holds more than the limit
+      path = os.path.join(self.slot, name)
+      with open(path + ".part", "wb") as f:
+        f.write(data)
+      os.replace(path + ".part", path)
+      self.used[name] = len(data)
+      self.total += len(data)
+
+
+# -- the record source -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteSource:
+  """A split's records in its remote shards, in shard order: the loader's record source for a
+  bucket (`len`, `read`, `prefetch`). Pickled to the loader's worker processes, each of which
+  makes its own clients, threads and cache slot on first use."""
+  root: str  # the dataset's URI
+  shards: tuple[metadata_lib.Shard, ...]
+  indexes: tuple[ShardIndex, ...]
+  cache_dir: str
+  cache_limit: int  # bytes on disk for all processes; 0: memory only
+  processes: int = 1  # processes reading (the loader's workers): each gets its share
+  ahead: int = AHEAD
+
+  @classmethod
+  def open(cls, root: str, shards: Sequence[metadata_lib.Shard], *,
+           cache_dir: str | None = None, cache_limit: int | None = None,
+           processes: int = 1, ahead: int = AHEAD) -> "RemoteSource":
+    """Checks every shard's size (one listing) and reads its chunk index (in parallel);
+    a missing or changed shard is a RemoteError naming it."""
+    root = root.rstrip("/")
+    check_sizes(root, shards)
+
+    def index(shard: metadata_lib.Shard) -> ShardIndex:
+      uri = f"{root}/{shard.path}"
+      try:
+        result = read_index(uri, shard.num_bytes)
+      except (ValueError, IndexError, struct.error, zstandard.ZstdError) as e:
+        if isinstance(e, RemoteError):
+          raise RemoteError(f"{e}: {_verify_hint(root)}") from None
+        raise RemoteError(f"shard {uri} is not a readable ArrayRecord file ({e}): "
+                          f"{_verify_hint(root)}") from None
+      if result.num_records != shard.num_records:
+        raise RemoteError(f"shard {uri} holds {result.num_records} records but "
+                          f"{root}/metadata.json says {shard.num_records}: {_verify_hint(root)}")
+      return result
+
+    with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
+      indexes = tuple(pool.map(index, shards))
+    folder, limit = cache_settings(cache_dir, cache_limit)
+    return cls(root=root, shards=tuple(shards), indexes=indexes,
+               cache_dir=folder, cache_limit=limit, processes=processes, ahead=ahead)
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  @functools.cached_property
+  def _starts(self) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([s.num_records for s in self.shards])])
+
+  @functools.cached_property
+  def _state(self) -> "_State":
+    return _State(self)
+
+  def _locate(self, position: int) -> tuple[int, int, int]:
+    """(shard, chunk, record within the chunk) of a split position."""
+    shard = int(np.searchsorted(self._starts, position, side="right")) - 1
+    if not 0 <= position < len(self) or shard >= len(self.shards):
+      raise IndexError(f"record {position} outside the split's {len(self)}")
+    index = self.indexes[shard]
+    record = position - int(self._starts[shard])
+    chunk = index.chunk_of(record)
+    return shard, chunk, record - int(index.first[chunk])
+
+  def read(self, positions: Sequence[int]) -> list[bytes]:
+    """The records at these split positions, in their order."""
+    where = [self._locate(int(p)) for p in positions]
+    chunks = self._state.chunks([(s, c) for s, c, _ in where], consume=True)
+    out = []
+    for shard, chunk, within in where:
+      try:
+        records = _chunk_records(chunks[shard, chunk], int(self.indexes[shard].offsets[chunk]))
+      except (ValueError, IndexError, struct.error, zstandard.ZstdError) as e:
+        raise RemoteError(f"chunk {chunk} of shard {self.root}/{self.shards[shard].path} is "
+                          f"not readable ({e}): {_verify_hint(self.root)}") from None
+      out.append(records[within])
+    return out
+
+  def prefetch(self, step: int, stride: int, records_of: Callable[[int], list[int]]) -> None:
+    """Fetches ahead the records of steps step + stride, ..., step + ahead * stride (this
+    process makes every stride-th step), each step once; `records_of(step)`: its positions."""
+    self._state.prefetch(step, stride, records_of)
+
+  @property
+  def cache_folder(self) -> str:
+    """This dataset's folder in the cache: named by its URI and its shards' names, sizes and
+    sha256s, so that a dataset rebuilt in place never reads the chunks of the one before."""
+    version = json.dumps([self.root, [(s.path, s.num_bytes, s.sha256) for s in self.shards]])
+    return os.path.join(self.cache_dir, hashlib.sha256(version.encode()).hexdigest()[:16])
+
+
+class _State:
+  """A process's fetching machinery for one source: threads, chunks held ahead, disk cache."""
+
+  def __init__(self, source: RemoteSource):
+    self.source = source
+    self.pool = concurrent.futures.ThreadPoolExecutor(THREADS)
+    self.lock = threading.Lock()
+    # (shard, chunk) -> [future of its bytes, reads expected]: fetched ahead, held till read
+    self.held: dict[tuple[int, int], list] = {}
+    self.held_order: collections.deque = collections.deque()
+    self.expected: set[int] = set()
+    self.disk = None
+    if source.cache_limit > 0:
+      self.disk = _DiskCache(source.cache_folder, max(1, source.processes),
+                             source.cache_limit // max(1, source.processes))
+    self.fetched_bytes = 0  # from the store, this process
+    self.requests = 0
+
+  def _name(self, key: tuple[int, int]) -> str:
+    return f"{key[0]}-{key[1]}"
+
+  def _fetch(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """Chunks of one shard from the store, adjacent ones in one request."""
+    source = self.source
+    shard = keys[0][0]
+    offsets = source.indexes[shard].offsets
+    uri = f"{source.root}/{source.shards[shard].path}"
+    keys = sorted(set(keys))
+    out, group = {}, [keys[0]]
+
+    def flush(group):
+      start, end = int(offsets[group[0][1]]), int(offsets[group[-1][1] + 1])
+      try:
+        data = get(uri, start, end)
+      except RemoteError as e:
+        raise RemoteError(f"{e}: {_verify_hint(source.root)}") from None
+      with self.lock:
+        self.fetched_bytes += len(data)
+        self.requests += 1
+      for key in group:
+        a, b = int(offsets[key[1]]) - start, int(offsets[key[1] + 1]) - start
+        out[key] = data[a:b]
+        if self.disk is not None:
+          self.disk.put(self._name(key), out[key])
+
+    for key in keys[1:]:
+      if int(offsets[key[1]]) - int(offsets[group[-1][1] + 1]) <= MERGE_GAP:
+        group.append(key)
+      else:
+        flush(group)
+        group = [key]
+    flush(group)
+    return out
+
+  def _from_disk_or_store(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], "_Part"]:
+    """Futures of each chunk's bytes: the disk cache's, else fetched by shard on the pool."""
+    result: dict[tuple[int, int], concurrent.futures.Future] = {}
+    missing = collections.defaultdict(list)
+    for key in dict.fromkeys(keys):
+      data = self.disk.get(self._name(key)) if self.disk is not None else None
+      if data is not None:
+        result[key] = concurrent.futures.Future()
+        result[key].set_result(data)
+      else:
+        missing[key[0]].append(key)
+    for shard_keys in missing.values():
+      batch = self.pool.submit(self._fetch, shard_keys)
+      for key in shard_keys:
+        result[key] = _Part(batch, key)
+    return result
+
+  def prefetch(self, step: int, stride: int, records_of: Callable[[int], list[int]]) -> None:
+    later = [s for s in range(step + stride, step + (self.source.ahead + 1) * stride, stride)
+             if s not in self.expected]
+    if not later:
+      return
+    keys = []
+    for s in later:
+      self.expected.add(s)
+      keys += [self.source._locate(p)[:2] for p in records_of(s)]
+    if len(self.expected) > 4 * self.source.ahead + 16:  # steps long made: forget them
+      for s in sorted(self.expected)[:len(self.expected) - 2 * self.source.ahead]:
+        self.expected.discard(s)
+    with self.lock:
+      new = [k for k in dict.fromkeys(keys) if k not in self.held]
+    futures = self._from_disk_or_store(new) if new else {}
+    with self.lock:
+      for key, future in futures.items():
+        self.held[key] = [future, 0]
+        self.held_order.append(key)
+      for key in keys:
+        self.held[key][1] += 1
+      self._bound_held()
+
+  def _bound_held(self) -> None:
+    """Drops the oldest chunks held ahead past MEMORY_CAP (steps expected but never made)."""
+    total = sum(len(f.result()) for f, _ in self.held.values() if f.done() and not f.exception())
+    while total > MEMORY_CAP and self.held_order:
+      key = self.held_order.popleft()
+      entry = self.held.pop(key, None)
+      if entry and entry[0].done() and not entry[0].exception():
+        total -= len(entry[0].result())
+
+  def chunks(self, keys: list[tuple[int, int]], consume: bool) -> dict[tuple[int, int], bytes]:
+    """The bytes of these chunks: held ahead, cached or fetched now; a read consumes one
+    expected read of each held chunk."""
+    with self.lock:
+      held = {k: self.held[k][0] for k in dict.fromkeys(keys) if k in self.held}
+    futures = {**held, **self._from_disk_or_store([k for k in keys if k not in held])}
+    out = {key: future.result() for key, future in futures.items()}
+    if consume:
+      with self.lock:
+        for key in keys:
+          entry = self.held.get(key)
+          if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+              del self.held[key]
+    return out
+
+
+class _Part:
+  """The future of one chunk of a request that fetches several."""
+
+  def __init__(self, batch: concurrent.futures.Future, key: tuple[int, int]):
+    self.batch, self.key = batch, key
+
+  def done(self) -> bool:
+    return self.batch.done()
+
+  def exception(self):
+    return self.batch.exception()
+
+  def result(self) -> bytes:
+    return self.batch.result()[self.key]
+
+
+def local_copy(uri: str, folder: str) -> str:
+  """A small remote file (the tokenizer) copied once into `folder`; its local path."""
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, hashlib.sha256(uri.encode()).hexdigest()[:16] + "-" +
+                      uri.rsplit("/", 1)[-1])
+  if not os.path.exists(path):
+    fd, part = tempfile.mkstemp(dir=folder, suffix=".part")
+    with os.fdopen(fd, "wb") as f:
+      f.write(read(uri))
+    os.replace(part, path)
+  return path
+
+
