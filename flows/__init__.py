@@ -1,13 +1,16 @@
 """Prefect flows that orchestrate impax: build datasets, train, evaluate.
 
-  build.py       build_dataset: each split of one dataset through the Beam build, cached
-  train.py       train: AGD training from prepared datasets, curves and evaluation as artifacts
-  end_to_end.py  end_to_end: the demo corpus (or your corpora), every build, train, a report
-  serve.py       `python -m impax.flows.serve`: the three flows as deployments for the UI
-  demo.py        `python -m impax.flows.demo DIR`: end_to_end on Prefect's ephemeral server
+  build.py        build_dataset: each split of one dataset through the Beam build, cached
+  train.py        train: AGD training from prepared datasets, curves and evaluation as artifacts
+  end_to_end.py   end_to_end: your corpora, every build, train, a report
+  demo.py         the demo's flows: build_demo_dataset, and end_to_end on the generated demo
+                  corpus; `python -m impax.flows.demo DIR` (make demo, impax demo) runs it
+  deployments.py  the deployments, once: prefect.yaml is written from them
+  serve.py        `python -m impax.flows.serve`: the deployments served for the UI
 
-Flows only orchestrate: they call pipelines/, train/, datasets/ and the demo
-(impax/demo.py), and nothing in impax imports them.
+Flows only orchestrate: they call pipelines/, train/ and datasets/, and nothing in impax
+but the CLI imports them. The production flows (build, train, end_to_end) import nothing
+of the demo; only demo.py calls its generator (impax/demo.py).
 """
 
 

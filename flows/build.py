@@ -17,15 +17,12 @@
    and an artifact with its path and each split's contact sheet inline.
 5. When a split was built (not served from the cache, not already there), the event
    `impax.dataset.built`: the train-demo deployment's trigger (flows/deployments.py)
-   starts training on new demo data, and only then.
+   starts training when the demo's build (build_demo_dataset, flows/demo.py: these steps
+   on a demo dataset) built new data, and only then.
 
 The run is named after what it builds (`build images [train, test]`); its final
 state's message says which splits were built and which came from the cache, and a
 refused build's (a missing input, a bad option) is the one-line reason.
-
-build_demo_dataset builds one demo dataset from ROOT/corpus, as the nightly
-deployments do; on a root whose corpus is not generated yet it refuses, saying what
-to run first.
 """
 
 import base64
@@ -45,7 +42,6 @@ from prefect.events import emit_event
 from prefect.states import Completed, Failed
 from prefect.tasks import exponential_backoff
 
-from impax import demo
 from impax.tools import card as card_lib
 from impax.datasets import metadata
 from impax.flows import artifact_key, markdown_text, retried_unless
@@ -246,7 +242,6 @@ def _jpeg_base64(png_path: str) -> str:
 # -- the flows ----------------------------------------------------------------
 
 BUILT = "impax.dataset.built"  # the event of a build that wrote new data
-DEMO_DATASETS = ("videos", "images", "audio")
 
 
 def _split_names(splits) -> str:
@@ -258,11 +253,6 @@ def _run_name() -> str:
   params = runtime.flow_run.parameters
   return (f"build {os.path.basename(params['output'].rstrip('/'))} "
           f"[{_split_names(params['splits'])}]")
-
-
-def _demo_run_name() -> str:
-  params = runtime.flow_run.parameters
-  return f"build {params.get('dataset', 'images')} [{', '.join(demo.SPLITS)}] of the demo"
 
 
 @flow(name="build_dataset", flow_run_name=_run_name)
@@ -305,57 +295,18 @@ def build_dataset(
   settings = config_lib.layers(config_file, options.model_dump() if options else None)
   resource = {"prefect.resource.id": f"impax.dataset.{_absolute(output)}",
               "prefect.resource.name": os.path.basename(output.rstrip("/"))}
-  return _build(spec, output, splits, settings, overwrite, workers,
-                retries, retry_delay_seconds, timeout_minutes, resource, payload={},
-                beam_options=beam_options or [], max_failure_rate=max_failure_rate)
+  return build_splits(spec, output, splits, settings, overwrite, workers, retries,
+                      retry_delay_seconds, timeout_minutes, resource, payload={},
+                      beam_options=beam_options or [], max_failure_rate=max_failure_rate)
 
 
-@flow(name="build_demo_dataset", flow_run_name=_demo_run_name)
-def build_demo_dataset(
-    root: str = "demo-output",
-    dataset: Literal[DEMO_DATASETS] = "images",
-    rebuild_changed: bool = True,
-    workers: Annotated[int, pydantic.Field(ge=1)] | None = None,
-    retries: Annotated[int, pydantic.Field(ge=0)] = 2,
-    retry_delay_seconds: Annotated[float, pydantic.Field(ge=0)] = 30.0,
-    timeout_minutes: Annotated[float, pydantic.Field(gt=0)] = 360.0,
-) -> dict[str, dict]:
-  """Builds one demo dataset, ROOT/data/DATASET, from the demo corpus in ROOT/corpus.
-
-  Args:
-    root: the demo's folder (`impax demo-corpus ROOT/corpus` or end_to_end writes its corpus).
-    dataset: which demo dataset.
-    rebuild_changed: a split whose corpus file changed since it was built is built again
-      (the nightly build's new data); off, such a build is refused.
-    workers, retries, retry_delay_seconds, timeout_minutes: as build_dataset's.
-
-  Returns: {split: the build's summary}.
-  """
-  root = _absolute(root)  # the event names it for the training it starts
-  corpus = os.path.join(root, "corpus")
-  splits = [Split(name=split, input=os.path.join(corpus, f"{dataset}-{split}.jsonl"))
-            for split in demo.SPLITS]
-  settings = demo.settings(corpus)
-  if not all(os.path.exists(p) for p in [*(s.input for s in splits), settings["tokenizer"]]):
-    # A schedule on a fresh root: say what to run, rather than fail inside the build.
-    return Failed(message=f"no demo corpus in {corpus} yet: generate it first with "
-                          f"`impax demo-corpus {corpus}` (or run end_to_end on {root})")
-  resource = {"prefect.resource.id": f"impax.demo.{root}.{dataset}",
-              "prefect.resource.name": f"demo {dataset}"}
-  # What the train-demo deployment's trigger passes to the training it starts.
-  # A run per version of the data (flows/train.py resolves `{data}`): new data trains anew.
-  payload = {"root": root, "config": demo.config_for(root),
-             "workdir": os.path.join(root, "runs", "{data}")}
-  return _build("jsonl", os.path.join(root, "data", dataset), splits, (settings,),
-                "changed" if rebuild_changed else False, workers, retries,
-                retry_delay_seconds, timeout_minutes, resource, payload)
-
-
-def _build(spec, output, splits, settings, overwrite, workers, retries, retry_delay_seconds,
-           timeout_minutes, resource: dict, payload: dict, beam_options: list[str] = (),
-           max_failure_rate: float | None = None):
-  """Both flows' body: check, build each split, card, publish, and the event when
-  something was built. The final state (Completed or, refused, Failed) has the message."""
+def build_splits(spec, output, splits, settings, overwrite, workers, retries,
+                 retry_delay_seconds, timeout_minutes, resource: dict, payload: dict,
+                 beam_options: list[str] = (), max_failure_rate: float | None = None):
+  """The body of build_dataset and of the demo's build_demo_dataset (flows/demo.py), in
+  the flow that calls it: check, build each split, card, publish, and the event (about
+  resource, with payload) when something was built. The final state (Completed or,
+  refused, Failed) has the message."""
   logger = get_run_logger()
   try:
     checked = check(spec, output, splits, settings, overwrite, beam_options)

@@ -25,8 +25,8 @@ import yaml
 from prefect import Flow
 
 import impax.train
-from impax.flows.build import BUILT, DEMO_DATASETS, build_dataset, build_demo_dataset
-from impax.flows.end_to_end import end_to_end
+from impax.flows.build import BUILT, build_dataset
+from impax.flows.demo import DEMO_DATASETS, build_demo_dataset, end_to_end_demo
 from impax.flows.train import evaluate_checkpoint, train
 
 POOL = "impax"
@@ -91,7 +91,7 @@ def table(root: str = "demo-output", configs: str = "train/configs") -> list[Dep
                  f"Evaluate the latest checkpoint of {workdir} on the held-out splits "
                  "(impax eval).", ("evaluate", "config:demo"),
                  {"config": config, "workdir": workdir}),
-      Deployment("end-to-end-demo", end_to_end,
+      Deployment("end-to-end-demo", end_to_end_demo,
                  f"The demo end to end in {root}: its corpus, every build, training, "
                  "evaluation and a report (make demo).", ("end-to-end", "demo"),
                  {"root": root}),

@@ -1,36 +1,26 @@
-"""end_to_end: a corpus to an evaluated model, as `impax demo` does, with a final report.
+"""end_to_end: your corpora to an evaluated model, with a final report.
 
-    python -m impax.flows.demo demo-output     # make demo: this flow on the demo corpus
+    python -m impax.flows.demo demo-output     # make demo: these steps on the demo corpus
 
-1. corpora: the demo corpus generated under ROOT/corpus (digits in videos, images and
-   sounds; impax/demo.py), or your corpora, each with its splits and options.
-2. build_dataset for each (cached: an unchanged corpus is not built again).
-3. train (and evaluate) with the config: by default the demo's (train/configs/demo.py)
-   on ROOT/data; the run goes to ROOT/run.
-4. A report artifact: the datasets, the training, the evaluation and where it all is.
+1. build_dataset for each corpus, with its splits and options (cached: an unchanged corpus
+   is not built again).
+2. train (and evaluate) with the config; the run goes to ROOT/run.
+3. A report artifact: the datasets, the training, the evaluation and where it all is.
+
+The demo's flow (flows/demo.py: `make demo`, `impax demo`) generates the demo corpus and
+runs the same steps (`run` below) on it.
 """
 
 import os
 from typing import Annotated
 
 import pydantic
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-from prefect.cache_policies import NO_CACHE
 
-from impax import demo as demo_lib
 from impax.flows import artifact_key
 from impax.flows.build import BuildOptions, Split, build_dataset
 from impax.flows.train import train
-
-
-class DemoCorpus(pydantic.BaseModel):
-  """Sizes of the generated demo corpus (all splits together); `impax demo`'s by default."""
-  model_config = pydantic.ConfigDict(extra="forbid")
-  videos: int = pydantic.Field(demo_lib.SIZES["videos"], ge=10)
-  images: int = pydantic.Field(demo_lib.SIZES["images"], ge=10)
-  audio: int = pydantic.Field(demo_lib.SIZES["audio"], ge=10)
-  seed: int = 0
 
 
 class Corpus(pydantic.BaseModel):
@@ -44,39 +34,21 @@ class Corpus(pydantic.BaseModel):
   overwrite: bool = False
 
 
-@task(name="generate_demo_corpus", task_run_name="generate_demo_corpus", cache_policy=NO_CACHE)
-def generate_demo_corpus(root: str, demo: DemoCorpus) -> list[Corpus]:
-  """Writes the demo corpus under root/corpus; returns its datasets to build under root/data."""
-  corpus = os.path.join(root, "corpus")
-  manifests = demo_lib.write_corpus(corpus, videos=demo.videos, images=demo.images,
-                                    audio=demo.audio, seed=demo.seed)
-  splits = {}
-  for key, manifest in manifests.items():  # train before test: train fixes the vocabularies
-    modality, split = key.rsplit("-", 1)
-    splits.setdefault(modality, []).append(Split(name=split, input=manifest))
-  return [Corpus(spec="jsonl", output=os.path.join(root, "data", modality), splits=s,
-                 options=BuildOptions(**demo_lib.settings(corpus)))
-          for modality, s in splits.items()]
-
-
 @flow(name="end_to_end", flow_run_name="end to end in {root}")
 def end_to_end(
-    root: str = "demo-output",
-    corpora: list[Corpus] | None = None,
-    demo: DemoCorpus | None = None,
-    config: str | None = None,
+    root: str,
+    corpora: Annotated[list[Corpus], pydantic.Field(min_length=1)],
+    config: str,
     steps: Annotated[int, pydantic.Field(ge=1)] | None = None,
-    overrides: list[Annotated[str, pydantic.Field(pattern=r"^\w+=")]] | None = None,
+    overrides: list[Annotated[str, pydantic.Field(pattern=r"^\w+(\.\w+)*=")]] | None = None,
     workers: Annotated[int, pydantic.Field(ge=1)] | None = None,
 ) -> dict:
   """Builds every corpus, trains and evaluates on them, and publishes a report.
 
   Args:
-    root: the demo corpus goes to root/corpus, its datasets to root/data, the run to root/run.
-    corpora: your corpora; empty: the demo corpus, generated.
-    demo: the demo corpus's sizes.
-    config: the training config (FILE or FILE:ARG); default: the demo's on root/data.
-      Required with your corpora.
+    root: the run goes to root/run.
+    corpora: your corpora, each built into its output.
+    config: the training config (FILE or FILE:ARG) on their outputs.
     steps: training steps (default: the config's).
     overrides: FIELD=VALUE overrides of the training config, as `impax train --set`.
     workers: Beam workers per build (default: the number of CPUs).
@@ -84,13 +56,15 @@ def end_to_end(
   Returns: {"datasets": {output: {split: build summary}}, "train": train's result,
     "report": the report's markdown}.
   """
-  on_demo = corpora is None
-  if on_demo:
-    corpora = generate_demo_corpus(root, demo or DemoCorpus())
-    config = config or demo_lib.config_for(root)
-  elif config is None:
-    raise ValueError("config: a training config is required with your own corpora "
-                     "(the demo's expects the demo datasets)")
+  return run(root, corpora, config, steps, overrides, workers)
+
+
+def run(root: str, corpora: list[Corpus], config: str, steps: int | None = None,
+        overrides: list[str] | None = None, workers: int | None = None,
+        goal: tuple[str, float] | None = None) -> dict:
+  """end_to_end's steps, in the flow that calls it (end_to_end, or the demo's): the
+  builds and the training are its subflows. goal: (task, zero-shot top-1) the report
+  measures the result against."""
   datasets = {}
   for corpus in corpora:
     datasets[corpus.output] = build_dataset(
@@ -98,14 +72,15 @@ def end_to_end(
         config_file=corpus.config_file, overwrite=corpus.overwrite, workers=workers)
   trained = train(config=config, workdir=os.path.join(root, "run"), steps=steps,
                   overrides=overrides)
-  text = report(root, datasets, config, trained, goal=on_demo)
+  text = report(root, datasets, config, trained, goal)
   create_markdown_artifact(text, key=artifact_key("end-to-end", os.path.basename(
       os.path.abspath(root))), description=f"impax end to end in {root}")
   return {"datasets": datasets, "train": trained, "report": text}
 
 
-def report(root: str, datasets: dict, config: str, trained: dict, goal: bool = False) -> str:
-  """The markdown report; with goal, the demo's zero-shot goal next to its result."""
+def report(root: str, datasets: dict, config: str, trained: dict,
+           goal: tuple[str, float] | None = None) -> str:
+  """The markdown report; with goal, the goal next to its task's zero-shot result."""
   summary, results, workdir = trained["summary"], trained["eval"], trained["workdir"]
   lines = [f"# impax end to end: {root}", "", "## Datasets", "",
            "| dataset | split | examples | failed | shards |", "|---|---|---|---|---|"]
@@ -121,10 +96,21 @@ def report(root: str, datasets: dict, config: str, trained: dict, goal: bool = F
     for key, value in result.items():
       if isinstance(value, float):
         lines.append(f"| {name} | {key} | {value:.3f} |")
-  lines += ["", *(f"**{line}**" for line in demo_lib.zero_shot_lines(results, goal)), "",
+  lines += ["", *(f"**{line}**" for line in zero_shot_lines(results, goal)), "",
             "## Where the results are", "",
             *(f"- dataset: `{output}` (metadata.json, shards, failures-SPLIT.jsonl)"
               for output in datasets),
             f"- run: `{workdir}` (checkpoints/, metrics.jsonl, tensorboard/, plots/, eval.json)",
             ""]
   return "\n".join(lines)
+
+
+def zero_shot_lines(results: dict, goal: tuple[str, float] | None = None) -> list[str]:
+  """A line per task with zero-shot classification; goal: (task, top-1) shown on its task's."""
+  lines = []
+  for name, r in results.items():
+    if "zero_shot_top1" in r:
+      against = f", goal {goal[1]:.0%}" if goal and name == goal[0] else ""
+      lines.append(f"zero-shot classification ({name}) of {r['examples']} {r['split']} examples: "
+                   f"top-1 {r['zero_shot_top1']:.1%} (chance {r['zero_shot_chance']:.0%}{against})")
+  return lines

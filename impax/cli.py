@@ -198,7 +198,7 @@ def _demo_corpus(args, beam_args):
 
 
 def _demo_parser(sub):
-  p = sub.add_parser("demo", help="the main job end to end on the demo corpus")
+  p = sub.add_parser("demo", help="the main job end to end on the demo corpus (make demo's flow)")
   p.add_argument("dir", metavar="DIR", nargs="?", default="demo")
   p.add_argument("--workers", type=int, default=None, help="build workers (default: CPUs)")
   p.add_argument("--steps", type=int, default=None, help="training steps (default: the config's)")
@@ -206,8 +206,8 @@ def _demo_parser(sub):
 
 
 def _demo(args, beam_args):
-  from impax import demo
-  return demo.main(args.dir, workers=args.workers, steps=args.steps)
+  from impax.flows import demo
+  return demo.run_demo(args.dir, steps=args.steps, workers=args.workers)
 
 
 def _engine_parser(sub):

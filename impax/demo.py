@@ -1,20 +1,20 @@
-"""The demo, in one place: its corpus, its datasets, its training run and its printout.
+"""The demo's corpus, its datasets' settings and its training config.
 
-    impax demo DIR                  # build, train, evaluate: main() below
-    python -m impax.flows.demo DIR  # make demo: the same as the end_to_end Prefect flow
     impax demo-corpus DIR           # only the corpus and its tokenizer: write_corpus()
+    impax demo DIR                  # make demo: the demo end to end, flows/demo.py
 
 1. The corpus (generate): digits in videos with sound, images and sounds.
-2. Its datasets (build_all): each manifest built into a prepared dataset under
-   DIR/data, every one with the same tokenizer (shared_tokenizer).
-3. Its run (main): the tiny MoE preset with AGD on image-text, video-text,
-   video-audio and audio classification (DEMO_CONFIG, train/configs/demo.py)
-   for a few minutes on a CPU, evaluated on the held-out splits.
-4. Its printout (print_summary): where everything is and zero-shot video
-   classification against the goal.
+2. Its datasets: each manifest built into a prepared dataset under DIR/data with
+   settings(), every one with the same tokenizer (shared_tokenizer); build_all
+   builds them without Prefect.
+3. Its run: the tiny MoE preset with AGD on image-text, video-text, video-audio and
+   audio classification (DEMO_CONFIG, train/configs/demo.py) for a few minutes on a
+   CPU, evaluated on the held-out splits against the zero-shot goal (ZERO_SHOT_GOAL).
 
-Everything lands under DIR: corpus/, data/ (prepared datasets), run/ (checkpoints,
-metrics.jsonl, tensorboard/, plots/, eval.json).
+The demo end to end (`make demo`, `impax demo DIR`) is a Prefect flow, flows/demo.py,
+which runs these on flows/end_to_end.py's steps; the production flows import nothing
+of this module. Everything lands under DIR: corpus/, data/ (prepared datasets), run/
+(checkpoints, metrics.jsonl, tensorboard/, plots/, eval.json).
 
 The corpus is small and learnable, made from scikit-learn's digits. Every
 example shows or sounds one handwritten digit (sklearn's bundled 8x8 digits, so
@@ -526,52 +526,3 @@ ZERO_SHOT_TASK, ZERO_SHOT_GOAL = "video_text", 0.6
 def config_for(root: str) -> str:
   """The demo's training config on the datasets under root/data, as FILE:ARG."""
   return f"{DEMO_CONFIG}:{os.path.join(root, 'data')}"
-
-
-def main(root: str, workers: int | None = None, steps: int | None = None) -> int:
-  """`impax demo DIR`: builds the demo's datasets under root, trains, evaluates, prints."""
-  # JAX (the trainer, and the loader the config names): imported only to train.
-  from impax.train import config as train_config, trainer
-
-  start = time.monotonic()
-  for summary in build_all(root, workers).values():
-    print(build.describe(summary))
-  workdir = os.path.join(root, "run")
-  config = train_config.load(config_for(root), [f"steps={steps}"] if steps else [])
-  print(f"\ntraining {config.model} with AGD on {', '.join(t.name for t in config.tasks)} "
-        f"for {config.steps} steps (config: {DEMO_CONFIG})")
-  summary = trainer.train(config, workdir)
-  return print_summary(root, workdir, summary.get("eval", {}), time.monotonic() - start)
-
-
-def zero_shot_lines(results: dict, goal: bool = False) -> list[str]:
-  """A line per task with zero-shot classification; with goal, the demo's goal on its task."""
-  lines = []
-  for name, r in results.items():
-    if "zero_shot_top1" in r:
-      against = f", goal {ZERO_SHOT_GOAL:.0%}" if goal and name == ZERO_SHOT_TASK else ""
-      lines.append(f"zero-shot classification ({name}) of {r['examples']} {r['split']} examples: "
-                   f"top-1 {r['zero_shot_top1']:.1%} (chance {r['zero_shot_chance']:.0%}{against})")
-  return lines
-
-
-def print_summary(root: str, workdir: str, results: dict, seconds: float, where: str = "") -> int:
-  """Prints where the demo's datasets and run are and its zero-shot results; the exit status.
-
-  Args:
-    root: the demo's folder (its datasets are in root/data).
-    workdir: the training run's folder.
-    results: the evaluation, {task: metrics} (eval.json's results).
-    seconds: the demo's time, building and training.
-    where: more to say after the time, e.g. where the Prefect run is.
-
-  Returns: 0, or 1 when the run has no zero-shot result on the demo's videos.
-  """
-  print(f"\nprepared datasets: {os.path.join(root, 'data')}\nrun: {workdir} (metrics.jsonl, "
-        f"tensorboard/, plots/, eval.json)\ntotal time: {seconds:.0f} s{where}")
-  for line in zero_shot_lines(results, goal=True):
-    print(line)
-  if "zero_shot_top1" not in results.get(ZERO_SHOT_TASK, {}):
-    print("no zero-shot result: the run did not finish")
-    return 1
-  return 0

@@ -1,7 +1,8 @@
-"""The demo (impax/demo.py): its corpus and the one tokenizer its datasets share.
+"""The demo's corpus (impax/demo.py) and the one tokenizer its datasets share.
 
 The corpus: complete manifests, real encodings, disjoint validation and test splits. Its
-datasets share one tokenizer, so its text tasks can train one model together.
+datasets share one tokenizer, so its text tasks can train one model together. The demo's
+flows and printout: tests/flows/test_demo.py.
 """
 
 import hashlib
@@ -138,31 +139,3 @@ def test_demo_datasets_share_one_tokenizer_that_knows_every_caption_word(demo_da
     for prompt in ("a video of {label}.", "a photo of {label}."):
       assert tokenizer.unk_id() not in tokenizer.encode(prompt.format(label=digit))
     assert len(tokenizer.encode(digit)) == 1
-
-
-def test_the_flow_builds_the_demo_with_the_shared_tokenizer(tmp_path):
-  from impax.flows.end_to_end import DemoCorpus, generate_demo_corpus
-  corpora = generate_demo_corpus.fn(str(tmp_path), DemoCorpus(videos=10, images=10, audio=10))
-  tokenizer = str(tmp_path / "corpus" / "tokenizer.model")
-  assert os.path.getsize(tokenizer) > 0
-  assert [c.options.tokenizer for c in corpora] == [tokenizer] * 3
-  assert demo.settings(str(tmp_path / "corpus"))["tokenizer"] == tokenizer
-
-
-def test_the_summary_names_the_folders_and_the_zero_shot_result_against_the_goal(capsys):
-  results = {"image_text": {"examples": 200, "split": "test", "zero_shot_top1": 0.675,
-                            "zero_shot_chance": 0.1},
-             "video_text": {"examples": 80, "split": "test", "zero_shot_top1": 0.725,
-                            "zero_shot_chance": 0.1},
-             "audio": {"examples": 40, "split": "test", "accuracy": 0.95}}
-  assert demo.print_summary("out", "out/run", results, 61.2) == 0
-  printed = capsys.readouterr().out
-  assert f"prepared datasets: {os.path.join('out', 'data')}\nrun: out/run (" in printed
-  assert "total time: 61 s" in printed
-  assert ("zero-shot classification (video_text) of 80 test examples: top-1 72.5% "
-          "(chance 10%, goal 60%)") in printed
-  assert "(image_text) of 200 test examples: top-1 67.5% (chance 10%)\n" in printed
-  # The report of your own corpora shows no goal; a run without the videos' result fails.
-  assert "goal" not in "".join(demo.zero_shot_lines(results))
-  assert demo.print_summary("out", "out/run", {"image_text": results["image_text"]}, 1.0) == 1
-  assert "no zero-shot result: the run did not finish" in capsys.readouterr().out

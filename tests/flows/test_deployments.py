@@ -281,7 +281,8 @@ def test_a_worker_runs_training_evaluation_and_end_to_end(deployed, demo_root, e
 
 
 def test_a_refused_run_says_why_in_its_state(tmp_path, api):
-  from impax.flows.build import build_dataset, build_demo_dataset
+  from impax.flows.build import build_dataset
+  from impax.flows.demo import build_demo_dataset
   fresh = str(tmp_path / "fresh")
   state = build_demo_dataset(root=fresh, return_state=True)
   assert state.is_failed()

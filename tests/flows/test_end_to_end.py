@@ -76,8 +76,9 @@ def test_train_publishes_curves_and_evaluation(run, api):
 
 def test_bad_training_parameters_are_refused_with_the_field_named(images, tiny_config, tmp_path,
                                                                  api):
-  from prefect.exceptions import ParameterTypeError
+  from prefect.exceptions import ParameterBindError, ParameterTypeError
 
+  from impax.flows.demo import end_to_end_demo
   from impax.flows.end_to_end import end_to_end
   from impax.flows.train import train
   from impax.train.config import ConfigError
@@ -96,9 +97,12 @@ def test_bad_training_parameters_are_refused_with_the_field_named(images, tiny_c
   runs = api.task_runs(state.state_details.flow_run_id)
   assert [r["run_count"] for name, r in runs.items() if name.startswith("load_config")] == [1]
   assert not any(name.startswith("train_model") for name in runs)
+  # The demo's flow takes your corpora too, with their config; end_to_end always needs one.
+  corpora = [{"output": params["output"], "splits": params["splits"]}]
   with pytest.raises(ValueError, match=r"config: a training config is required"):
-    end_to_end(root=str(tmp_path), corpora=[{"output": params["output"],
-                                             "splits": params["splits"]}])
+    end_to_end_demo(root=str(tmp_path), corpora=corpora)
+  with pytest.raises(ParameterBindError, match=r"config"):
+    end_to_end(root=str(tmp_path), corpora=corpora)
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
