@@ -5,6 +5,7 @@
   records.py           the record contract: feature keys and dtypes, tf.Example bytes, and
                        Record, the typed view every reader reads a record through
   metadata.py          metadata.json as types, with its one writer and one reader
+  build_settings.py    a build's settings as a type (BuildConfig): metadata.json's config
   prepared.py          the reader of a prepared dataset: its metadata, shards and records;
                        opening and checking one for training (staging gs://, s3://)
   files.py             paths and files, local or remote: the one caller of Beam's FileSystems
