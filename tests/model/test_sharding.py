@@ -20,7 +20,7 @@ SCRIPT = textwrap.dedent("""
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
     import dataclasses, json
     import jax, jax.numpy as jnp, numpy as np
-    from impax.model import Model, get_config, init_params, sharding
+    from impax.model import Model, get_config, init_params, scan_params, sharding, unscan_params
 
     assert jax.device_count() == 8
     rng = np.random.default_rng(0)
@@ -31,9 +31,11 @@ SCRIPT = textwrap.dedent("""
               "text": rng.integers(1, 1000, (16, 12)).astype(np.int32)}
     inputs["text"][:, 9:] = 0  # Padding.
     results = {}
-    for router, top_k in (("expert_choice", 1), ("token_choice", 2), ("dense", 1)):
+    for router, top_k in (("expert_choice", 1), ("token_choice", 2), ("dense", 1),
+                          ("scanned", 1)):
       config = (get_config("tiny", moe_layers=()) if router == "dense" else
-                get_config("tiny", group_size=32, router=router, top_k=top_k))
+                get_config("tiny", group_size=32, top_k=top_k,
+                           router="expert_choice" if router == "scanned" else router))
       params = init_params(config, jax.random.key(0))
 
       def value_and_grad(model):
@@ -45,6 +47,9 @@ SCRIPT = textwrap.dedent("""
 
       (loss1, out1), grads1 = value_and_grad(Model(config))(params, inputs)
       mesh = sharding.make_mesh(config.num_experts)
+      if router == "scanned":  # The unrolled model on one device against the scanned on eight.
+        config = dataclasses.replace(config, scan_layers=True, remat="full")
+        params = scan_params(params, config)
       step = value_and_grad(Model(config, mesh))
       sharded_params = jax.device_put(
           params, sharding.param_shardings(params, mesh))
@@ -54,11 +59,15 @@ SCRIPT = textwrap.dedent("""
                         for k, v in inputs.items()}
       (loss8, out8), grads8 = step(sharded_params, sharded_inputs)
       hlo = step.lower(sharded_params, sharded_inputs).compile().as_text()
+      if router == "scanned":
+        grads8, wi = unscan_params(grads8, config), grads8["encoder"]["blocks_2_3"]["moe"]["wi"]
+        results[router] = dict(expert_grad_spec=list(wi.sharding.spec),
+                               expert_grad_shard=list(wi.addressable_shards[0].data.shape))
 
       diff = lambda a, b: max(float(jnp.max(jnp.abs(x - y))) for x, y in
                               zip(jax.tree.leaves(a), jax.tree.leaves(b)))
       scale = lambda a: max(float(jnp.max(jnp.abs(x))) for x in jax.tree.leaves(a))
-      results[router] = dict(
+      results.setdefault(router, {}).update(
           mesh=dict(mesh.shape),
           loss=[float(loss1), float(loss8)],
           aux_loss=[float(out1["aux_loss"]), float(out8["aux_loss"])],
@@ -71,7 +80,7 @@ SCRIPT = textwrap.dedent("""
               jax.tree.leaves(out8["moe"]["experts"])))),
           all_to_all=hlo.count(" all-to-all("),
           all_gather=hlo.count(" all-gather("))
-      if router == "dense":
+      if router in ("dense", "scanned"):
         continue
       wi = grads8["encoder"]["block_3"]["moe"]["wi"]
       results[router].update(expert_grad_spec=list(wi.sharding.spec),
@@ -97,13 +106,13 @@ SCRIPT = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def results():
   proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True,
-                        text=True, timeout=300)
+                        text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   line = [l for l in proc.stdout.splitlines() if l.startswith("RESULTS")][0]
   return json.loads(line.split(" ", 1)[1])
 
 
-@pytest.mark.parametrize("router", ["expert_choice", "token_choice", "dense"])
+@pytest.mark.parametrize("router", ["expert_choice", "token_choice", "dense", "scanned"])
 def test_one_and_eight_devices_agree(results, router):
   r = results[router]
   assert r["mesh"] == {"data": 2, "expert": 4}
@@ -132,6 +141,12 @@ def test_experts_are_split_and_tokens_move_by_all_to_all(results, router):
   assert r["all_to_all"] == 16
   assert r["all_gather"] == 0
   assert r["odd_batch_refused"]
+
+
+def test_scanned_expert_weights_are_split_on_their_expert_axis(results):
+  # Stacked [layers, experts, ...]: the layer axis whole, each device 1 of the 4 experts.
+  assert results["scanned"]["expert_grad_spec"][:2] == [None, "expert"]
+  assert results["scanned"]["expert_grad_shard"][:2] == [2, 1]
 
 
 def test_partition_rules_split_only_expert_weights():
