@@ -127,10 +127,12 @@ def read_shards(paths: Sequence[str], dataset: str, split: str) -> Fingerprints:
 
 def read(dataset: prepared.PreparedDataset, name: str | None = None,
          splits: Sequence[str] | None = None) -> Fingerprints:
-  """The fingerprints of a prepared dataset's splits (default: all), named `name`."""
+  """The fingerprints of a prepared dataset's splits (default: all), named `name`; local or
+  remote, as the dataset reads its records."""
   name = name or dataset.root
-  return Fingerprints.concat([read_shards(dataset.shard_paths(s), name, s)
-                              for s in (splits or sorted(dataset.metadata.splits))])
+  return Fingerprints.concat([
+      of_records((records.Record.parse(data) for _, data in dataset.records(s)), name, s)
+      for s in (splits or sorted(dataset.metadata.splits))])
 
 
 # -- near pairs: multi-index hashing ------------------------------------------
