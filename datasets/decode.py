@@ -18,14 +18,13 @@ faster than PIL on this machine (benchmarks/README.md).
 """
 
 import dataclasses
-import functools
 import math
 
 import cv2
 import numpy as np
 import simplejpeg
 
-from impax.datasets import records
+from impax.datasets import mel, records
 
 cv2.setNumThreads(1)  # parallelism comes from the loader's worker processes
 
@@ -33,6 +32,7 @@ cv2.setNumThreads(1)  # parallelism comes from the loader's worker processes
 MEL_BINS = 128
 MEL_FMIN, MEL_FMAX = 80.0, 7600.0
 STFT_WINDOW, STFT_HOP = 400, 160
+_WINDOW = np.hanning(STFT_WINDOW).astype(np.float32)  # symmetric Hann
 SPECTROGRAM_FPS = 100  # frames per second at 16 kHz with hop 160
 
 
@@ -216,23 +216,6 @@ def waveform(features: dict, seconds: float, augment: Augment | None, rng: np.ra
   return out
 
 
-@functools.lru_cache(maxsize=4)
-def _mel_filters(sample_rate: int):
-  """The mel filterbank [mel_bins, fft_bins] as a sparse matrix (370 of its 25728 weights
-  are nonzero at 16 kHz).
-
-  Sparse, not a dense matmul: numpy's dense product goes through OpenBLAS,
-  whose threads spin against XLA's for the same cores when the loader runs
-  beside a training step (12 ms an example instead of 0.2 ms on this 2-core
-  machine); the sparse product is single-threaded and 6 times faster alone.
-  """
-  import librosa  # heavy (numba): only audio tasks need the filterbank
-  import scipy.sparse
-  return scipy.sparse.csr_array(librosa.filters.mel(
-      sr=sample_rate, n_fft=STFT_WINDOW, n_mels=MEL_BINS, fmin=MEL_FMIN,
-      fmax=MEL_FMAX).astype(np.float32))
-
-
 def spectrogram_frames(seconds: float) -> int:
   return int(round(seconds * SPECTROGRAM_FPS))
 
@@ -241,15 +224,15 @@ def log_mel(wave: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
   """float32 [frames, 128]: log(mel power + 1e-6), 25 ms Hann windows every 10 ms.
 
   Exactly spectrogram_frames(len / rate) frames (the last window zero-padded),
-  so every example of a bucket has the same shape.
+  so every example of a bucket has the same shape. The filterbank's product is
+  sparse: see mel.sparse_filters.
   """
   frames = max(1, len(wave) // STFT_HOP)
   padded = np.zeros((frames - 1) * STFT_HOP + STFT_WINDOW, np.float32)
   padded[:len(wave)] = wave[:len(padded)]
-  windows = np.lib.stride_tricks.sliding_window_view(padded, STFT_WINDOW)[::STFT_HOP][:frames]
-  power = np.abs(np.fft.rfft(windows * np.hanning(STFT_WINDOW).astype(np.float32))) ** 2
-  mel = (_mel_filters(sample_rate) @ power.T).T  # rfft of float32 is complex64: power is float32
-  return np.log(mel + np.float32(1e-6))
+  power = mel.power_spectrogram(padded, STFT_WINDOW, STFT_HOP, _WINDOW, frames)  # float32
+  bands = mel.sparse_filters(sample_rate, STFT_WINDOW, MEL_BINS, MEL_FMIN, MEL_FMAX)
+  return np.log((bands @ power.T).T + np.float32(1e-6))
 
 
 # ---------------------------------------------------------------------------

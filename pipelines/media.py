@@ -14,7 +14,6 @@ stuck or chatty ffmpeg never hangs a worker.
 import contextlib
 import dataclasses
 import fcntl
-import functools
 import io
 import math
 import os
@@ -28,8 +27,8 @@ import imagehash
 import numpy as np
 import soxr
 from PIL import ExifTags, Image, ImageOps
-from threadpoolctl import ThreadpoolController
 
+from impax.datasets import mel
 from impax.pipelines.config import JPEG_MAX_SIDE
 from impax.pipelines.tools import ffmpeg_binary
 
@@ -452,87 +451,11 @@ def audio_fingerprint(audio: Audio) -> list[int]:
     return []
   if samples.size < 2048:
     samples = np.pad(samples, (0, 2048 - samples.size))
-  mel = melspectrogram(samples, audio.sample_rate, n_fft=2048,
-                       hop=round(audio.sample_rate * AUDIO_HOP_SECONDS), n_mels=AUDIO_BANDS,
-                       fmin=50.0, fmax=min(8000.0, audio.sample_rate / 2))
-  db = _power_to_db(mel, top_db=60.0).T  # [frames, bands], 0 dB the loudest
+  bands = mel.melspectrogram(samples, audio.sample_rate, n_fft=2048,
+                             hop=round(audio.sample_rate * AUDIO_HOP_SECONDS),
+                             n_mels=AUDIO_BANDS, fmin=50.0, fmax=min(8000.0, audio.sample_rate / 2))
+  db = mel.power_to_db(bands, top_db=60.0).T  # [frames, bands], 0 dB the loudest
   peak = db.max(axis=1, keepdims=True)
   bits = (db > peak - 20.0) & (peak > -30.0)
   values = (bits.astype(np.uint64) << np.arange(AUDIO_BANDS, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
   return values.view(np.int64)[:AUDIO_MAX_FRAMES].tolist()
-
-
-# -- librosa's mel spectrogram, in numpy ---------------------------------------
-# librosa's import costs each worker about 4 s of CPU (numba, scipy.signal), more than
-# decoding a clip. These are the steps of librosa.feature.melspectrogram (center=True,
-# pad_mode="constant", a periodic Hann window, Slaney mel bands) and librosa.power_to_db
-# (ref=np.max), in the same float operations and memory layouts, so the fingerprints are
-# the same bytes as librosa 0.11's (tests/pipelines/test_audio_features.py checks them).
-
-
-def _hann(n: int) -> np.ndarray:
-  """scipy.signal.get_window("hann", n, fftbins=True), computed as scipy does."""
-  fac = np.linspace(-np.pi, np.pi, n + 1, dtype=np.float64)
-  window = np.zeros(n + 1, dtype=np.float64)
-  for k, a in enumerate(np.asarray([0.5, 0.5], dtype=np.float64)):
-    window += a * np.cos(k * fac)
-  return window[:-1]
-
-
-def _hz_to_mel(hz: float) -> float:
-  mel = hz / (200.0 / 3)
-  if hz >= 1000.0:
-    mel = 1000.0 / (200.0 / 3) + np.log(hz / 1000.0) / (np.log(6.4) / 27.0)
-  return mel
-
-
-@functools.lru_cache(maxsize=8)
-def _mel_filters(sample_rate: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
-  """librosa.filters.mel(sr, n_fft, n_mels, fmin, fmax) (Slaney scale and norm, float32)."""
-  weights = np.zeros((n_mels, 1 + n_fft // 2), dtype=np.float32)
-  fft_hz = np.fft.rfftfreq(n=n_fft, d=1.0 / sample_rate)
-  mels = np.linspace(_hz_to_mel(np.float64(fmin)), _hz_to_mel(np.float64(fmax)), n_mels + 2)
-  mel_hz = (200.0 / 3) * mels
-  log = mels >= 1000.0 / (200.0 / 3)
-  mel_hz[log] = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mels[log] - 1000.0 / (200.0 / 3)))
-  fdiff = np.diff(mel_hz)
-  ramps = np.subtract.outer(mel_hz, fft_hz)
-  for i in range(n_mels):
-    weights[i] = np.maximum(0, np.minimum(-ramps[i] / fdiff[i], ramps[i + 2] / fdiff[i + 1]))
-  weights *= (2.0 / (mel_hz[2:n_mels + 2] - mel_hz[:n_mels]))[:, np.newaxis]
-  return weights
-
-
-def melspectrogram(samples: np.ndarray, sample_rate: int, n_fft: int, hop: int, n_mels: int,
-                   fmin: float, fmax: float) -> np.ndarray:
-  """The mel power spectrogram [n_mels, frames] of float32 samples (at least n_fft of
-  them), as librosa.feature.melspectrogram computes it."""
-  padded = np.pad(samples, n_fft // 2)
-  frames = np.lib.stride_tricks.sliding_window_view(padded, n_fft)[::hop].T  # [n_fft, frames]
-  spectrum = np.zeros((1 + n_fft // 2, frames.shape[1]), dtype=np.complex64, order="F")
-  spectrum[:] = np.fft.rfft(_hann(n_fft)[:, np.newaxis] * frames, axis=-2)
-  power = np.abs(spectrum) ** 2.0
-  # On one BLAS thread: after each call OpenBLAS's other threads spin waiting for work,
-  # about 60 ms of a core per clip, as much as the rest of the build's own work on a video.
-  # The product's last bits depend on the thread count, so one thread also makes them the
-  # same on every machine (the fingerprints, thresholds of it, matched in every clip tried).
-  with _BLAS_LOCK, _blas().limit(limits=1, user_api="blas"):
-    return np.einsum("...ft,mf->...mt", power,
-                     _mel_filters(sample_rate, n_fft, n_mels, fmin, fmax), optimize=True)
-
-
-# The limit is process-wide: the lock keeps two threads of a worker from restoring each
-# other's setting.
-_BLAS_LOCK = threading.Lock()
-
-
-@functools.cache
-def _blas() -> ThreadpoolController:
-  return ThreadpoolController()  # finds the loaded BLAS libraries: once per process
-
-
-def _power_to_db(power: np.ndarray, top_db: float, amin: float = 1e-10) -> np.ndarray:
-  """librosa.power_to_db(power, ref=np.max, top_db=top_db)."""
-  db = 10.0 * np.log10(np.maximum(amin, power))
-  db -= 10.0 * np.log10(np.maximum(amin, np.max(power)))
-  return np.maximum(db, db.max() - top_db)
