@@ -1,7 +1,9 @@
-"""Record decoding and per-example preprocessing: one record in, fixed-shape arrays out.
+"""Per-example decoding and preprocessing: a record's media in, fixed-shape arrays out.
 
-Everything here is a pure function of (record, target shape, random generator),
-so the loader's determinism is that of the generator it passes in. Outputs:
+Each function takes a part of a record's typed view (records.Record: its video,
+image, audio, label indices) and is a pure function of (that part, target
+shape, random generator), so the loader's determinism is that of the generator
+it passes in. Outputs:
 
   video        uint8 [frames, height, width, 3] (eval with views > 1: [views, frames, h, w, 3])
   image        uint8 [height, width, 3]
@@ -13,12 +15,13 @@ so the loader's determinism is that of the generator it passes in. Outputs:
 Vision stays uint8 until it reaches the accelerator: a quarter of the bytes
 through the worker queues. JPEGs are decoded by libjpeg-turbo (simplejpeg),
 which scales by 1/2, 1/4 or 1/8 during the inverse DCT when the target is that
-much smaller than the stored frame, and resized by OpenCV: together 2.5 times
-faster than PIL on this machine (benchmarks/README.md).
+much smaller than the stored frame, and resized by OpenCV: together faster
+than PIL (benchmarks/README.md has the figures).
 """
 
 import dataclasses
 import math
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -49,18 +52,12 @@ class Augment:
   temporal_jitter: bool = True  # random clip start (else the centre)
 
 
-def parse(record: bytes) -> dict:
+def parse(data: bytes) -> records.Record:
+  """The record's typed view (records.Record); a DecodeError for bytes that are not one."""
   try:
-    return records.parse_example(record)
+    return records.Record.parse(data)
   except Exception as e:  # protobuf's DecodeError and friends
     raise DecodeError(f"not a tf.train.Example: {e}") from e
-
-
-def _one(features: dict, key: str):
-  values = features.get(key)
-  if not values:
-    raise DecodeError(f"record has no {key!r}")
-  return values[0]
 
 
 # ---------------------------------------------------------------------------
@@ -138,8 +135,8 @@ def spatial_crops(box: tuple[int, int, int, int], width: int, height: int,
           (int(round(i * (height - h) / (crops - 1))) for i in range(crops))]
 
 
-def video(features: dict, frames: int, height: int, width: int, augment: Augment | None,
-          rng: np.random.Generator, clips: int = 1,
+def video(stored: records.Video, frames: int, height: int, width: int,
+          augment: Augment | None, rng: np.random.Generator, clips: int = 1,
           crops: int = 1) -> tuple[np.ndarray, list[float]]:
   """uint8 [frames, h, w, 3] (or [views, ...] in evaluation) and each clip's start in seconds.
 
@@ -148,12 +145,8 @@ def video(features: dict, frames: int, height: int, width: int, augment: Augment
   spaced uniformly over the video times `crops` spatial crops (spatial_crops):
   clips * crops views, clip-major ([clip 0 crop 0, clip 0 crop 1, ...]).
   """
-  stored = features.get("video/frames") or []
-  if not stored:
-    raise DecodeError("record has no 'video/frames'")
-  fps = float(_one(features, "video/fps"))
-  full_h, full_w = int(_one(features, "video/height")), int(_one(features, "video/width"))
-  last_start = max(0, len(stored) - frames)
+  fps, full_h, full_w = stored.fps, stored.height, stored.width
+  last_start = max(0, stored.num_frames - frames)
   if augment is not None:
     starts = [int(rng.integers(0, last_start + 1)) if augment.temporal_jitter else last_start // 2]
     box = _crop_box(full_w, full_h, height, width, augment, rng)
@@ -166,42 +159,40 @@ def video(features: dict, frames: int, height: int, width: int, augment: Augment
   decoded = {}  # clips may overlap: decode each stored frame (and crop) once
   out = np.empty((len(starts) * len(boxes), frames, height, width, 3), np.uint8)
   for c, start in enumerate(starts):
-    for t, i in enumerate(_frame_indices(len(stored), frames, start)):
+    for t, i in enumerate(_frame_indices(stored.num_frames, frames, start)):
       for k, crop in enumerate(boxes):
         if (i, crop) not in decoded:
-          decoded[i, crop] = decode_jpeg(stored[i], crop, height, width, flip)
+          decoded[i, crop] = decode_jpeg(stored.frames[i], crop, height, width, flip)
         out[c * len(boxes) + k, t] = decoded[i, crop]
   return (out[0] if len(out) == 1 else out), [s / fps for s in starts]
 
 
-def image(features: dict, height: int, width: int, augment: Augment | None,
+def image(stored: records.Image, height: int, width: int, augment: Augment | None,
           rng: np.random.Generator) -> np.ndarray:
-  data = _one(features, "image/encoded")
-  full_h, full_w = int(_one(features, "image/height")), int(_one(features, "image/width"))
-  box = _crop_box(full_w, full_h, height, width, augment, rng)
+  box = _crop_box(stored.width, stored.height, height, width, augment, rng)
   flip = augment is not None and augment.flip and bool(rng.integers(0, 2))
-  return decode_jpeg(data, box, height, width, flip)
+  return decode_jpeg(stored.encoded, box, height, width, flip)
 
 
 # ---------------------------------------------------------------------------
 # Audio.
 
-def waveform(features: dict, seconds: float, augment: Augment | None, rng: np.random.Generator,
-             start_seconds: float | None = None, sample_rate: int = 16000) -> np.ndarray:
+def waveform(stored: records.Audio, seconds: float, augment: Augment | None,
+             rng: np.random.Generator, start_seconds: float | None = None,
+             sample_rate: int = 16000) -> np.ndarray:
   """float32 [seconds * sample_rate]: a window of the clip, zero-padded when short.
 
   `start_seconds` aligns the window with a video clip; otherwise training takes
   a random window and evaluation the centre one.
   """
-  pcm = _one(features, "audio/pcm_s16le")
-  rate = int(_one(features, "audio/sample_rate"))
+  rate = stored.sample_rate
   if rate != sample_rate:
     raise DecodeError(f"audio is stored at {rate} Hz, the task wants {sample_rate} Hz: "
                       "rebuild the dataset with --audio-sample-rate "
                       f"{sample_rate}")
-  if len(pcm) % 2:
+  if len(stored.pcm_s16le) % 2:
     raise DecodeError("audio/pcm_s16le has an odd number of bytes")
-  samples = np.frombuffer(pcm, "<i2")
+  samples = stored.samples()
   want = int(round(seconds * sample_rate))
   spare = max(0, len(samples) - want)
   if start_seconds is not None:
@@ -238,19 +229,6 @@ def log_mel(wave: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
 # ---------------------------------------------------------------------------
 # Text and labels.
 
-def captions(features: dict) -> list[list[int]]:
-  """Token ids of each caption."""
-  tokens = features.get("text/tokens") or []
-  lengths = features.get("text/lengths") or []
-  if sum(lengths) != len(tokens):
-    raise DecodeError(f"text/lengths sum to {sum(lengths)} but text/tokens holds {len(tokens)}")
-  out, pos = [], 0
-  for n in lengths:
-    out.append(list(tokens[pos:pos + n]))
-    pos += n
-  return out
-
-
 def pad_tokens(ids: list[int], length: int) -> tuple[np.ndarray, np.ndarray]:
   """int32 [length] ids (cut or zero-padded) and their mask."""
   ids = ids[:length]
@@ -259,10 +237,8 @@ def pad_tokens(ids: list[int], length: int) -> tuple[np.ndarray, np.ndarray]:
   return tokens, mask
 
 
-def label(features: dict, num_labels: int, multi_label: bool):
-  indices = features.get("label/index") or []
-  if not indices:
-    raise DecodeError("record has no 'label/index'")
+def label(indices: Sequence[int], num_labels: int, multi_label: bool):
+  """A record's label indices as an int32 index (the first) or a float32 multi-hot."""
   if any(not 0 <= i < num_labels for i in indices):
     raise DecodeError(f"label index {indices} outside the vocabulary of {num_labels}")
   if multi_label:

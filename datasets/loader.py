@@ -10,21 +10,23 @@
     batch = next(it)         # {"video": uint8 [B, 8, 64, 64, 3], "text": ..., "valid": ...}
     state = it.get_state()   # JSON; it.set_state(state) resumes exactly
 
-How a batch is made (training). Step i draws its bucket from a generator
-seeded by (seed, i), weighted by the buckets' weights, so the sequence of
-shapes is known without reading any data. A bucket's global batch size comes
-from the task's token budget (every batch holds about the same number of patch
-tokens), rounded to a multiple of the process count and `batch_multiple`.
-Examples come from one endless stream: the records in a Grain global shuffle
-that differs per epoch (`MapDataset.range(N).shuffle(seed).repeat()`); step i
-takes the stream positions after those of steps 0..i-1, and process p of P
-takes its 1/P of them. Each example is decoded and cropped/resized/sampled in
-time to the bucket's shape with a generator seeded by (seed, step, position),
-so a batch depends on nothing but its step: not on the worker count, not on
-what ran before. That makes the batches a Grain `MapDataset` over step
-indices, whose iterator state (the next step per worker) is exact resume for
-free, with prefetch in a thread (num_workers=0) or in worker processes
-(`mp_prefetch`), both at a lower priority than the caller (`nice`).
+A Loader composes three parts, each replaceable alone:
+  - a record source (`RecordSource`: how many records a split holds, and the
+    bytes of records by position): the prepared dataset's local shards
+    (`ShardSource`);
+  - the sampler (datasets/sampler.py): which bucket, which records and which
+    random seeds each step takes, a pure function of the seed and the step;
+  - the reader (datasets/reader.py): record bytes -> the arrays of one example
+    at the bucket's shape, on the CPU.
+
+A bucket's global batch size comes from the task's token budget (every batch
+holds about the same number of patch tokens, counted with the model's patch
+sizes, `Patches`), rounded to a multiple of the process count and
+`batch_multiple`. Since a batch depends on nothing but its step (not on the
+worker count, not on what ran before), the batches are a Grain `MapDataset`
+over step indices, whose iterator state (the next step per worker) is exact
+resume for free, with prefetch in a thread (num_workers=0) or in worker
+processes (`mp_prefetch`), both at a lower priority than the caller (`nice`).
 
 Evaluation (`train=False`) reads every example of the split once, in order,
 with deterministic preprocessing (centre crop, or `eval_crops` crops along the longer
@@ -35,8 +37,9 @@ A task reads only the records that have every modality it needs: a video
 without a sound track is never drawn for a video-audio task (the build lists
 such records in metadata.json, "lacking"). `Loader.left_out` counts them per
 modality. `Task.exclude` names examples never read (a dedup report's leaks or
-duplicates, or a list of ids); `Loader.excluded` counts them. A record that fails to decode is not fatal: its slot in the batch is
-zeros with `valid` False, and the iterator counts it with its reason.
+duplicates, or a list of ids); `Loader.excluded` counts them. A record that
+fails to decode is not fatal: its slot in the batch is zeros with `valid`
+False, and the iterator counts it with its reason.
 """
 
 import collections
@@ -47,43 +50,36 @@ import multiprocessing
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 import grain
 import numpy as np
-import sentencepiece as spm
 
 from impax.datasets import decode, exclusions, modalities, prepared
 from impax.datasets.modalities import INPUTS
-
-_BLOCK = 1024  # steps drawn together by `draw`
-
-
-@dataclasses.dataclass(frozen=True)
-class Bucket:
-  """One input shape of a task. Give the shapes of the modalities the task reads."""
-  video: tuple[int, int, int] | None = None  # frames, height, width
-  image: tuple[int, int] | None = None  # height, width
-  audio_seconds: float | None = None  # waveform / spectrogram window
-  weight: float = 1.0  # relative frequency among the task's buckets
-  batch_size: int | None = None  # global; default: from the token budget
+from impax.datasets.reader import Bucket, Reader, input_shapes
+from impax.datasets.sampler import Sampler
 
 
 @dataclasses.dataclass(frozen=True)
 class Patches:
-  """Patch sizes of the model, for counting tokens (the model's config has them)."""
-  tubelet: tuple[int, int, int] = (4, 16, 16)
-  spectrogram: tuple[int, int] = (16, 16)
-  waveform: int = 256
+  """The model's patch sizes (its config has them), for counting the tokens of a batch: give
+  those of the inputs the task reads (video and image: `tubelet`, whose last two are an
+  image's patch)."""
+  tubelet: tuple[int, int, int] | None = None  # frames, height, width
+  spectrogram: tuple[int, int] | None = None  # time frames, mel bins
+  waveform: int | None = None  # samples
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """One task of Alternating Gradient Descent: a dataset, what it reads, its loss, its shapes.
+  """What a task reads: a dataset, its inputs, its shapes, their preprocessing.
 
-  The trainer steps on it and the loader reads it: `Loader(task)` takes the
-  training buckets of the `split`, `Loader(task, train=False)` the evaluation
-  bucket of the `eval_split`.
+  `Loader(task)` takes the training buckets of the `split`, `Loader(task,
+  train=False)` the evaluation bucket of the `eval_split`. Training adds how
+  the task is scheduled and weighted (impax.train.config.Task, which a Loader
+  takes as well).
   """
   name: str
   dataset: str  # prepared dataset directory (or gs://, s3://: staged locally)
@@ -93,10 +89,6 @@ class Task:
   token_budget: int = 4096  # patch tokens per global batch
   text_length: int = 16
   prompt: str | None = None  # text from label names, e.g. "a video of {label}."
-  interval: int = 1  # schedule "intervals": runs when the cycle counter is a multiple of it
-  weight: float = 1.0  # schedule "random": relative probability per step
-  loss_weight: float = 1.0
-  drop_token: float = 0.0  # fraction of each non-text modality's tokens dropped in training
   split: str = "train"
   eval_split: str | None = "test"  # evaluated by `impax eval` when the dataset has it
   eval_bucket: Bucket | None = None  # default: the first bucket
@@ -128,49 +120,26 @@ def patch_tokens(shapes: Mapping[str, tuple[int, ...]], patches: Patches) -> int
   ({input: shape}; the leading dimensions are examples, and clips in evaluation).
   Text is not counted here: its tokens are its length (the budget) or its mask (a
   batch's real tokens)."""
-  t, ph, pw = patches.tubelet
+  def size(name: str, field: str):
+    if getattr(patches, field) is None:
+      raise LoaderError(f"counting the tokens of {name} needs the model's {field} patch size: "
+                        f"Patches({field}=...)")
+    return getattr(patches, field)
+
   n = 0
   if "video" in shapes:
-    s = shapes["video"]
+    s, (t, ph, pw) = shapes["video"], size("video", "tubelet")
     n += math.prod(s[:-4]) * max(1, s[-4] // t) * (s[-3] // ph) * (s[-2] // pw)
   if "image" in shapes:
-    b, h, w, _ = shapes["image"]
+    (b, h, w, _), (_, ph, pw) = shapes["image"], size("image", "tubelet")
     n += b * (h // ph) * (w // pw)
   if "spectrogram" in shapes:
-    b, f, m = shapes["spectrogram"]
-    n += b * (f // patches.spectrogram[0]) * (m // patches.spectrogram[1])
+    (b, f, m), (pf, pm) = shapes["spectrogram"], size("spectrogram", "spectrogram")
+    n += b * (f // pf) * (m // pm)
   if "waveform" in shapes:
     b, s = shapes["waveform"]
-    n += b * (s // patches.waveform)
+    n += b * (s // size("waveform", "waveform"))
   return n
-
-
-def input_shapes(bucket: Bucket, inputs: tuple[str, ...], sample_rate: int = 16000
-                 ) -> dict[str, tuple[int, ...]]:
-  """Per-example shapes of the video, image and audio inputs of a bucket."""
-  out = {}
-  if "video" in inputs:
-    out["video"] = (*bucket.video, 3)
-  if "image" in inputs:
-    out["image"] = (*bucket.image, 3)
-  if "waveform" in inputs:
-    out["waveform"] = (int(round(bucket.audio_seconds * sample_rate)),)
-  if "spectrogram" in inputs:
-    out["spectrogram"] = (decode.spectrogram_frames(bucket.audio_seconds), decode.MEL_BINS)
-  return out
-
-
-@functools.lru_cache(maxsize=64)
-def _block(weights: tuple[float, ...], seed: int, stream: int, block: int) -> np.ndarray:
-  p = np.asarray(weights, np.float64)
-  return np.random.default_rng([seed, stream, block]).choice(len(p), size=_BLOCK, p=p / p.sum())
-
-
-def draw(weights: tuple[float, ...], seed: int, stream: int, step: int) -> int:
-  """An index drawn by weight for `step`, from a generator seeded by (seed, stream, step's
-  block): known for any step without drawing the ones before. The loader draws buckets
-  (stream 1), the trainer's "random" schedule tasks (stream 3)."""
-  return int(_block(tuple(weights), seed, stream, step // _BLOCK)[step % _BLOCK])
 
 
 def _check(task: Task, inputs: tuple[str, ...], buckets: tuple[Bucket, ...], split: str,
@@ -250,106 +219,59 @@ def _exclude(task: Task, split: str, dataset: prepared.PreparedDataset,
   return np.flatnonzero(keep), int(skip.sum() if records is None else (skip[records]).sum())
 
 
+class RecordSource(Protocol):
+  """The records of one split, by position: what a Loader reads its bytes from. Pickled to
+  Grain's worker processes before its first read, so open files lazily."""
+
+  def __len__(self) -> int: ...
+
+  def read(self, positions: Sequence[int]) -> list[bytes]:
+    """The serialized records at these split positions, in their order."""
+
+
 @dataclasses.dataclass(frozen=True)
-class _Plan:
-  """Everything a worker needs to make any batch; pickled to Grain's worker processes."""
-  task: Task
-  train: bool
-  inputs: tuple[str, ...]
+class ShardSource:
+  """A split's records in its local ArrayRecord shards, in shard order (Grain's reader)."""
+  paths: tuple[str, ...]
+
+  @functools.cached_property
+  def _shards(self) -> grain.sources.ArrayRecordDataSource:
+    return grain.sources.ArrayRecordDataSource(list(self.paths))
+
+  def __len__(self) -> int:
+    return len(self._shards)
+
+  def read(self, positions: Sequence[int]) -> list[bytes]:
+    return self._shards.__getitems__(list(positions)) if positions else []  # one batched read
+
+
+@dataclasses.dataclass(frozen=True)
+class _Batches:
+  """Step -> (this process's arrays of the step, failure reasons of its examples): the
+  sampler's records, read from the source, decoded by the reader. Pickled to Grain's
+  worker processes."""
+  sampler: Sampler
+  reader: Reader
+  source: RecordSource
   buckets: tuple[Bucket, ...]  # training: the task's; evaluation: its evaluation bucket
-  clips: int  # per video: 1 in training, the task's eval_clips in evaluation
-  crops: int  # per clip: 1 in training, the task's eval_crops in evaluation
-  seed: int
-  shard_paths: tuple[str, ...]
-  num_records: int  # the task's records: `records` if given, else the split's
-  records: np.ndarray | None = dataclasses.field(compare=False)  # split positions; None: all
-  num_labels: int
-  tokenizer_path: str | None
-  batch_sizes: tuple[int, ...]  # global, per bucket
-  process_index: int
-  process_count: int
   nice: int = 0  # added to the nice value of the threads and processes that make batches
-
-  # -- which bucket and which stream positions a step takes -----------------
-
-  @functools.cached_property
-  def _weights(self) -> tuple[float, ...]:
-    return tuple(b.weight for b in self.buckets)
-
-  def _block_buckets(self, block: int) -> np.ndarray:
-    return _block(self._weights, self.seed, 1, block)
-
-  @functools.cached_property
-  def _block_starts(self) -> list[int]:
-    return [0]  # stream position of each block's first step; grows on demand
-
-  def bucket_of(self, step: int) -> int:
-    if not self.train:
-      return 0
-    return draw(self._weights, self.seed, 1, step)
-
-  def stream_start(self, step: int) -> int:
-    """First stream position of step `step` (global, before the process split)."""
-    if not self.train:
-      return step * self.batch_sizes[0]
-    block, within = divmod(step, _BLOCK)
-    starts, sizes = self._block_starts, np.array(self.batch_sizes)
-    while len(starts) <= block:
-      starts.append(starts[-1] + int(sizes[self._block_buckets(len(starts) - 1)].sum()))
-    return starts[block] + int(sizes[self._block_buckets(block)[:within]].sum())
-
-  @functools.cached_property
-  def _stream(self):
-    return grain.MapDataset.range(self.num_records).shuffle(seed=self.seed).repeat()
-
-  @functools.cached_property
-  def _source(self):
-    return grain.sources.ArrayRecordDataSource(list(self.shard_paths))
-
-  @functools.cached_property
-  def _tokenizer(self):
-    return spm.SentencePieceProcessor(model_file=self.tokenizer_path)
-
-  # -- one batch ------------------------------------------------------------
 
   def shapes(self, bucket_index: int) -> dict[str, tuple[tuple[int, ...], str]]:
     """{key: (per-process shape, dtype)} of a batch of this bucket."""
-    b, task, inputs = self.buckets[bucket_index], self.task, self.inputs
-    n = self.batch_sizes[bucket_index] // self.process_count
-    views = self.clips * self.crops
-    clips = () if views == 1 else (views,)
-    out = {}
-    for key, shape in input_shapes(b, inputs, task.sample_rate).items():
-      if key in modalities.VISION:
-        out[key] = ((n, *(clips if key == "video" else ()), *shape), "uint8")
-      else:
-        out[key] = ((n, *shape), "float32")
-    if "text" in inputs:
-      out["text"] = ((n, task.text_length), "int32")
-      out["text_mask"] = ((n, task.text_length), "int32")
-    if "label" in inputs:
-      out["label"] = ((n, self.num_labels), "float32") if task.multi_label else ((n,), "int32")
-    out["valid"] = ((n,), "bool")
-    return out
+    return self.reader.shapes(self.buckets[bucket_index], self.sampler.batch_size(bucket_index))
 
   def __call__(self, step: int) -> tuple[dict, list[str]]:
-    """(arrays of step `step` for this process, failure reasons of its examples)."""
     _lower_priority(self.nice)
-    bucket_index = self.bucket_of(step)
-    shapes = self.shapes(bucket_index)
-    batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in shapes.items()}
-    n = shapes["valid"][0][0]
-    first = self.stream_start(step) + self.process_index * n
+    bucket_index = self.sampler.bucket_of(step)
+    bucket = self.buckets[bucket_index]
+    batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.shapes(bucket_index).items()}
+    examples = self.sampler.examples(step)
+    data = self.source.read([record for _, record in examples])
     failures = []
-    positions = range(first, first + n if self.train else min(first + n, self.num_records))
-    records = [int(self._stream[p]) for p in positions] if self.train else list(positions)
-    if self.records is not None:
-      records = [int(self.records[r]) for r in records]
-    data = self._source.__getitems__(records) if records else []  # one batched read
-    for slot, (position, record) in enumerate(zip(positions, records)):
-      rng = np.random.default_rng([self.seed, 2, step, position])
+    for slot, (position, record) in enumerate(examples):
+      rng = self.sampler.example_rng(step, position)
       try:
-        example = self._example(data[slot], self.buckets[bucket_index], rng)
+        example = self.reader.example(data[slot], bucket, rng)
       except Exception as e:  # noqa: BLE001 - any bad record is counted, never fatal
         failures.append(f"record {record}: {type(e).__name__}: {e}"[:300])
         continue
@@ -357,40 +279,6 @@ class _Plan:
         batch[key][slot] = value
       batch["valid"][slot] = True
     return batch, failures
-
-  def _example(self, record: bytes, bucket: Bucket, rng: np.random.Generator) -> dict:
-    task, inputs = self.task, self.inputs
-    augment = task.augment if self.train else None
-    features = decode.parse(record)
-    out, audio_start = {}, None
-    if "video" in inputs:
-      out["video"], starts = decode.video(features, *bucket.video, augment, rng,
-                                          clips=self.clips, crops=self.crops)
-      audio_start = starts[0] if len(starts) == 1 else None
-    if "image" in inputs:
-      out["image"] = decode.image(features, *bucket.image, augment, rng)
-    if {"waveform", "spectrogram"} & set(inputs):
-      wave = decode.waveform(features, bucket.audio_seconds, augment, rng,
-                             start_seconds=audio_start, sample_rate=task.sample_rate)
-      if "waveform" in inputs:
-        out["waveform"] = wave
-      if "spectrogram" in inputs:
-        out["spectrogram"] = decode.log_mel(wave, task.sample_rate)
-    if "text" in inputs:
-      out["text"], out["text_mask"] = decode.pad_tokens(self._text(features, augment, rng),
-                                                        task.text_length)
-    if "label" in inputs:
-      out["label"] = decode.label(features, self.num_labels, task.multi_label)
-    return out
-
-  def _text(self, features: dict, augment, rng: np.random.Generator) -> list[int]:
-    options = decode.captions(features) if features.get("text/lengths") else []
-    if not options and self.task.prompt:
-      names = [n.decode() for n in features.get("label/name") or []]
-      options = [self._tokenizer.encode(self.task.prompt.format(label=n)) for n in names]
-    if not options:
-      raise decode.DecodeError("record has no captions and no labels to prompt")
-    return options[int(rng.integers(len(options)))] if augment is not None else options[0]
 
 
 _priority = threading.local()
@@ -423,13 +311,16 @@ class Loader:
   """Batches of one task, from its prepared dataset. Iterate it; see the module docstring."""
 
   def __init__(self, task: Task, *, train: bool = True, labels: bool = False, seed: int = 0,
-               batch_multiple: int = 1, patches: Patches = Patches(), process_index: int = 0,
+               batch_multiple: int = 1, patches: Patches | None = None, process_index: int = 0,
                process_count: int = 1, num_workers: int | None = None, prefetch: int = 2,
-               cache_dir: str | None = None, nice: int | None = None):
+               cache_dir: str | None = None, nice: int | None = None,
+               source: RecordSource | None = None):
     """`train` False: the evaluation pass over `task.eval_split`. `labels`: batches also
     hold each example's label (evaluation's zero-shot). `batch_multiple`: every
-    global batch size is a multiple of it (the data-parallel devices).
-    `num_workers` and `nice` default to the task's."""
+    global batch size is a multiple of it (the data-parallel devices). `patches`: the
+    model's patch sizes, which a bucket's batch size needs unless the bucket gives it.
+    `num_workers` and `nice` default to the task's. `source`: the split's records
+    (default: the dataset's local shards, `ShardSource`)."""
     self.task, self.patches, self.train = task, patches, train
     self.dataset = prepared.open_dataset(task.dataset, cache_dir=cache_dir)
     inputs = task.inputs + (("label",) if labels and "label" not in task.inputs else ())
@@ -459,26 +350,33 @@ class Loader:
     self.num_records = num_records  # the records this task reads
     self.num_workers = task.num_workers if num_workers is None else num_workers
     self.prefetch = prefetch
-    self._plan = _Plan(
-        task=task, train=train, inputs=inputs, buckets=buckets,
-        clips=task.eval_clips if not train else 1, crops=task.eval_crops if not train else 1,
-        seed=seed,
-        shard_paths=tuple(self.dataset.shard_paths(split)), num_records=num_records,
-        records=records, num_labels=len(self.dataset.labels),
-        tokenizer_path=self.dataset.tokenizer_path, batch_sizes=tuple(sizes),
-        process_index=process_index, process_count=process_count,
-        nice=task.loader_nice if nice is None else nice)
+    self.sampler = Sampler(
+        seed=seed, train=train, weights=tuple(b.weight for b in buckets),
+        batch_sizes=tuple(sizes), num_records=num_records, records=records,
+        process_index=process_index, process_count=process_count)
+    self.reader = Reader(
+        inputs=inputs, augment=task.augment if train else None, text_length=task.text_length,
+        prompt=task.prompt, multi_label=task.multi_label, sample_rate=task.sample_rate,
+        clips=1 if train else task.eval_clips, crops=1 if train else task.eval_crops,
+        num_labels=len(self.dataset.labels), tokenizer_path=self.dataset.tokenizer_path)
+    self.source = source or ShardSource(tuple(self.dataset.shard_paths(split)))
+    self._batches = _Batches(self.sampler, self.reader, self.source, buckets,
+                             nice=task.loader_nice if nice is None else nice)
 
   def tokens_per_example(self, bucket: Bucket) -> int:
     """Patch tokens one example of `bucket` gives the encoder (text: its full length)."""
     one = {k: (1, *shape) for k, shape in
            input_shapes(bucket, self.inputs, self.task.sample_rate).items()}
+    if self.patches is None:
+      raise LoaderError(f"task {self.task.name!r}: counting tokens needs the model's patch "
+                        "sizes: Loader(..., patches=Patches(...)), or give every bucket its "
+                        "batch_size")
     return patch_tokens(one, self.patches) + (self.task.text_length if "text" in self.inputs else 0)
 
   @property
   def batch_sizes(self) -> tuple[int, ...]:
     """Global batch size of each bucket."""
-    return self._plan.batch_sizes
+    return self.sampler.batch_sizes
 
   @property
   def labels(self) -> tuple[str, ...]:
@@ -491,10 +389,10 @@ class Loader:
   def batch_shapes(self) -> list[dict[str, tuple[tuple[int, ...], str]]]:
     """Every batch shape this process can get, one per bucket (evaluation: the first only)."""
     buckets = range(len(self.buckets)) if self.train else [0]
-    return [self._plan.shapes(i) for i in buckets]
+    return [self._batches.shapes(i) for i in buckets]
 
   def bucket_of(self, step: int) -> int:
-    return self._plan.bucket_of(step)
+    return self.sampler.bucket_of(step)
 
   @property
   def num_batches(self) -> int:
@@ -504,7 +402,7 @@ class Loader:
     return -(-self.num_records // self.batch_sizes[0])
 
   def dataset_of_batches(self) -> grain.IterDataset:
-    ds = grain.MapDataset.range(self.num_batches).map(self._plan)
+    ds = grain.MapDataset.range(self.num_batches).map(self._batches)
     if not self.num_workers:
       # In this process: one thread prepares the next batches while the
       # trainer runs its step (decoding in numpy, OpenCV and simplejpeg, and

@@ -14,15 +14,31 @@ import importlib.util
 import json
 import os
 
+from impax.datasets import loader
 from impax.datasets.decode import Augment
-from impax.datasets.loader import Bucket, Task
+from impax.datasets.loader import Bucket
 from impax.datasets.modalities import ENCODED
 
-# A config file needs only this module: Task, Bucket and Augment are the loader's.
+# A config file needs only this module: Bucket and Augment are the loader's, Task extends its.
 __all__ = ["Augment", "Bucket", "ConfigError", "EXTENDS_A_RUN", "EXTENDS_A_TASK", "OBJECTIVES",
            "Task", "TrainConfig", "changes", "check", "load", "apply_overrides", "to_json"]
 
 OBJECTIVES = ("contrastive", "classification")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task(loader.Task):
+  """One task of Alternating Gradient Descent: what the loader reads (a dataset, its inputs,
+  buckets and preprocessing: impax.datasets.loader.Task), and how training schedules and
+  weighs it. A Loader takes it as it is.
+
+      Task("video_text", "data/videos", "contrastive", ("video", "text"),
+           buckets=(Bucket(video=(8, 64, 64)),), token_budget=8192, interval=2)
+  """
+  interval: int = 1  # schedule "intervals": runs when the cycle counter is a multiple of it
+  weight: float = 1.0  # schedule "random": relative probability per step
+  loss_weight: float = 1.0
+  drop_token: float = 0.0  # fraction of each non-text modality's tokens dropped in training
 
 
 @dataclasses.dataclass(frozen=True)

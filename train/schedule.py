@@ -3,15 +3,15 @@
 "intervals" is IMP's: the loop walks the tasks in a fixed order, cycle after
 cycle, and a task with interval k takes a step in every k-th cycle (cycle
 counter a multiple of k). "random" draws the task of step s by weight from a
-generator seeded by (seed, s). Either way the task of any step is known
-without running the steps before it, so a resumed run follows the same
-schedule.
+generator seeded by (seed, s) on the run's SCHEDULE stream (datasets/sampler.py,
+beside the loader's streams). Either way the task of any step is known without
+running the steps before it, so a resumed run follows the same schedule.
 """
 
 import functools
 import math
 
-from impax.datasets import loader
+from impax.datasets.sampler import Stream, draw
 
 
 @functools.lru_cache(maxsize=16)
@@ -26,7 +26,7 @@ def task_of(step: int, kind: str, intervals: tuple[int, ...], weights: tuple[flo
     period = _period(intervals)
     return period[step % len(period)]
   if kind == "random":
-    return loader.draw(weights, seed, 3, step)  # the loader draws buckets from stream 1
+    return draw(weights, seed, Stream.SCHEDULE, step)
   raise ValueError(f"unknown schedule {kind!r}")
 
 

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from impax.datasets import decode, loader
+from impax.datasets import decode, loader, mel, sampler
+from impax.train import schedule
 
 PATCHES = loader.Patches(tubelet=(2, 8, 8), spectrogram=(8, 8), waveform=64)
 
@@ -97,11 +98,59 @@ def test_epochs_cover_every_example_once_in_a_new_order(data):
                      augment=decode.Augment(crop_area=(1.0, 1.0), crop_aspect=(1, 1), flip=False))
   data_loader = loader.Loader(task, seed=1, patches=PATCHES)
   n = data_loader.num_records
-  plan = data_loader._plan
-  first = [int(plan._stream[p]) for p in range(n)]
-  second = [int(plan._stream[p]) for p in range(n, 2 * n)]
+  shuffled = data_loader.sampler.shuffled
+  first = [int(shuffled[p]) for p in range(n)]
+  second = [int(shuffled[p]) for p in range(n, 2 * n)]
   assert sorted(first) == sorted(second) == list(range(n))
   assert first != second
+
+
+def test_the_named_random_streams_keep_their_numbers(data):
+  # Every run's draws are seeded by these numbers: a change would change its batches.
+  assert [(s.name, int(s)) for s in sampler.Stream] == [("BUCKET", 1), ("EXAMPLE", 2),
+                                                          ("SCHEDULE", 3)]
+  data_loader = video_task(data)()
+  weights = tuple(b.weight for b in data_loader.buckets)
+  assert all(data_loader.bucket_of(s) == sampler.draw(weights, 7, sampler.Stream.BUCKET, s)
+             for s in range(2100))
+  assert all(schedule.task_of(s, "random", (1,) * 3, weights, 7)
+             == sampler.draw(weights, 7, sampler.Stream.SCHEDULE, s) for s in range(2100))
+  assert [data_loader.bucket_of(s) for s in range(50)] != [
+      sampler.draw(weights, 7, sampler.Stream.SCHEDULE, s) for s in range(50)]
+
+
+def test_a_record_source_replaces_the_shards(data):
+  class InMemory:  # what a source other than local files gives the loader: records by position
+    def __init__(self, records):
+      self.records, self.reads = records, 0
+
+    def __len__(self):
+      return len(self.records)
+
+    def read(self, positions):
+      self.reads += 1
+      return [self.records[p] for p in positions]
+
+  task = video_task(data)
+  split = task().dataset.shard_paths("train")
+  records = [r for path in split for r in array_record_module.ArrayRecordReader(path).read_all()]
+  source = InMemory(records)
+  from_memory = task(source=source)
+  assert from_memory.source is source
+  assert_batches_equal(take(iter(task()), 5), take(iter(from_memory), 5))
+  assert source.reads >= 5  # one batched read a step (and the prefetched ones)
+
+
+def test_batch_sizes_from_the_budget_need_the_models_patch_sizes(data):
+  with pytest.raises(loader.LoaderError, match="patch sizes"):
+    loader.Loader(loader.Task(name="x", dataset=data["images"], objective="contrastive",
+                              modalities=("image",), buckets=(loader.Bucket(image=(16, 16)),)))
+  with pytest.raises(loader.LoaderError, match="spectrogram patch size"):
+    loader.patch_tokens({"spectrogram": (1, 100, 128)}, loader.Patches(tubelet=(2, 8, 8)))
+  sized = loader.Loader(loader.Task(name="x", dataset=data["images"], objective="contrastive",
+                                    modalities=("image",),
+                                    buckets=(loader.Bucket(image=(16, 16), batch_size=4),)))
+  assert sized.batch_sizes == (4,)
 
 
 def test_exact_resume_from_a_saved_state(data, tmp_path):
@@ -130,10 +179,10 @@ def test_processes_read_disjoint_slices_that_cover_the_data(data):
   for p in range(2):
     part = task(process_index=p, process_count=2)
     assert part.batch_shapes()[0]["image"][0][0] == size // 2
-    positions[p] = [part._plan.stream_start(s) + p * size // 2 + i
+    positions[p] = [part.sampler.stream_start(s) + p * size // 2 + i
                     for s in range(steps) for i in range(size // 2)]
   assert not set(positions[0]) & set(positions[1])
-  records = {int(full._plan._stream[q]) for q in positions[0] + positions[1]}
+  records = {int(full.sampler.shuffled[q]) for q in positions[0] + positions[1]}
   assert len(records) == steps * size  # distinct records, the epoch's first steps*size
   # and the processes' halves are the halves of the single-process batch
   whole = next(iter(full))
@@ -221,8 +270,9 @@ def test_log_mel_is_the_mel_filterbank_of_the_power_spectrum():
   wave = np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32)
   windows = np.lib.stride_tricks.sliding_window_view(wave, 400)[::160]  # 48 whole windows
   power = np.abs(np.fft.rfft(windows * np.hanning(400), axis=-1)) ** 2
-  mel = librosa.filters.mel(sr=16000, n_fft=400, n_mels=128, fmin=80.0, fmax=7600.0)
-  expected = np.log(power @ mel.T + 1e-6)
+  bands = librosa.filters.mel(sr=16000, n_fft=400, n_mels=128, fmin=80.0, fmax=7600.0)
+  np.testing.assert_array_equal(mel.filters(16000, 400, 128, 80.0, 7600.0), bands)  # librosa's
+  expected = np.log(power @ bands.T + 1e-6)
   got = decode.log_mel(wave)
   assert got.shape == (50, 128) and got.dtype == np.float32
   np.testing.assert_allclose(got[:48], expected, rtol=1e-4, atol=1e-4)  # the last 2 are padded
@@ -241,7 +291,7 @@ def records_with_audio(dataset, split):
   for shard in meta["splits"][split]["shards"]:
     reader = array_record_module.ArrayRecordReader(os.path.join(dataset, shard["path"]))
     for record in reader.read_all():
-      if "audio/pcm_s16le" in decode.parse(record):
+      if decode.parse(record).audio is not None:
         out.append(position)
       position += 1
     reader.close()
@@ -256,7 +306,7 @@ def test_video_with_its_audio_track(data):
   data_loader = loader.Loader(video_audio_task(data["videos"]), patches=PATCHES)
   assert data_loader.num_records == len(with_audio)
   assert data_loader.left_out == {"audio": total - len(with_audio)}
-  assert data_loader._plan.records.tolist() == with_audio
+  assert data_loader.sampler.records.tolist() == with_audio
   it = iter(data_loader)
   batches = take(it, data_loader.num_records // 4 + 2)  # past one epoch
   assert batches[0]["video"].shape == (4, 4, 32, 32, 3)
@@ -364,8 +414,7 @@ def test_a_remote_dataset_is_staged_with_a_message(data, tmp_path, capsys, monke
 
 
 def test_labels_as_index_or_multi_hot():
-  features = {"label/index": [3, 1]}
-  assert decode.label(features, 5, multi_label=False) == 3
-  np.testing.assert_array_equal(decode.label(features, 5, multi_label=True), [0, 1, 0, 1, 0])
+  assert decode.label([3, 1], 5, multi_label=False) == 3
+  np.testing.assert_array_equal(decode.label([3, 1], 5, multi_label=True), [0, 1, 0, 1, 0])
   with pytest.raises(decode.DecodeError, match="outside the vocabulary"):
-    decode.label({"label/index": [7]}, 5, multi_label=False)
+    decode.label([7], 5, multi_label=False)

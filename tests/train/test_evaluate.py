@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from impax.datasets import decode
+from impax.datasets import decode, records
 from impax.model import Model, get_config, init_params
 from impax.train import evaluate
 from impax.train.config import Bucket, ConfigError, Task
@@ -39,18 +39,18 @@ def test_spatial_crops_span_the_longer_side_and_keep_the_centre():
 
 
 def test_evaluation_views_are_clips_times_crops_clip_major():
-  features = frames_features(96, 48)
+  stored = records.Record(frames_features(96, 48)).video
   rng = np.random.default_rng(0)
-  views, starts = decode.video(features, 2, 32, 32, None, rng, clips=3, crops=3)
+  views, starts = decode.video(stored, 2, 32, 32, None, rng, clips=3, crops=3)
   assert views.shape == (9, 2, 32, 32, 3) and starts == [0.0, 0.2, 0.4]
   boxes = decode.spatial_crops(decode._crop_box(96, 48, 32, 32, None, rng), 96, 48, 3)
   for c, start in enumerate((0, 2, 4)):
     for k, box in enumerate(boxes):
       for t in range(2):
-        expected = decode.decode_jpeg(features["video/frames"][start + t], box, 32, 32, False)
+        expected = decode.decode_jpeg(stored.frames[start + t], box, 32, 32, False)
         np.testing.assert_array_equal(views[3 * c + k, t], expected)
   # the centre clip's centre crop is the single view
-  single, _ = decode.video(features, 2, 32, 32, None, rng)
+  single, _ = decode.video(stored, 2, 32, 32, None, rng)
   np.testing.assert_array_equal(views[4], single)
   assert len({views[k].tobytes() for k in range(9)}) == 9  # every view differs here
 

@@ -73,7 +73,7 @@ def test_bucket_draws_are_the_loaders(config_file):
   assert video.bucket_steps == tuple(
       sum(data.bucket_of(k) == b for k in range(333)) for b in range(2))
   assert 0.7 < video.bucket_steps[1] / 333 < 0.8  # weight 3 of 4
-  assert video.examples_seen == data._plan.stream_start(333)  # what the loader will read
+  assert video.examples_seen == data.sampler.stream_start(333)  # what the loader will read
 
 
 def test_warnings_name_too_few_and_too_many_epochs(config_file):
