@@ -10,7 +10,12 @@
                        opening and checking one for training (staging gs://, s3://)
   files.py             paths and files, local or remote: the one caller of Beam's FileSystems
   exclusions.py        exclusion lists (a dedup report, or record ids) that `Task.exclude` reads
-  decode.py, loader.py one record into arrays; Task, and the resolution-bucketed loader
+  loader.py            the resolution-bucketed loader (Task, Bucket, Loader): a record source,
+                       the sampler and the reader, composed
+  sampler.py           which bucket, records and random seeds each step takes; the named
+                       random streams (Stream), the trainer's schedule's too
+  reader.py, decode.py record bytes into one example's arrays at a bucket's shape (CPU)
+  mel.py               the mel spectrogram: the loader's log-mel and the build's fingerprints
 
 The tools that check and describe a prepared dataset (`impax verify`, `dedup`, `card`,
 `inspect`) read it through prepared.py and records.py from impax.tools, above this package.

@@ -6,7 +6,8 @@ The package is also the function that trains (`impax.train`):
     config = impax.load_config("train/configs/demo.py:demo-output/data", ["steps=500"])
     summary = impax.train(config, "demo-output/run")   # = impax.train.trainer.train
 
-  config.py     TrainConfig (and the loader's Task): experiments as Python files in configs/
+  config.py     TrainConfig and Task (the loader's, with its schedule and loss weight):
+                experiments as Python files in configs/
   inputs.py     the tasks' loaders, checked against their datasets; batches as model inputs
   step.py       model, mesh, optimizer, one task's loss, the compiled step
   schedule.py   which task each step takes
