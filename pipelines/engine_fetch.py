@@ -155,9 +155,9 @@ def _publish(tmp: str, final: str) -> None:
 
 
 def _fetch_distribution(engine: Engine, log: Callable[[str], None]) -> str:
-  home = home(engine)
-  if os.path.isdir(home):
-    return home
+  folder = home(engine)
+  if os.path.isdir(folder):
+    return folder
   dist = engine.distribution
   os.makedirs(cache_dir(), exist_ok=True)
   with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
@@ -172,9 +172,9 @@ def _fetch_distribution(engine: Engine, log: Callable[[str], None]) -> str:
       members = [m for m in tar.getmembers() if m.name.startswith(keep) and (m.isfile() or m.isdir())]
       tar.extractall(tmp, members=members, filter="data")
     extracted = os.path.join(tmp, dist.home)
-    _check(home, _jar_digests(extracted), os.path.basename(home))
-    _publish(extracted, home)
-  return home
+    _check(folder, _jar_digests(extracted), os.path.basename(folder))
+    _publish(extracted, folder)
+  return folder
 
 
 POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">

@@ -40,7 +40,11 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 # setuptools too, pinned: a reinstall without build isolation (pip install
 # --no-build-isolation -e .) builds with the venv's, and pyproject.toml needs >= 77.
-"$VENV/bin/python" -m pip install -q -c constraints.txt setuptools -e '.[test]'
+# PYTHONWARNINGS: setuptools tells every editable install of a package mapped onto
+# folders (pyproject's package-dir) that a folder named as the package may take precedence
+# on imports; here impax/ is that package's own folder.
+PYTHONWARNINGS="ignore:Editable installation" \
+  "$VENV/bin/python" -m pip install -q -c constraints.txt setuptools -e '.[test]'
 # The engines of distributed builds (README "Dataflow, Flink and Spark"), fetched once into
 # ${IMPAX_ENGINE_CACHE:-~/.cache/impax/engines} and reused: Flink's and Spark's jars from
 # PyPI's sdists, Beam's job servers from Maven Central (Java 17 and Maven), Prism built with

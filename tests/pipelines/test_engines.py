@@ -161,6 +161,14 @@ def portable(tmp_path_factory):
   cluster.stop()
 
 
+def test_fetch_again_keeps_what_was_fetched():
+  """What make install runs on every install: a fetched engine is checked and kept."""
+  for name in ("flink", "spark", "portable", "prism"):
+    assert engine.fetched(name), f"make install fetches it: impax engine {name} fetch"
+    fetched = impax("engine", name, "fetch")
+    assert fetched.stdout.strip() == f"{name}: fetched in {engine.cache_dir()}"
+
+
 def test_engine_start_runs_each_part_in_its_own_process(flink):
   assert flink.options[:2] == ["--runner=FlinkRunner", f"--flink_master=127.0.0.1:{flink.state['ports']['flink_rest']}"]
   assert "--environment_type=EXTERNAL" in flink.options
