@@ -1,6 +1,6 @@
 """Peak memory of a build worker: a 10-minute video against a 10-second one.
 
-    .venv/bin/python benchmarks/pipeline_memory.py
+    .venv/bin/python benchmarks/pipeline_memory.py [--short_seconds 10] [--long_seconds 600]
 
 Generates a 10-second and a 10-minute H.264/AAC video (640x360, 30 fps), and
 builds each with one DirectRunner worker process (multi-process mode, as a
@@ -11,8 +11,11 @@ Cases: the 10-minute video whole (the default cap of 128 frames at 8 fps),
 a 10-second clip from its middle (input seeking to 5:00), and the whole
 10 minutes at 1 fps with no cap (600 frames in one record).
 Goal: the worker's peak is flat across cases and under 1 GiB.
+--short_seconds and --long_seconds change the two videos' lengths (the clip is
+the short length from the long video's middle; the cases keep their names).
 """
 
+import argparse
 import json
 import os
 import subprocess
@@ -72,7 +75,9 @@ def measure(manifest_line: dict, workdir: str, name: str, settings: dict) -> dic
   plan = build.prepare("jsonl", manifest, os.path.join(workdir, "out", name), "train",
                        (settings,), overwrite=True)
   start = time.perf_counter()
-  summary = build.run(plan, workers=1)
+  # One worker process: a one-entry build would otherwise run in this process, unsampled.
+  summary = build.run(plan, workers=1, beam_args=["--direct_running_mode=multi_processing",
+                                                  "--direct_num_workers=1"])
   sampler.stop.set()
   sampler.join()
   assert summary["num_examples"] == 1, summary
@@ -86,20 +91,28 @@ def measure(manifest_line: dict, workdir: str, name: str, settings: dict) -> dic
 
 
 def main():
-  workdir = os.path.join(tempfile.gettempdir(), "impax-bench-memory")
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--short_seconds", type=int, default=10)
+  parser.add_argument("--long_seconds", type=int, default=600)
+  parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "impax-bench-memory"))
+  args = parser.parse_args()
+  workdir, short_s, long_s = args.workdir, args.short_seconds, args.long_seconds
   os.makedirs(workdir, exist_ok=True)
-  short, long_ = os.path.join(workdir, "10s.mp4"), os.path.join(workdir, "10min.mp4")
-  make_video(short, 10)
-  make_video(long_, 600)
+  short, long_ = (os.path.join(workdir, f"{s}s.mp4") for s in (short_s, long_s))
+  make_video(short, short_s)
+  make_video(long_, long_s)
+  middle = long_s // 2
   cases = {
       "10s_whole": ({"video": short, "label": "x"}, {}),
       "10min_whole": ({"video": long_, "label": "x"}, {}),
-      "10min_clip_at_5min": ({"video": long_, "start": 300, "end": 310, "label": "x"}, {}),
+      "10min_clip_at_5min": ({"video": long_, "start": middle, "end": middle + short_s,
+                              "label": "x"}, {}),
       "10min_whole_1fps_600_frames": ({"video": long_, "label": "x"},
-                                      {"video_fps": 1.0, "video_max_frames": 600}),
+                                      {"video_fps": 1.0, "video_max_frames": long_s}),
   }
-  results = {name: measure(line, workdir, name, settings)
-             for name, (line, settings) in cases.items()}
+  results = {"short_seconds": short_s, "long_seconds": long_s}
+  results.update({name: measure(line, workdir, name, settings)
+                  for name, (line, settings) in cases.items()})
   for name, r in results.items():
     print(json.dumps({name: r}), file=sys.stderr)
   base = results["10s_whole"]["worker_peak_mib"]
