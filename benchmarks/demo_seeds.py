@@ -1,6 +1,7 @@
 """The demo's figures over seeds: the checkpoint chosen on validation, reported once on test.
 
     .venv/bin/python benchmarks/demo_seeds.py --data demo-output/data --root /tmp/seeds [--seeds 0 1 2]
+        [--set KEY=VALUE ...]
 
 Trains train/configs/demo.py once per seed in ROOT/seedS (as
 `impax train train/configs/demo.py:DATA --workdir ROOT/seedS --set seed=S`; a
@@ -8,7 +9,8 @@ finished run already there is read, not trained again). The demo config
 evaluates on validation every 500 steps, keeps the best checkpoint by zero-shot
 video top-1 there, and evaluates that checkpoint once on test. Prints a markdown
 row per seed and the mean, standard deviation and minimum of each figure: the
-test figures are reported as they come out, none is chosen on them.
+test figures are reported as they come out, none is chosen on them. --set
+changes the config for every seed, as `impax train --set` does (e.g. steps=2).
 """
 
 import argparse
@@ -28,7 +30,7 @@ FIGURES = (("video zero-shot, test (4x3 views)", "video_text", "zero_shot_top1")
            ("probe: sounds", "audio_classification", "linear_probe_top1/spectrogram"))
 
 
-def run(data: str, workdir: str, seed: int) -> dict:
+def run(data: str, workdir: str, seed: int, overrides: list[str]) -> dict:
   path = os.path.join(workdir, "summary.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -36,7 +38,7 @@ def run(data: str, workdir: str, seed: int) -> dict:
     if summary.get("status") == "finished" and "eval" in summary:
       return summary
   from impax.train import config as config_lib, trainer
-  config = config_lib.load(f"{DEMO_CONFIG}:{data}", [f"seed={seed}"])
+  config = config_lib.load(f"{DEMO_CONFIG}:{data}", [f"seed={seed}", *overrides])
   return trainer.train(config, workdir)
 
 
@@ -45,10 +47,12 @@ def main():
   parser.add_argument("--data", required=True, help="the demo datasets (impax demo DIR: DIR/data)")
   parser.add_argument("--root", required=True, help="one workdir per seed goes here")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config field for every seed, as impax train --set")
   args = parser.parse_args()
   rows = []
   for seed in args.seeds:
-    summary = run(args.data, os.path.join(args.root, f"seed{seed}"), seed)
+    summary = run(args.data, os.path.join(args.root, f"seed{seed}"), seed, args.set)
     best = summary["best"]
     rows.append({"seed": seed, "best step": best["step"], "validation": best["value"],
                  **{column: summary["eval"][task][key] for column, task, key in FIGURES}})

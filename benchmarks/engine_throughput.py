@@ -64,7 +64,7 @@ def main():
       pipeline(first_video(manifest, corpora, 2), os.path.join(args.workdir, "out", name, "warm-up", "videos"),
                n, options)
       times = {}
-      sizes = (1, v, 5 * v) if name == "direct" else (1, v // 2, v, 5 * v)
+      sizes = (1, v, 5 * v) if name == "direct" else tuple(dict.fromkeys((1, v // 2, v, 5 * v)))
       for count in sizes:
         out = os.path.join(args.workdir, "out", name, f"n{count}", "videos")
         shutil.rmtree(os.path.dirname(out), ignore_errors=True)

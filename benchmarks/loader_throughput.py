@@ -1,6 +1,7 @@
 """Loader throughput on video clips: the bucketed loader against plain Grain and tf.data.
 
     .venv/bin/python benchmarks/loader_throughput.py [--videos 96] [--batches 150]
+        [--appetite_steps 10]
 
 Builds a video dataset from the demo corpus (160 px frames, 8 fps, 16 frames
 per clip, stored as the pipeline stores them), then in one run, for 1 and 2
@@ -22,8 +23,9 @@ tokens/s (tubelet 4x16x16):
     frames per token of the others, so it costs more decoding per token.
 Goals (issue 4): loader / plain Grain >= 0.9, loader / tf.data >= 1.0.
 Then the loader against the trainer's appetite: the tiny preset's training
-step (forward, backward, AdamW) on the same buckets, batches per second,
-goal: the loader with 2 workers delivers >= 3 times what the step consumes.
+step (forward, backward, AdamW) on the same buckets, batches per second
+(--appetite_steps timed steps per bucket after its compilation), goal: the
+loader with 2 workers delivers >= 3 times what the step consumes.
 Prints JSON.
 """
 
@@ -188,6 +190,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--videos", type=int, default=96)
   parser.add_argument("--batches", type=int, default=150)
+  parser.add_argument("--appetite_steps", type=int, default=10)
   parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "impax-bench-loader"))
   args = parser.parse_args()
   from absl import flags
@@ -209,7 +212,7 @@ def main():
     r["loader_over_tf_data"] = round(mine / r["tf_data"]["tokens_per_s"], 3)
   one, two = (results[f"workers_{w}"]["impax_loader"]["tokens_per_s"] for w in (1, 2))
   results["loader_two_workers_over_one"] = round(two / one, 3)
-  appetite = trainer_appetite(path)
+  appetite = trainer_appetite(path, args.appetite_steps)
   results["tiny_training_step"] = appetite
   results["loader_over_training_step"] = round(
       results["workers_2"]["impax_loader"]["examples_per_s"] / appetite["examples_per_s"], 2)

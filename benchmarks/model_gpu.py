@@ -2,12 +2,14 @@
 
     .venv/bin/python benchmarks/model_gpu.py                  # B and MoE-B
     .venv/bin/python benchmarks/model_gpu.py --presets B --input video
-    .venv/bin/python benchmarks/model_gpu.py --presets tiny --max-batch 16  # CPU smoke run
+    .venv/bin/python benchmarks/model_gpu.py --presets tiny --size 32 --start-batch 8 \
+        --max-batch 8 --bisect-steps 0 --steps 1  # CPU smoke run (benchmarks/smoke.py)
 
 For each preset, in bfloat16 compute with float32 parameters and router: one
 training step (forward, backward, AdamW update with clipping, parameters and
 optimizer state donated) on IMP-shaped inputs: an image is 256 x 256 (256
-tubelet tokens), a video 16 x 256 x 256 (1024 tokens). The batch doubles from
+tubelet tokens), a video 16 x 256 x 256 (1024 tokens); --size changes the 256.
+The batch doubles from
 --start-batch until the step runs out of memory, then bisects (in multiples of
 8) to the largest batch that fits, where it is timed. MFU = tokens/s x
 training FLOPs per token (info.py: 3 x forward, attention included) / the GPU's
@@ -46,13 +48,13 @@ def peak_flops(device) -> float | None:
   return None
 
 
-def make_inputs(config, modality: str, batch: int) -> tuple[dict, int]:
-  """IMP-shaped inputs and their token count per example."""
+def make_inputs(config, modality: str, batch: int, size: int = 256) -> tuple[dict, int]:
+  """IMP-shaped inputs (size x size pixels) and their token count per example."""
   t, p, q = config.tubelet
   if modality == "image":
-    shape, tokens = (batch, 256, 256, 3), (256 // p) * (256 // q)
+    shape, tokens = (batch, size, size, 3), (size // p) * (size // q)
   else:
-    shape, tokens = (batch, 16, 256, 256, 3), (16 // t) * (256 // p) * (256 // q)
+    shape, tokens = (batch, 16, size, size, 3), (16 // t) * (size // p) * (size // q)
   x = jax.random.uniform(jax.random.key(0), shape, jnp.float32)
   return {modality: x}, tokens
 
@@ -62,7 +64,7 @@ def is_oom(error: Exception) -> bool:
   return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
-def run(config, modality: str, batch: int, steps: int):
+def run(config, modality: str, batch: int, steps: int, size: int = 256):
   """Median step seconds, or None when the batch does not fit."""
   model = Model(config)
   tx = optax.chain(optax.clip_by_global_norm(1.0),
@@ -85,7 +87,7 @@ def run(config, modality: str, batch: int, steps: int):
   try:
     params = init_params(config, jax.random.key(0))
     opt_state = tx.init(params)
-    inputs, _ = make_inputs(config, modality, batch)
+    inputs, _ = make_inputs(config, modality, batch, size)
     labels = jnp.zeros((batch,), jnp.int32)
     times = []
     for i in range(steps + 2):  # Two warm-up steps (compilation).
@@ -105,13 +107,13 @@ def run(config, modality: str, batch: int, steps: int):
     gc.collect()
 
 
-def largest_batch(config, modality, start, max_batch, bisect_steps):
+def largest_batch(config, modality, start, max_batch, bisect_steps, size=256):
   """(largest batch that fits, its step seconds, [(batch, seconds|None)])."""
   tried = []
   good, good_s, bad = None, None, None
   batch = start
   while batch <= max_batch:
-    s = run(config, modality, batch, steps=2)
+    s = run(config, modality, batch, steps=2, size=size)
     tried.append((batch, s))
     if s is None:
       bad = batch
@@ -122,7 +124,7 @@ def largest_batch(config, modality, start, max_batch, bisect_steps):
     if good is None or bad is None or bad - good <= 8:
       break
     mid = (good + bad) // 2 // 8 * 8
-    s = run(config, modality, mid, steps=2)
+    s = run(config, modality, mid, steps=2, size=size)
     tried.append((mid, s))
     if s is None:
       bad = mid
@@ -135,6 +137,7 @@ def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--presets", nargs="+", default=["B", "MoE-B"])
   parser.add_argument("--input", choices=["image", "video"], default="image")
+  parser.add_argument("--size", type=int, default=256, help="an image's (a frame's) side")
   parser.add_argument("--start-batch", type=int, default=64)
   parser.add_argument("--max-batch", type=int, default=8192)
   parser.add_argument("--bisect-steps", type=int, default=3)
@@ -153,12 +156,12 @@ def main():
   for preset in args.presets:
     config = get_config(preset, dtype="bfloat16", remat=args.remat,
                         attention_impl=args.attention if on_gpu else None)
-    _, tokens = make_inputs(config, args.input, 1)
+    _, tokens = make_inputs(config, args.input, 1, args.size)
     counts = info.info(config, tokens=tokens)
     note = None
     try:
       batch, _, tried = largest_batch(config, args.input, args.start_batch,
-                                      args.max_batch, args.bisect_steps)
+                                      args.max_batch, args.bisect_steps, args.size)
     except Exception as e:  # pylint: disable=broad-except
       if config.attention_impl != "cudnn":
         raise
@@ -166,11 +169,11 @@ def main():
       note = f"cudnn attention failed ({type(e).__name__}); used xla"
       config = get_config(preset, dtype="bfloat16", remat=args.remat)
       batch, _, tried = largest_batch(config, args.input, args.start_batch,
-                                      args.max_batch, args.bisect_steps)
+                                      args.max_batch, args.bisect_steps, args.size)
     if batch is None:
       results[preset] = dict(error="start batch does not fit", tried=tried)
       continue
-    seconds = run(config, args.input, batch, args.steps)
+    seconds = run(config, args.input, batch, args.steps, args.size)
     tokens_per_s = batch * tokens / seconds
     flops_per_s = tokens_per_s * counts["train_flops_per_token"]
     results[preset] = dict(
@@ -187,7 +190,7 @@ def main():
                        for b, s in tried])
   print(json.dumps(dict(
       device=device.device_kind, platform=device.platform,
-      peak_tflops=peak / 1e12 if peak else None, input=args.input,
+      peak_tflops=peak / 1e12 if peak else None, input=args.input, size=args.size,
       tokens_per_example=tokens, dtype="bfloat16",
       remat=args.remat,
       results=results, goals=dict(B=0.40, **{"MoE-B": 0.30})), indent=2))

@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/model_step_time.py
     .venv/bin/python benchmarks/model_step_time.py --dense B --moe MoE-B --batch 2
+    .venv/bin/python benchmarks/model_step_time.py --smoke  # seconds: tiny, its dense twin
 
 MoE-S and S have the same active parameters per token (expert choice with
 capacity factor 1.0: each token visits one expert on average), so the ratio
 of their step times is the price of routing (router, top-k, gather, scatter).
 Both models run in one process, timed in alternating rounds so that a busy
-machine slows both alike. Prints JSON; the goal is ratio <= 1.3.
+machine slows both alike. Prints JSON; the goal is ratio <= 1.3. --smoke runs the
+same at the smallest size: the tiny preset against itself without experts, one
+round of a batch of one 4x32x32 video.
 """
 
 import argparse
@@ -40,15 +43,23 @@ def main():
   parser.add_argument("--frames", type=int, default=8)
   parser.add_argument("--size", type=int, default=128)
   parser.add_argument("--rounds", type=int, default=7)
+  parser.add_argument("--smoke", action="store_true",
+                      help="tiny against tiny without experts, batch 1 of 4x32x32, 1 round")
   args = parser.parse_args()
+  # (name, preset, overrides): the dense model, then the MoE.
+  models = ((args.dense, args.dense, {}), (args.moe, args.moe, {}))
+  if args.smoke:
+    args.dense, args.moe, args.batch, args.frames, args.size, args.rounds = (
+        "tiny-dense", "tiny", 1, 4, 32, 1)
+    models = (("tiny-dense", "tiny", {"moe_layers": (), "num_experts": 0}), ("tiny", "tiny", {}))
 
   rng = np.random.default_rng(0)
   video = jnp.asarray(rng.random(
       (args.batch, args.frames, args.size, args.size, 3), dtype=np.float32))
   results = {}
   runs = {}
-  for name in (args.dense, args.moe):
-    config = get_config(name)
+  for name, preset, overrides in models:
+    config = get_config(preset, **overrides)
     params = init_params(config, jax.random.key(0))
     target = jnp.asarray(rng.standard_normal((args.batch, config.embed_dim)),
                          jnp.float32)
@@ -71,7 +82,8 @@ def main():
 
   for r in results.values():
     r["median_s"] = statistics.median(r["times_s"])
-  tokens = video.shape[0] * (args.frames // 4) * (args.size // 16) ** 2
+  t, p, q = config.tubelet
+  tokens = video.shape[0] * (args.frames // t) * (args.size // p) * (args.size // q)
   ratio = results[args.moe]["median_s"] / results[args.dense]["median_s"]
   print(json.dumps(dict(
       device=jax.devices()[0].device_kind, cpu_devices=jax.device_count(),

@@ -2,14 +2,17 @@
 # benchmarks/same_bytes.sh REPO OUT: the demo corpus built and trained by the checkout REPO
 # (with its own .venv), for comparing two checkouts: OUT/shards.sha256 (every shard,
 # tokenizer and failures file) and OUT/losses.txt (each of the demo config's first 100
-# steps, seed 0). Run it on two checkouts and diff the two files.
+# steps, seed 0). Run it on two checkouts and diff the two files. A third argument, --smoke,
+# makes it the smallest corpus the demo config trains on and 2 steps (benchmarks/smoke.py).
 set -euo pipefail
 REPO=$1; OUT=$2
+SIZES=(--videos 400 --images 1000 --audio 200); STEPS=100
+if [[ ${3:-} == --smoke ]]; then SIZES=(--videos 100 --images 150 --audio 40); STEPS=2; fi
 cd "$REPO"
 rm -rf "$OUT"; mkdir -p "$OUT"
 PY=$REPO/.venv/bin/python
 IMPAX=$REPO/.venv/bin/impax
-$IMPAX demo-corpus "$OUT/corpus" --videos 400 --images 1000 --audio 200 > "$OUT/corpus.log"
+$IMPAX demo-corpus "$OUT/corpus" "${SIZES[@]}" > "$OUT/corpus.log"
 for m in videos images audio; do
   for s in train test; do
     $IMPAX build jsonl --input "$OUT/corpus/$m-$s.jsonl" --output "$OUT/data/$m" --split $s \
@@ -17,7 +20,7 @@ for m in videos images audio; do
   done
 done
 (cd "$OUT/data" && sha256sum */*.array_record-* */tokenizer.model */failures-*.jsonl) > "$OUT/shards.sha256"
-$IMPAX train train/configs/demo.py:"$OUT/data" --workdir "$OUT/run" --set steps=100 --set log_every=1 \
+$IMPAX train train/configs/demo.py:"$OUT/data" --workdir "$OUT/run" --set steps=$STEPS --set log_every=1 \
   --set eval_at_end=false --set plots=false --set checkpoint_every=1000 > "$OUT/train.log" 2>&1
 $PY - "$OUT" <<'PY'
 import json, sys
