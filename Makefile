@@ -1,9 +1,10 @@
 # make demo: install everything, then run the main job end to end on the demo corpus.
 # make test: install everything, then run the test suite.
+# make bench-smoke: every script in benchmarks/ once at its smallest size (benchmarks/smoke.py).
 VENV ?= .venv
 DEMO_DIR ?= demo-output
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-smoke clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +29,11 @@ bench: install
 	$(VENV)/bin/python benchmarks/model_load_balance.py --steps 300
 	$(VENV)/bin/python benchmarks/loader_throughput.py
 	$(VENV)/bin/python benchmarks/train_step_time.py
+
+# Each benchmark runs to its end and prints its figures (not their values): CI runs it after
+# the suite (.ci/run).
+bench-smoke: install
+	$(VENV)/bin/python benchmarks/smoke.py
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache
