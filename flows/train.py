@@ -140,7 +140,7 @@ def train(
     config: str,
     workdir: str,
     steps: Annotated[int, pydantic.Field(ge=1)] | None = None,
-    overrides: list[Annotated[str, pydantic.Field(pattern=r"^\w+=")]] | None = None,
+    overrides: list[Annotated[str, pydantic.Field(pattern=r"^\w+(\.\w+)*=")]] | None = None,
     retries: Annotated[int, pydantic.Field(ge=0)] = 2,
     retry_delay_seconds: Annotated[float, pydantic.Field(ge=0)] = 30.0,
     allow_config_change: bool = False,
@@ -153,7 +153,8 @@ def train(
       it stands for the version of the config's datasets (12 hex digits of their
       metadata.json), so that new data starts a run of its own and the same data resumes it.
     steps: training steps (default: the config's).
-    overrides: FIELD=VALUE overrides of top-level config fields, as `--set`.
+    overrides: FIELD=VALUE overrides of config fields, as `--set` (a task's by its name:
+      tasks.video_text.token_budget=4096).
     retries: attempts after a failed training run; each resumes the last checkpoint.
     retry_delay_seconds: wait before the first retry, doubled for each next one.
     allow_config_change: resume a run in workdir even under a config that changes what
@@ -181,7 +182,7 @@ def train(
 def evaluate_checkpoint(
     config: str,
     workdir: str,
-    overrides: list[Annotated[str, pydantic.Field(pattern=r"^\w+=")]] | None = None,
+    overrides: list[Annotated[str, pydantic.Field(pattern=r"^\w+(\.\w+)*=")]] | None = None,
 ) -> dict:
   """Evaluates the latest checkpoint in workdir on the config's held-out splits (`impax eval`)
   and publishes the results as a table.

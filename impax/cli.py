@@ -306,7 +306,11 @@ def _config_args(p) -> None:
   p.add_argument("config", metavar="CONFIG",
                  help="a Python config file defining get_config(); FILE:ARG passes ARG to it")
   p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                 help="override a top-level config field, e.g. --set steps=200")
+                 help="override a config field, e.g. --set steps=200; a task's by the task's "
+                      "name, --set tasks.video_text.token_budget=4096, and fields below it: "
+                      "tasks.video_text.augment.flip=false, a bucket by its index "
+                      "tasks.image_text.buckets.0.image=[48,48]. VALUE is JSON (null where a "
+                      "field may be None), a str as given")
 
 
 def _train_parser(sub):

@@ -57,3 +57,27 @@ def test_a_build_summary_reads_as_a_line_and_one_naming_the_failures():
   cached = {**summary, "num_failed": 0, "skipped": "already built"}
   assert build.describe(cached) == (
       "/data/images [train]: 24 examples, 0 failed, 2 shard(s), 1.0 MB (already built)")
+
+
+def test_set_reaches_a_task_by_its_name_and_names_a_wrong_field(tmp_path):
+  config = tmp_path / "config.py"
+  config.write_text(
+      "from impax.train.config import Bucket, Task, TrainConfig\n"
+      "def get_config():\n"
+      "  return TrainConfig(tasks=(Task('video_text', 'videos', 'contrastive', ('video', 'text'),\n"
+      "                                 buckets=(Bucket(video=(4, 16, 16)),)),))\n")
+  assert "tasks.video_text.token_budget=4096" in " ".join(run("train", "--help").stdout.split())
+  # Set, the task's dataset is the one looked for.
+  moved = run("plan", str(config), "--set", f"tasks.video_text.dataset={tmp_path / 'elsewhere'}")
+  assert moved.returncode == 3 and f"{tmp_path / 'elsewhere'}" in moved.stderr, moved.stderr
+  wrong = run("plan", str(config), "--set", "tasks.video_text.token_budgt=4096")
+  assert wrong.returncode == 2
+  assert wrong.stderr.startswith(
+      "impax: error: --set 'tasks.video_text.token_budgt=4096': tasks.video_text has no field "
+      "'token_budgt'; expected tasks.video_text.FIELD=VALUE with FIELD one of ['augment', ")
+  bad = run("eval", str(config), "--workdir", str(tmp_path), "--set",
+            "tasks.video_text.buckets.0.video=[4,16]")
+  assert bad.returncode == 2 and bad.stderr == (
+      "impax: error: --set 'tasks.video_text.buckets.0.video=[4,16]': "
+      "tasks.video_text.buckets.0.video takes a JSON list [int, int, int] or null: 2 values, "
+      "not 3\n")

@@ -6,13 +6,16 @@ holds the command that runs it (see train/configs/demo.py):
     impax train train/configs/demo.py --workdir /tmp/run
     impax train train/configs/demo.py --workdir /tmp/run --set steps=200 --set seed=1
 
-Every field has a default; `--set FIELD=VALUE` overrides a top-level field.
+Every field has a default; `--set FIELD=VALUE` overrides one, a task's by its name:
+
+    impax train train/configs/demo.py --workdir /tmp/run --set tasks.video_text.token_budget=4096
 """
 
 import dataclasses
 import importlib.util
 import json
 import os
+import typing
 
 from impax.datasets import loader
 from impax.datasets.decode import Augment
@@ -171,21 +174,141 @@ def load(path: str, overrides: list[str] = ()) -> TrainConfig:
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
-  fields = {f.name: f for f in dataclasses.fields(TrainConfig) if f.name != "tasks"}
-  changes = {}
+  """Applies `FIELD=VALUE` items in order (`--set`). FIELD is a top-level field (`steps`), a
+  task's field by the task's name (`tasks.video_text.token_budget`), a field of one of its
+  dataclasses (`tasks.video_text.augment.crop_area`, `tasks.video_text.eval_bucket.video`)
+  or of one of its buckets by index (`tasks.image_text.buckets.0.image`). VALUE is read as
+  the field's type: a str as given; anything else as JSON (`4096`, `true`, `[48, 48]`,
+  `{"image": [32, 32]}` for a Bucket), and `null` (or `none`) where the field may be None."""
   for item in overrides:
     key, sep, value = item.partition("=")
-    if not sep or key not in fields:
+    path = key.split(".")
+    if not sep or path[0] not in _fields(config) or path == ["tasks"]:
       raise ConfigError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of "
-                        f"{sorted(fields)}")
-    current = getattr(config, key)
-    try:
-      changes[key] = (value if isinstance(current, str) else
-                      type(current)(json.loads(value.lower() if isinstance(current, bool)
-                                               else value)))
-    except (ValueError, TypeError) as e:
-      raise ConfigError(f"--set {item!r}: {key} takes a {type(current).__name__}") from e
-  return dataclasses.replace(config, **changes)
+                        f"{sorted(f for f in _fields(config) if f != 'tasks')}, or "
+                        f"tasks.TASK.FIELD=VALUE with TASK one of {[t.name for t in config.tasks]}")
+    config = _replace(config, path, value, item, "")
+  return config
+
+
+def _fields(obj) -> dict[str, object]:
+  """{field: its type} of a dataclass instance."""
+  hints = typing.get_type_hints(type(obj))
+  return {f.name: hints[f.name] for f in dataclasses.fields(obj)}
+
+
+def _replace(obj, path: list[str], text: str, item: str, prefix: str):
+  """`obj` (a dataclass) with the field at `path` set from `text`."""
+  fields = _fields(obj)
+  name, rest = path[0], path[1:]
+  if name not in fields:
+    raise ConfigError(f"--set {item!r}: {prefix.rstrip('.')} has no field {name!r}; expected "
+                      f"{prefix}FIELD=VALUE with FIELD one of {sorted(fields)}")
+  where = prefix + name
+  current = getattr(obj, name)
+  if not rest:
+    return dataclasses.replace(obj, **{name: _parse(text, fields[name], item, where)})
+  if name == "tasks" and not prefix:  # a task by its name
+    names = [t.name for t in current]
+    if rest[0] not in names:
+      raise ConfigError(f"--set {item!r}: no task {rest[0]!r}; expected tasks.TASK.FIELD=VALUE "
+                        f"with TASK one of {names}")
+    if len(rest) == 1:
+      raise ConfigError(f"--set {item!r}: expected tasks.{rest[0]}.FIELD=VALUE with FIELD one "
+                        f"of {sorted(_fields(current[0]))}")
+    i = names.index(rest[0])
+    task = _replace(current[i], rest[1:], text, item, f"tasks.{rest[0]}.")
+    return dataclasses.replace(obj, tasks=(*current[:i], task, *current[i + 1:]))
+  kind = _optional(fields[name])
+  if dataclasses.is_dataclass(kind):  # e.g. augment, or eval_bucket (from Bucket() when None)
+    inner = current if current is not None else kind()
+    return dataclasses.replace(obj, **{name: _replace(inner, rest, text, item, where + ".")})
+  if typing.get_origin(kind) is tuple and dataclasses.is_dataclass(typing.get_args(kind)[0]):
+    # a tuple of dataclasses (buckets), by index
+    index = rest[0]
+    if not index.isdigit() or int(index) >= len(current) or len(rest) == 1:
+      raise ConfigError(f"--set {item!r}: expected {where}.INDEX.FIELD=VALUE with INDEX from 0 "
+                        f"to {len(current) - 1} (or {where}=VALUE, all of them as JSON)")
+    i = int(index)
+    element = _replace(current[i], rest[1:], text, item, f"{where}.{i}.")
+    return dataclasses.replace(obj, **{name: (*current[:i], element, *current[i + 1:])})
+  raise ConfigError(f"--set {item!r}: {where} takes {_describe(fields[name])}; it has no fields")
+
+
+def _optional(kind):
+  """X of `X | None`; else `kind`."""
+  args = typing.get_args(kind)
+  if type(None) in args and len(args) == 2:
+    return next(a for a in args if a is not type(None))
+  return kind
+
+
+def _parse(text: str, kind, item: str, where: str):
+  """`text` as a value of type `kind`: a str as given, else JSON."""
+  if kind is not _optional(kind) and text.lower() in ("null", "none"):
+    return None
+  if _optional(kind) is str:
+    return text
+  try:
+    return _from_json(json.loads(text.lower() if _optional(kind) is bool else text), kind)
+  except (ValueError, TypeError) as e:
+    why = f": {e}" if isinstance(e, _Mismatch) else ""
+    raise ConfigError(f"--set {item!r}: {where} takes {_describe(kind)}{why}") from e
+
+
+class _Mismatch(TypeError):
+  """A JSON value of another shape than its field's type."""
+
+
+def _from_json(value, kind):
+  """A JSON value as `kind`: a scalar, a tuple, a dataclass (from an object of its fields)."""
+  if kind is typing.Any or kind is object:
+    return value
+  if kind is not _optional(kind):
+    return None if value is None else _from_json(value, _optional(kind))
+  if dataclasses.is_dataclass(kind):
+    hints = typing.get_type_hints(kind)
+    if not isinstance(value, dict):
+      raise _Mismatch(f"{json.dumps(value)} is not an object")
+    unknown = sorted(set(value) - set(hints))
+    if unknown:
+      raise _Mismatch(f"{kind.__name__} has no field {', '.join(map(repr, unknown))}")
+    return kind(**{k: _from_json(v, hints[k]) for k, v in value.items()})
+  if typing.get_origin(kind) is tuple:
+    args = typing.get_args(kind)
+    if not isinstance(value, list):
+      raise _Mismatch(f"{json.dumps(value)} is not a list")
+    if len(args) == 2 and args[1] is Ellipsis:
+      return tuple(_from_json(v, args[0]) for v in value)
+    if len(value) != len(args):
+      raise _Mismatch(f"{len(value)} values, not {len(args)}")
+    return tuple(_from_json(v, a) for v, a in zip(value, args))
+  return kind(value)
+
+
+def _describe(kind) -> str:
+  """How `--set` reads a type: `an int`, `a JSON list [int, int]`, `a str or null`."""
+  if kind is not _optional(kind):
+    return f"{_describe(_optional(kind))} or null"
+  if kind is bool:
+    return "true or false"
+  if kind in (int, float, str):
+    return f"{'an' if kind is int else 'a'} {kind.__name__}"
+  return f"a JSON {'object' if dataclasses.is_dataclass(kind) else 'list'} {_name(kind)}"
+
+
+def _name(kind) -> str:
+  """A type as JSON writes it: `[int, int]`, `[str, ...]`, `{video, image, ...}`."""
+  if kind is not _optional(kind):
+    return f"{_name(_optional(kind))} or null"
+  if dataclasses.is_dataclass(kind):
+    return "{" + ", ".join(f.name for f in dataclasses.fields(kind)) + "}"
+  if typing.get_origin(kind) is tuple:
+    args = typing.get_args(kind)
+    if len(args) == 2 and args[1] is Ellipsis:
+      return f"[{_name(args[0])}, ...]"
+    return "[" + ", ".join(_name(a) for a in args) + "]"
+  return "value" if kind in (object, typing.Any) else kind.__name__
 
 
 def to_json(config: TrainConfig) -> dict:

@@ -123,3 +123,6 @@ def test_the_command_prints_the_plan_and_a_solution(config_file, capsys):
   assert result["tasks"]["audio_classification"]["steps"] == 2  # 10 steps of period 5
   assert cli(["plan", config_file, "--target-share", "video_text=1"]) == 2
   assert "names no share for audio_classification" in capsys.readouterr().err
+  # A task's field set by its name: twice the token budget, twice the batch.
+  assert cli(["plan", config_file, "--set", "tasks.video_text.token_budget=192", "--json"]) == 0
+  assert json.loads(capsys.readouterr().out)["tasks"]["video_text"]["batch_sizes"] == [16]
