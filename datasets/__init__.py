@@ -7,7 +7,7 @@
   metadata.py          metadata.json as types, with its one writer and one reader
   build_settings.py    a build's settings as a type (BuildConfig): metadata.json's config
   prepared.py          the reader of a prepared dataset: its metadata, shards and records;
-                       opening and checking one for training (staging gs://, s3://)
+                       opening and checking one for training (gs://, s3:// where they are)
   files.py             paths and files, local or remote: the one caller of Beam's FileSystems
   exclusions.py        exclusion lists (a dedup report, or record ids) that `Task.exclude` reads
   loader.py            the resolution-bucketed loader (Task, Bucket, Loader): a record source,

@@ -5,17 +5,22 @@ paths, open, test and list files.
     with files.open(path) as f: data = f.read()
     files.exists(path), files.sizes(paths), files.match(pattern), files.sha256(path)
 
-A local path is read with Python's own calls; a URI goes through Beam's
-FileSystems, imported only then (it is heavy, and a training host reading a
-local dataset never needs it). Listing (`match`) and decompressing by file
-name (`open(..., decompress=True)`) are Beam's on every path, so a corpus lists
-and reads the same on a disk and in a bucket.
+A local path is read with Python's own calls; a gs:// or s3:// file is read,
+tested and sized through the loader's own clients (datasets/remote.py: the
+store's standard environment, retried), so the tools read a bucket as training
+does. Listing (`match`) and decompressing by file name (`open(...,
+decompress=True)`) are Beam's FileSystems on every path (imported only then: it
+is heavy, and a training host never needs it), so a corpus lists and reads the
+same on a disk and in a bucket.
 """
 
 import builtins
+import collections
 import dataclasses
 import hashlib
 import os
+
+from impax.datasets import remote
 
 _CHUNK = 1 << 20
 
@@ -37,6 +42,8 @@ def open(path: str, *, decompress: bool = False):  # noqa: A001 (the module's ve
   """A binary file to read. `decompress`: by the name's extension (.gz, .bz2, ...), as Beam does."""
   if decompress:
     return _beam().open(path)
+  if remote.is_remote(path):
+    return remote.open_object(path)
   if is_remote(path):
     from apache_beam.io.filesystem import CompressionTypes
     return _beam().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
@@ -61,17 +68,27 @@ def sha256(path: str, copy_to=None) -> str:
 
 
 def exists(path: str) -> bool:
+  if remote.is_remote(path):
+    return remote.size(path) is not None
   return _beam().exists(path) if is_remote(path) else os.path.exists(path)
 
 
 def sizes(paths: list[str]) -> dict[str, int | None]:
-  """{path: size in bytes, or None where no file is}; remote paths in one listing call."""
-  if not paths:
-    return {}
-  if not any(map(is_remote, paths)):
-    return {p: os.path.getsize(p) if os.path.isfile(p) else None for p in paths}
-  return {p: (m.metadata_list[0].size_in_bytes if m.metadata_list else None)
-          for p, m in zip(paths, _beam().match(paths))}
+  """{path: size in bytes, or None where no file is}; remote paths in one listing a folder."""
+  found = {p: os.path.getsize(p) if os.path.isfile(p) else None
+           for p in paths if not is_remote(p)}
+  folders = collections.defaultdict(list)
+  for p in paths:
+    if remote.is_remote(p):
+      folders[p.rpartition("/")[0]].append(p)
+  for folder, inside in folders.items():
+    listed = remote.sizes(folder)
+    found.update({p: listed.get(p.rpartition("/")[2]) for p in inside})
+  others = [p for p in paths if is_remote(p) and not remote.is_remote(p)]
+  if others:
+    found.update({p: (m.metadata_list[0].size_in_bytes if m.metadata_list else None)
+                  for p, m in zip(others, _beam().match(others))})
+  return {p: found[p] for p in paths}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -56,7 +56,7 @@ from typing import Protocol
 import grain
 import numpy as np
 
-from impax.datasets import decode, exclusions, modalities, prepared
+from impax.datasets import decode, exclusions, modalities, prepared, remote
 from impax.datasets.modalities import INPUTS
 from impax.datasets.reader import Bucket, Reader, input_shapes
 from impax.datasets.sampler import Sampler
@@ -82,7 +82,7 @@ class Task:
   takes as well).
   """
   name: str
-  dataset: str  # prepared dataset directory (or gs://, s3://: staged locally)
+  dataset: str  # prepared dataset directory, or its gs:// or s3:// URI (read where it is)
   objective: str  # "contrastive" (between two modalities) or "classification" (of one)
   modalities: tuple[str, ...]  # model inputs, e.g. ("video", "text"); classification: one
   buckets: tuple[Bucket, ...]
@@ -255,6 +255,7 @@ class _Batches:
   source: RecordSource
   buckets: tuple[Bucket, ...]  # training: the task's; evaluation: its evaluation bucket
   nice: int = 0  # added to the nice value of the threads and processes that make batches
+  stride: int = 1  # steps between two this process makes (mp_prefetch: worker i makes i::W)
 
   def shapes(self, bucket_index: int) -> dict[str, tuple[tuple[int, ...], str]]:
     """{key: (per-process shape, dtype)} of a batch of this bucket."""
@@ -266,6 +267,9 @@ class _Batches:
     bucket = self.buckets[bucket_index]
     batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.shapes(bucket_index).items()}
     examples = self.sampler.examples(step)
+    prefetch = getattr(self.source, "prefetch", None)
+    if prefetch is not None:  # a remote source fetches the coming steps' records meanwhile
+      prefetch(step, self.stride, lambda later: [r for _, r in self.sampler.examples(later)])
     data = self.source.read([record for _, record in examples])
     failures = []
     for slot, (position, record) in enumerate(examples):
@@ -313,16 +317,19 @@ class Loader:
   def __init__(self, task: Task, *, train: bool = True, labels: bool = False, seed: int = 0,
                batch_multiple: int = 1, patches: Patches | None = None, process_index: int = 0,
                process_count: int = 1, num_workers: int | None = None, prefetch: int = 2,
-               cache_dir: str | None = None, nice: int | None = None,
+               cache_dir: str | None = None, cache_limit: int | None = None,
+               nice: int | None = None,
                source: RecordSource | None = None):
     """`train` False: the evaluation pass over `task.eval_split`. `labels`: batches also
     hold each example's label (evaluation's zero-shot). `batch_multiple`: every
     global batch size is a multiple of it (the data-parallel devices). `patches`: the
     model's patch sizes, which a bucket's batch size needs unless the bucket gives it.
     `num_workers` and `nice` default to the task's. `source`: the split's records
-    (default: the dataset's local shards, `ShardSource`)."""
+    (default: the dataset's local shards, `ShardSource`; a gs:// or s3:// dataset's, read
+    by byte range, `remote.RemoteSource`, cached on disk within `cache_limit` bytes under
+    `cache_dir`: IMPAX_CACHE_LIMIT and IMPAX_CACHE_DIR by default, 0 bytes: memory only)."""
     self.task, self.patches, self.train = task, patches, train
-    self.dataset = prepared.open_dataset(task.dataset, cache_dir=cache_dir)
+    self.dataset = prepared.open_dataset(task.dataset)
     inputs = task.inputs + (("label",) if labels and "label" not in task.inputs else ())
     buckets = task.buckets if train else (task.eval_bucket or task.buckets[0],)
     split = task.split if train else task.eval_split
@@ -359,9 +366,16 @@ class Loader:
         prompt=task.prompt, multi_label=task.multi_label, sample_rate=task.sample_rate,
         clips=1 if train else task.eval_clips, crops=1 if train else task.eval_crops,
         num_labels=len(self.dataset.labels), tokenizer_path=self.dataset.tokenizer_path)
+    if source is None and remote.is_remote(self.dataset.root):
+      # a bucket: records by byte range, fetched ahead, cached within `cache_limit` bytes
+      # on disk under `cache_dir` (IMPAX_CACHE_LIMIT, IMPAX_CACHE_DIR by default)
+      source = remote.RemoteSource.open(
+          self.dataset.root, self.dataset.split(split).shards, cache_dir=cache_dir,
+          cache_limit=cache_limit, processes=max(1, self.num_workers))
     self.source = source or ShardSource(tuple(self.dataset.shard_paths(split)))
     self._batches = _Batches(self.sampler, self.reader, self.source, buckets,
-                             nice=task.loader_nice if nice is None else nice)
+                             nice=task.loader_nice if nice is None else nice,
+                             stride=max(1, self.num_workers))
 
   def tokens_per_example(self, bucket: Bucket) -> int:
     """Patch tokens one example of `bucket` gives the encoder (text: its full length)."""

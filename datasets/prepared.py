@@ -21,7 +21,6 @@ never staged.
 import collections
 import contextlib
 import dataclasses
-import hashlib
 import os
 from collections.abc import Iterator, Sequence
 
@@ -120,35 +119,7 @@ def load(root: str) -> PreparedDataset | None:
   return None if meta is None else PreparedDataset(root=root, metadata=meta)
 
 
-def stage(uri: str, cache_dir: str | None = None) -> str:
-  """Copies a remote dataset to a local cache (once) and returns the local directory (through
-  Beam's FileSystems; the loader streams instead, datasets/remote.py)."""
-  cache_dir = cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "impax", "datasets")
-  local = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
-  print(f"impax: ArrayRecord cannot read {uri.split('://')[0]}:// directly; "
-        f"staging {uri} to {local}")
-  os.makedirs(local, exist_ok=True)
-  metadata_bytes = files.read(files.join(uri, METADATA))
-  meta = metadata_lib.loads(metadata_bytes, where=f"{uri}/metadata.json")
-  names = [s.path for split in meta.splits.values() for s in split.shards]
-  if meta.tokenizer:
-    names.append(meta.tokenizer.path)
-  for name in names:
-    target = os.path.join(local, name)
-    if os.path.exists(target):
-      continue  # a previous run staged it; shard files never change in place
-    with files.open(files.join(uri, name)) as src, open(target + ".part", "wb") as dst:
-      while chunk := src.read(1 << 24):
-        dst.write(chunk)
-    os.replace(target + ".part", target)
-  # metadata last, so an interrupted staging is redone rather than trusted
-  with open(os.path.join(local, METADATA), "wb") as f:
-    f.write(metadata_bytes)
-  return local
-
-
-def open_dataset(path: str, *, cache_dir: str | None = None, check_counts: bool = True
-                 ) -> PreparedDataset:
+def open_dataset(path: str, *, check_counts: bool = True) -> PreparedDataset:
   """Reads and validates DIR/metadata.json. A gs:// or s3:// dataset is opened where it is,
   with the store's standard environment (datasets/remote.py): its shards' sizes are
   checked, their records counted as the loader's record source opens them."""

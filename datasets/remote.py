@@ -56,6 +56,7 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import io
 import json
 import os
 import random
@@ -233,13 +234,45 @@ def get(uri: str, start: int, end: int, *, size_known: bool = True) -> bytes:
     raise RemoteError(f"{uri} is gone, or shorter than {end} bytes") from None
 
 
+def size(uri: str) -> int | None:
+  """An object's size in bytes; None where there is none (one listing of its name)."""
+  _, _, key = _split(uri)
+  return _retried(f"listing {uri}", lambda: _store(uri).sizes(key)).get(key)
+
+
 def read(uri: str) -> bytes:
   """A whole (small) object: metadata.json, the tokenizer."""
-  parent, _, name = uri.rpartition("/")
-  size = sizes(parent).get(name)
-  if size is None:
+  length = size(uri)
+  if length is None:
     raise RemoteError(f"{uri} does not exist")
-  return get(uri, 0, size) if size else b""
+  return get(uri, 0, length) if length else b""
+
+
+class _Object(io.RawIOBase):
+  """An object read front to back by ranged GETs (each retried)."""
+
+  def __init__(self, uri: str, length: int):
+    self.uri, self.length, self.position = uri, length, 0
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    end = min(self.length, self.position + len(buffer))
+    if end <= self.position:
+      return 0
+    data = get(self.uri, self.position, end)
+    buffer[:len(data)] = data
+    self.position = end
+    return len(data)
+
+
+def open_object(uri: str, buffer: int = 8 << 20) -> io.BufferedReader:
+  """A binary file reading an object (`impax verify` hashes shards through it)."""
+  length = size(uri)
+  if length is None:
+    raise FileNotFoundError(f"{uri} does not exist")
+  return io.BufferedReader(_Object(uri, length), buffer_size=buffer)
 
 
 def sizes(folder: str) -> dict[str, int]:

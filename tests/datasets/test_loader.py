@@ -398,21 +398,6 @@ def test_corrupt_records_are_skipped_and_counted(data, tmp_path):
   assert it.get_state()["failed"] == 4
 
 
-def test_a_remote_dataset_is_staged_with_a_message(data, tmp_path, capsys, monkeypatch):
-  # The staging path copies through Beam's FileSystems; a local path stands in
-  # for the URI here (object stores have their own tests).
-  from impax.datasets import prepared
-  local = prepared.stage(data["images"], cache_dir=str(tmp_path))
-  assert "staging" in capsys.readouterr().out
-  meta = json.loads(open(os.path.join(local, "metadata.json")).read())
-  shards = [s["path"] for split in meta["splits"].values() for s in split["shards"]]
-  assert sorted(os.listdir(local)) == sorted(shards + ["metadata.json", "tokenizer.model"])
-  assert loader.Loader(loader.Task(name="x", dataset=local, objective="contrastive",
-                                   modalities=("image",),
-                                   buckets=(loader.Bucket(image=(16, 16), batch_size=2),))
-                      ).num_records > 0
-
-
 def test_labels_as_index_or_multi_hot():
   assert decode.label([3, 1], 5, multi_label=False) == 3
   np.testing.assert_array_equal(decode.label([3, 1], 5, multi_label=True), [0, 1, 0, 1, 0])
