@@ -1,6 +1,6 @@
 """Each paper config's train step on paper: memory, FLOPs and compile time, compiled, never run.
 
-    .venv/bin/python benchmarks/model_memory.py --smoke             # tiny, 8 devices: seconds
+    .venv/bin/python benchmarks/model_memory.py --smoke             # tiny, 8 devices, one compile
     .venv/bin/python benchmarks/model_memory.py --configs MoE-B --devices 64 \
         --policies none full save_dots_no_batch --scan 1 0 --batch 8192
 
@@ -9,7 +9,8 @@ script starts a process with `--xla_force_host_platform_device_count=N` CPU
 devices (a ('data', 'expert') mesh, train/step.py's make_mesh), builds the
 trainer's step (train/step.py: make_step, Compiled) on a state of shapes and
 shardings alone (nothing is allocated), lowers it and compiles it for the
-task's batch, and prints one JSON line per device:
+task's batch, and prints one JSON line per compile (then a table of them all),
+its figures for one device:
 
   params_bytes, opt_state_bytes  this device's shards of the state (float32)
   batch_bytes                    this device's share of the input batch
@@ -29,7 +30,10 @@ video 16x256x256 in 4x16x16 tubelets, 1,024 tokens of which DropToken keeps
 25% (256), against 16-token captions; or image-text (--task image_text):
 256x256 images, 256 tokens, no DropToken. Compute in --dtype (default
 bfloat16) with float32 parameters, AdamW with clipping, the state donated, as
-the trainer runs it.
+the trainer runs it. Routing groups are the preset's group_size (IMP: 2,048
+tokens) unless a device's share of the batch cannot fill one; then the largest
+that each device holds whole (the figure is in the JSON line). --smoke: the
+tiny preset on 4x32x32 videos, 8 devices, batch 16, full remat, scanned.
 
 These are CPU compilations: XLA's CPU backend chooses its own fusions and
 buffer reuse (and computes bfloat16 matmuls through float32), so the memory
@@ -45,12 +49,19 @@ import subprocess
 import sys
 import time
 
+import jax
+import jax.numpy as jnp
+
+from impax.model import Model, get_config, info, init_params, moe
+from impax.model.config import REMAT
+from impax.train import step
+from impax.train.config import Bucket, Task, TrainConfig
+
 PRESETS = ("B", "MoE-B", "L", "MoE-L")
-POLICIES = ("none", "full", "save_dots", "save_dots_no_batch")
+
 
 def task_and_shapes(name: str, batch: int):
   """(Task, {input: (shape, dtype)}) of IMP's inputs at global `batch`."""
-  from impax.train.config import Bucket, Task
   text = dict(text=((batch, 16), "int32"), text_mask=((batch, 16), "int32"),
               valid=((batch,), "bool"))
   if name == "video_text":
@@ -76,13 +87,7 @@ def tokens_per_example(model_cfg, task, shapes) -> dict[str, int]:
 def measure(preset: str, policy: str, scan: bool, batch: int, task_name: str, dtype: str,
             smoke: bool) -> dict:
   """Lowers and compiles one train step in this process (its devices are the mesh)."""
-  import jax
-  import jax.numpy as jnp
-  from impax.model import info
-  from impax.model import Model, get_config, init_params, moe
-  from impax.train import step
-  from impax.train.config import TrainConfig
-
+  # XLA_FLAGS (the device count) is read when jax first starts its backend: here, in the child.
   task, shapes = task_and_shapes(task_name, batch)
   if smoke:  # the tiny preset's patches: small inputs, the same program structure
     shapes = {k: ((batch, 4, 32, 32, 3) if k == "video" else (batch, 32, 32, 3), d)
@@ -186,7 +191,7 @@ def main():
   parser.add_argument("--configs", nargs="+", default=list(PRESETS))
   parser.add_argument("--devices", nargs="+", type=int, default=[8, 64])
   parser.add_argument("--policies", nargs="+", default=["none", "full", "save_dots_no_batch"],
-                      choices=POLICIES)
+                      choices=REMAT)
   parser.add_argument("--scan", nargs="+", type=int, default=[1, 0], choices=[0, 1],
                       help="scan_layers values to compile (1: scanned, 0: unrolled)")
   parser.add_argument("--batch", nargs="+", type=int, default=[8192], help="global batches")
