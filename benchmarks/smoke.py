@@ -91,10 +91,6 @@ SMOKE = {
     "model_step_time.py": Smoke(
         ("--smoke",),
         ("compile_s", "median_s", "ratio_moe_over_dense")),
-    "model_memory.py": Smoke(  # tiny, 8 simulated devices, one compile
-        ("--smoke",),
-        ("params_bytes", "opt_state_bytes", "temp_bytes", "hlo_flops", "model_flops_6nd",
-         "compile_s")),
     "model_load_balance.py": Smoke(
         ("--steps", "4", "--batch", "2"),
         ("expert_choice", "token_choice_top1", "token_choice_top2", "fraction_per_expert",
