@@ -41,13 +41,12 @@ class TrainingDiverged(ValueError):
 
 @task(name="load_config", task_run_name="load_config", cache_policy=NO_CACHE)
 def load_config(config: str, overrides: list[str]):
-  """The TrainConfig, refused here (not retried) when a field, task, dataset or bucket is
-  wrong, with the same checks the trainer makes before it starts."""
-  from impax.train import config as config_lib, inputs, step
+  """The TrainConfig, refused here (not retried) when a field, task, dataset, bucket or the
+  batch multiple is wrong, with the trainer's own checks (train/setup.py; each task's split
+  is read by the trainer's loaders)."""
+  from impax.train import config as config_lib, setup
   loaded = config_lib.load(config, overrides)
-  model_cfg = step.model_config(loaded, inputs.check_datasets(loaded))
-  for t in loaded.tasks:
-    inputs.check_buckets(t, model_cfg)
+  setup.setup(loaded, loaders=False)
   return loaded
 
 

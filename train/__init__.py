@@ -8,6 +8,8 @@ The package is also the function that trains (`impax.train`):
 
   config.py     TrainConfig and Task (the loader's, with its schedule and loss weight):
                 experiments as Python files in configs/
+  setup.py      what training, planning and evaluation start from, checked: the config
+                against its datasets, the model, the mesh, the loaders
   inputs.py     the tasks' loaders, checked against their datasets; batches as model inputs
   step.py       model, mesh, optimizer, one task's loss, the compiled step
   schedule.py   which task each step takes

@@ -38,9 +38,10 @@ import sentencepiece as spm
 from jax.experimental import multihost_utils
 
 from impax.datasets import decode, modalities, prepared, registry
-from impax.model import Model, sharding
+from impax.model import sharding
 from impax.train import checkpoint, inputs
 from impax.train import config as config_lib
+from impax.train import setup as setup_lib
 from impax.train import step as step_lib
 from impax.train.config import Task
 
@@ -117,19 +118,19 @@ def _forward(model, task: Task, names: tuple[str, ...]):
 
 @dataclasses.dataclass
 class Context:
-  """What every evaluation of one state shares: the model, its parameters, the mesh, and
-  the jitted forward passes (compiled once per task and shape, kept across evaluations)."""
+  """What every evaluation of one state shares: the config it evaluates (its tasks and
+  splits), the set-up (the model, its config, the mesh and batch multiple: setup.setup's),
+  the parameters, and the jitted forward passes (compiled once per task and shape, kept
+  across evaluations)."""
   config: config_lib.TrainConfig
-  model: Model
+  setup: setup_lib.Setup
   params: object
-  model_cfg: object
-  mesh: object
   forwards: dict = dataclasses.field(default_factory=dict)
   embeddings_dir: str | None = None  # the probe's cache, for this state
 
   def forward(self, task: Task):
     if task.name not in self.forwards:
-      self.forwards[task.name] = _forward(self.model, task, task.modalities)
+      self.forwards[task.name] = _forward(self.setup.model, task, task.modalities)
     return self.forwards[task.name]
 
 
@@ -138,10 +139,9 @@ def embed(ctx: Context, index: int, task: Task, labels: bool, fwd=None):
   one pass over `task.eval_split` as the config's index-th task (`fwd`: another forward)."""
   config = dataclasses.replace(ctx.config, tasks=tuple(
       task if i == index else t for i, t in enumerate(ctx.config.tasks)))
-  data = inputs.eval_loader(
-      config, index, ctx.model_cfg, labels=labels,
-      batch_multiple=inputs.batch_multiple(config, sharding.batch_shards(ctx.mesh)))
-  fwd, mesh = fwd or ctx.forward(task), ctx.mesh
+  data = inputs.eval_loader(config, index, ctx.setup.model_cfg, labels=labels,
+                            batch_multiple=ctx.setup.batch_multiple)
+  fwd, mesh = fwd or ctx.forward(task), ctx.setup.mesh
   collected = {}
   for batch in data:
     out = fwd(ctx.params, step_lib.put(batch, mesh))
@@ -230,8 +230,8 @@ def _figures(ctx: Context, task: Task, dataset, arrays: dict, views: str) -> tup
   if "text" in task.modalities and has_labels and not task.multi_label:
     other = a if b == "text" else b
     template = task.prompt or registry.PROMPTS[modalities.NEEDS[other]]
-    class_embeddings = class_text_embeddings(ctx.model, ctx.params, dataset, template,
-                                             task.text_length, ctx.mesh)
+    class_embeddings = class_text_embeddings(ctx.setup.model, ctx.params, dataset, template,
+                                             task.text_length, ctx.setup.mesh)
     figures["zero_shot_top1"] = zero_shot_accuracy(embeddings[other], class_embeddings,
                                                    arrays["label"])
     figures["zero_shot_chance"] = 1.0 / len(dataset.labels)
@@ -284,7 +284,7 @@ def cached_embeddings(ctx: Context, index: int, modality: str,
   # The encoder alone: a one-modality "task" that no head and no text reads.
   forward_key = (task.name, modality)
   if forward_key not in ctx.forwards:
-    ctx.forwards[forward_key] = _forward(ctx.model, single, (modality,))
+    ctx.forwards[forward_key] = _forward(ctx.setup.model, single, (modality,))
   arrays, _ = embed(ctx, index, single, labels=True, fwd=ctx.forwards[forward_key])
   embeddings, labels = average_views(arrays[modality]), arrays["label"]
   if path and jax.process_index() == 0:
@@ -376,11 +376,9 @@ def checkpoint_dir(workdir: str, name: str) -> str:
 def evaluate_checkpoint(config, workdir: str, log=print, split: str | None = None,
                         checkpoint_name: str = "latest", probe: bool = False) -> dict:
   config = on_split(config, split)
-  model_cfg = step_lib.model_config(config, inputs.check_datasets(config))
-  mesh = step_lib.make_mesh(model_cfg)
-  model = Model(model_cfg, mesh=mesh)
+  setup = setup_lib.setup(config, loaders=False)  # each task's evaluation opens its own
   tx = step_lib.make_optimizer(config)
-  target = step_lib.init_state(config, model_cfg, tx, mesh)
+  target = step_lib.init_state(config, setup.model_cfg, tx, setup.mesh)
   directory = checkpoint_dir(workdir, checkpoint_name)
   ckpt = checkpoint.Checkpoints(directory, config.keep_checkpoints, create=False)
   restored = ckpt.restore_latest(target)
@@ -390,7 +388,7 @@ def evaluate_checkpoint(config, workdir: str, log=print, split: str | None = Non
         f"{directory} holds no checkpoint: " + ("train first" if checkpoint_name == "latest"
                                                  else "train with keep_best set"))
   state, _, meta = restored
-  ctx = Context(config, model, state["params"], model_cfg, mesh,
+  ctx = Context(config, setup, state["params"],
                 embeddings_dir=os.path.join(workdir, "embeddings", f"step-{meta['step']}"))
   results = evaluate_state(ctx, log=log, probe=probe)
   if split is not None and not results:

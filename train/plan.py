@@ -17,11 +17,14 @@ summary.json.
 """
 
 import dataclasses
+import json
 import math
 
 import numpy as np
 
+from impax.train import config as config_lib
 from impax.train import schedule
+from impax.train import setup as setup_lib
 from impax.train.config import ConfigError, TrainConfig
 
 FEW_EPOCHS, MANY_EPOCHS = 1.0, 50.0  # a task outside these is warned about
@@ -119,7 +122,7 @@ def task_steps(config: TrainConfig) -> list[int]:
 
 
 def make(config: TrainConfig, loaders: dict) -> Plan:
-  """The plan of `config`, given its tasks' training loaders (inputs.open_loaders)."""
+  """The plan of `config`, given its tasks' training loaders (setup.setup's)."""
   counts = task_steps(config)
   out = []
   for task, steps in zip(config.tasks, counts):
@@ -204,19 +207,10 @@ def solve(plan: Plan, config: TrainConfig, targets: dict[str, float], of: str = 
   return dict(zip(names, best))
 
 
-def _loaders(config: TrainConfig) -> dict:
-  """The tasks' training loaders, checked as the trainer checks them. Batch sizes are the
-  config's (batch_multiple), so the plan holds on any hardware."""
-  from impax.train import inputs, step as step_lib  # the model's patch sizes: JAX
-  model_cfg = step_lib.model_config(config, inputs.check_datasets(config))
-  for task in config.tasks:
-    inputs.check_buckets(task, model_cfg)
-  return inputs.open_loaders(config, model_cfg, batch_multiple=config.batch_multiple)
-
-
 def for_config(config: TrainConfig) -> Plan:
-  """The plan of `config` on its datasets."""
-  return make(config, _loaders(config))
+  """The plan of `config` on its datasets, checked as the trainer checks them (setup.py).
+  Batch sizes are the config's (batch_multiple, no mesh): the plan holds on any hardware."""
+  return make(config, setup_lib.setup(config, mesh=False).loaders)
 
 
 def with_solution(config: TrainConfig, solved: dict[str, float]) -> TrainConfig:
@@ -229,10 +223,8 @@ def main(config_path: str, overrides=(), *, target: str | None = None, of: str =
          as_json: bool = False, out=print) -> dict:
   """`impax plan`: prints the plan (or, with `target`, the settings that reach the target
   shares and the plan under them); returns it as JSON."""
-  import json
-  from impax.train import config as config_lib
   config = config_lib.load(config_path, list(overrides))
-  loaders = _loaders(config)
+  loaders = setup_lib.setup(config, mesh=False).loaders  # as for_config
   plan = make(config, loaders)
   result, lines = plan.to_json(), plan.lines()
   if target:

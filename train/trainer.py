@@ -2,10 +2,10 @@
 
     impax train train/configs/demo.py:demo-output/data --workdir /tmp/run
 
-Read top to bottom: the tasks' datasets checked and their loaders opened
-(inputs.py), the model, mesh, optimizer and state (step.py), every (task,
-batch shape) compiled ahead of time, the loop, checkpoints, the final
-evaluation (evaluate.py). Each step takes one task (Alternating Gradient
+Read top to bottom: the set-up (setup.py: the config checked against its
+datasets, the model, the mesh, the tasks' loaders), the optimizer and state
+(step.py), every (task, batch shape) compiled ahead of time, the loop,
+checkpoints, the final evaluation (evaluate.py). Each step takes one task (Alternating Gradient
 Descent, schedule.py) and one batch of it at one of its declared shapes;
 every task shares the parameters and the optimizer state. `mode="mixed"`
 instead takes every task in every step and sums their losses (the ablation
@@ -26,10 +26,10 @@ import jax
 import numpy as np
 from jax import monitoring
 
-from impax.model import Model, sharding
 from impax.train import checkpoint, evaluate, inputs, metrics as metrics_lib, schedule
 from impax.train import config as config_lib
 from impax.train import plan as plan_lib
+from impax.train import setup as setup_lib
 from impax.train import step as step_lib
 from impax.train.config import ConfigError, TrainConfig, to_json
 
@@ -129,20 +129,15 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   already in memory this way); they need __next__, get_state, set_state, close.
   `allow_config_change`: resume even under a config that changes what defines the run.
   """
+  # -- set up: the config, its datasets, model, mesh and loaders, checked (setup.py) ----
   os.makedirs(workdir, exist_ok=True)
-  num_labels = inputs.check_datasets(config)
+  setup = setup_lib.setup(config)
+  model_cfg, mesh, model, loaders = setup.model_cfg, setup.mesh, setup.model, setup.loaders
   trained_on = inputs.data_versions(config)
   _check_same_data(workdir, trained_on)
   ckpt = checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   config_changes = (_check_same_run(workdir, config, allow=allow_config_change, log=log)
                     if ckpt.latest_step() is not None else [])
-  model_cfg = step_lib.model_config(config, num_labels)
-  for task in config.tasks:
-    inputs.check_buckets(task, model_cfg)
-  mesh = step_lib.make_mesh(model_cfg)
-  model = Model(model_cfg, mesh=mesh)
-  multiple = inputs.batch_multiple(config, sharding.batch_shards(mesh))
-  loaders = inputs.open_loaders(config, model_cfg, batch_multiple=multiple)
   for name, data in loaders.items():
     log(f"{name} batches: " + ", ".join(
         f"{size} of {inputs.bucket_text(b)}" for size, b in zip(data.batch_sizes, data.buckets)))
@@ -152,11 +147,9 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     if data.excluded:
       log(f"{name} skips {data.excluded} records of {data.dataset.root} excluded by "
           f"{data.task.exclude}")
-  _check_validation(config, loaders)
   mixture = plan_lib.make(config, loaders)  # `impax plan`: what each task will take
   for line in mixture.lines():
     log(line)
-  patches = inputs.patches_of(model_cfg)
   tx = step_lib.make_optimizer(config)
   state = step_lib.init_state(config, model_cfg, tx, mesh)
   log(f"model {model_cfg.name}: {sum(x.size for x in jax.tree.leaves(state['params'])):,} "
@@ -176,8 +169,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   first = jax.process_index() == 0  # the process that writes files and logs
   best = _Best(workdir, config.keep_best, fresh=restored is None, write=first) \
       if config.keep_best else None
-  validation = evaluate.Context(evaluate.on_split(config, config.validation_split), model,
-                                None, model_cfg, mesh)
+  validation = evaluate.Context(evaluate.on_split(config, config.validation_split), setup,
+                                None)
   if first:
     with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
       json.dump(to_json(config), f, indent=2)
@@ -244,7 +237,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       if finite:
         nonfinite["in_a_row"] = 0
         for n, b, shape in zip(names, batches, shapes):
-          writer.add(step, n, stats[n], tokens=inputs.batch_tokens(b, patches),
+          writer.add(step, n, stats[n], tokens=inputs.batch_tokens(b, setup.patches),
                      seconds=seconds / len(names), shape=step_lib.shape_text(shape))
         writer.add_scalar(step, "grad_norm", float(grad_norm))
         progress.update(step, names[0], float(stats[names[0]]["loss"]))
@@ -332,7 +325,7 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       params, evaluated, name = best.params(state), best.record["step"], "best"
       log(f"evaluating the best checkpoint: step {evaluated}, {best.figure} "
           f"{best.record['value']:.3f} on {config.validation_split}")
-    final = evaluate.Context(config, model, params, model_cfg, mesh, forwards=validation.forwards,
+    final = evaluate.Context(config, setup, params, forwards=validation.forwards,
                              embeddings_dir=os.path.join(workdir, "embeddings", f"step-{evaluated}"))
     summary["eval"] = evaluate.evaluate_state(final, log=log, probe=config.linear_probe)
     summary["eval_checkpoint"] = {"checkpoint": name, "step": evaluated}
@@ -361,22 +354,6 @@ def _compile_all(programs: list) -> None:
   with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="compile") as pool:
     for future in [pool.submit(group.prepare, name, shapes) for group, name, shapes in programs]:
       future.result()
-
-
-def _check_validation(config: TrainConfig, loaders: dict) -> None:
-  """Periodic evaluation needs the validation split, and keep_best its task's: refused
-  before the first step rather than at the first evaluation."""
-  if not config.eval_every:
-    return
-  split = config.validation_split
-  have = [n for n, data in loaders.items() if split in data.dataset.metadata.splits]
-  if not have:
-    raise ConfigError(f"eval_every {config.eval_every} evaluates split {split!r}, which no "
-                      f"task's dataset has: build it, or set validation_split")
-  task = config.keep_best.partition("/")[0]
-  if config.keep_best and task not in have:
-    raise ConfigError(f"keep_best {config.keep_best!r}: the dataset of task {task!r} "
-                      f"({loaders[task].dataset.root}) has no split {split!r} to choose on")
 
 
 class _Best:

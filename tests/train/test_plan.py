@@ -10,6 +10,7 @@ from impax.cli import main as cli
 from impax.datasets import prepared
 from impax.datasets.loader import Bucket
 from impax.train import plan as plan_lib
+from impax.train import setup
 from impax.train.config import ConfigError, Task, TrainConfig
 
 CONFIG_FILE = '''
@@ -59,13 +60,11 @@ def test_counts_match_a_schedule_counted_by_hand(config_file, demo_data):
 
 
 def test_bucket_draws_are_the_loaders(config_file):
-  from impax.train import inputs, step as step_lib
   config = load(config_file)
   two = dataclasses.replace(config.tasks[0], buckets=(
       Bucket(video=(2, 16, 16)), Bucket(video=(4, 16, 16), weight=3.0)))
   config = dataclasses.replace(config, tasks=(two, config.tasks[1]), steps=500)
-  model_cfg = step_lib.model_config(config, inputs.check_datasets(config))
-  loaders = inputs.open_loaders(config, model_cfg, batch_multiple=config.batch_multiple)
+  loaders = setup.setup(config, mesh=False).loaders  # as for_config opens them
   video = plan_lib.make(config, loaders).tasks[0]
   data = loaders["video_text"]
   # 166 periods of (video, audio, video), then (video, audio): 333 video steps

@@ -16,7 +16,8 @@ import pytest
 from impax.datasets.loader import Bucket
 from impax.pipelines import build
 from impax.train import config as config_lib
-from impax.train import inputs, metrics, trainer
+from impax.train import inputs, metrics, setup, trainer
+from impax.train import plan as plan_lib
 from impax.train.config import ConfigError, Task, TrainConfig
 
 
@@ -93,6 +94,12 @@ def test_training_learns_compiles_each_shape_once_and_evaluates(learned):
   assert {"video_to_text/R@1", "text_to_video/R@10", "zero_shot_top1"} <= set(result["video_text"])
   assert 0 <= result["audio_classification"]["accuracy"] <= 1
   assert result["video_text"]["examples"] == 8  # every held-out video, once
+
+
+def test_the_plan_printed_before_training_is_the_one_the_run_took(learned):
+  """`impax plan` opens the trainer's loaders (setup.py): it counts what the run takes."""
+  config, _, summary, _ = learned
+  assert plan_lib.for_config(config).to_json() == summary["plan"]
 
 
 def test_a_resumed_run_continues_exactly(learned, tmp_path, monkeypatch):
@@ -438,8 +445,8 @@ def test_a_nonfinite_step_is_skipped_and_a_diverged_run_stops_without_saving_it(
   base = make_config(root, steps=10, checkpoint_every=2, keep_checkpoints=10, max_nonfinite_steps=3,
                      eval_at_end=False)
   config = dataclasses.replace(base, tasks=base.tasks[1:])  # audio classification alone
-  model_cfg = step_lib.model_config(config, inputs.check_datasets(config))
-  loader = inputs.open_loaders(config, model_cfg, batch_multiple=8)["audio_classification"]
+  built = setup.setup(config)
+  loader = built.loaders["audio_classification"]
   # Steps 3-4: two in a row, skipped, the run goes on; 6-8: three in a row stop it.
   poisoned = _Poisoned(iter(loader), steps=(3, 4, 6, 7, 8))
   logged = []
@@ -462,7 +469,7 @@ def test_a_nonfinite_step_is_skipped_and_a_diverged_run_stops_without_saving_it(
   # after the last of them.
   assert sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit()) == [2, 4, 6]
   ckpt = checkpoint.Checkpoints(str(tmp_path / "checkpoints"), 10, create=False)
-  target = step_lib.init_state(config, model_cfg, step_lib.make_optimizer(config), None)
+  target = step_lib.init_state(config, built.model_cfg, step_lib.make_optimizer(config), None)
   state = {}
   for s in (2, 4, 6):
     state[s] = ckpt.manager.restore(s, args=ocp.args.Composite(
@@ -520,12 +527,13 @@ def test_resuming_under_a_config_that_changes_the_run_is_refused(root, tmp_path)
       "run: resuming would go on as another run. Train in a new workdir, or pass "
       "--allow-config-change (the train flow's allow_config_change) if you mean to; steps, "
       "logging, checkpoint and evaluation settings may change without it"]
-  # a task's data or buckets, too
-  other = dataclasses.replace(config.tasks[0], buckets=(Bucket(audio_seconds=0.64),))
+  # a task's data or buckets, too (here as `--set` sets one bucket's sound)
+  other = config_lib.apply_overrides(
+      config, ["tasks.audio_classification.buckets.0.audio_seconds=0.64"])
   with pytest.raises(ConfigError, match=r"tasks\['audio_classification'\]\.buckets "
                                         r"\[\{.*\"audio_seconds\":0\.32.*\}\] -> \[\{.*"
                                         r"\"audio_seconds\":0\.64.*\}\]"):
-    trainer.train(dataclasses.replace(config, tasks=(other,)), str(workdir), log=lambda *_: None)
+    trainer.train(other, str(workdir), log=lambda *_: None)
   # what extends the run may change: more steps, another cadence
   longer = config_lib.apply_overrides(config, ["steps=3", "checkpoint_every=1"])
   logged = []
