@@ -312,7 +312,15 @@ def _lower_priority(nice: int) -> None:
 
 
 class Loader:
-  """Batches of one task, from its prepared dataset. Iterate it; see the module docstring."""
+  """Batches of one task, from its prepared dataset. Iterate it; see the module docstring.
+
+      import impax
+      task = impax.Task("image_text", "data/images", "contrastive", ("image", "text"),
+                        buckets=(impax.Bucket(image=(64, 64), batch_size=128),))
+      it = iter(impax.Loader(task, seed=0))
+      batch = next(it)        # {"image": uint8 [128, 64, 64, 3], "text": ..., "valid": ...}
+      state = it.get_state()  # JSON; it.set_state(state) resumes exactly
+  """
 
   def __init__(self, task: Task, *, train: bool = True, labels: bool = False, seed: int = 0,
                batch_multiple: int = 1, patches: Patches | None = None, process_index: int = 0,

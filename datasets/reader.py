@@ -23,7 +23,12 @@ from impax.datasets import decode, modalities, records
 @dataclasses.dataclass(frozen=True)
 class Bucket:
   """One input shape of a task. Give the shapes of the modalities the task reads (the
-  reader makes them); the weight and batch size are the loader's."""
+  reader makes them); the weight and batch size are the loader's.
+
+      impax.Bucket(video=(8, 64, 64))                      # batch size from the token budget
+      impax.Bucket(image=(224, 224), batch_size=256, weight=2.0)
+      impax.Bucket(video=(4, 32, 32), audio_seconds=0.64)  # a video-audio task's
+  """
   video: tuple[int, int, int] | None = None  # frames, height, width
   image: tuple[int, int] | None = None  # height, width
   audio_seconds: float | None = None  # waveform / spectrogram window

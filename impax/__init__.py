@@ -11,8 +11,8 @@ costs nothing; `impax.Loader` loads the loader alone):
     impax.card("data/videos")                           # data/videos/card.html
 
     task = impax.Task("video_text", "data/videos", "contrastive", ("video", "text"),
-                      buckets=(impax.Bucket(video=(8, 64, 64)),), token_budget=8192)
-    batches = iter(impax.Loader(task, seed=0))
+                      buckets=(impax.Bucket(video=(8, 64, 64), batch_size=64),))
+    batches = iter(impax.Loader(task, seed=0))         # what step i trains on, resumable
 
     config = impax.TrainConfig(tasks=(task,), model="tiny", steps=1000)
     # or a config file: impax.load_config("train/configs/demo.py:data", ["steps=500"])
@@ -43,10 +43,10 @@ _PUBLIC = {
     "TrainConfig": ("impax.train.config", "TrainConfig"),
     "load_config": ("impax.train.config", "load"),
     "train": ("impax.train", None),
-    "evaluate": ("impax.train.evaluate", "evaluate"),
+    "evaluate": ("impax.train.evaluate", "evaluate_checkpoint"),
     "verify": ("impax.tools.verify", "verify"),
     "dedup": ("impax.tools.dedup", "dedup"),
-    "card": ("impax.tools.card", "card"),
+    "card": ("impax.tools.card", "write_card"),
 }
 __all__ = sorted(_PUBLIC)
 

@@ -56,6 +56,10 @@ def write_card(directory: str, output: str | None = None, samples: int = 16, see
   """Writes the card of the dataset in `directory` to `output` (default DIR/card.html) and
   its PNGs to the folder beside it named after it (card/); returns what it wrote.
 
+      import impax
+      impax.card("data/videos")                       # data/videos/card.html
+      impax.card("gs://b/k400", "k400-card.html", samples=32)
+
   `samples` examples per split go on the contact sheet; the histograms read every record
   of a split up to `max_records`, else a seeded sample of that many.
   """

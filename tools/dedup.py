@@ -487,11 +487,18 @@ def _read_selected(text: str) -> Fingerprints:
   return read(dataset, root, splits)
 
 
-def main(datasets: Sequence[str], *, against: Sequence[str] = (), json_path: str | None = None,
-         threshold: int | None = None) -> int:
-  """`impax dedup`: prints the summary, writes the report; 0 (finding duplicates is no error).
-  Each dataset is `DIR` or `DIR:SPLIT[,SPLIT]`, so a folder's train split can be checked
-  against its own test split."""
+def dedup(datasets: Sequence[str], *, against: Sequence[str] = (),
+          threshold: int | None = None) -> dict:
+  """Finds duplicates within datasets and, with `against`, their leaks into evaluation data.
+
+      import impax
+      report = impax.dedup(["data/videos:train"], against=["data/videos:test"])
+      report["leaks"]        # each train record that is also in test, with its copies
+      # Task(..., exclude=PATH) takes the report written as JSON: its leaks are never read
+
+  Each dataset is `DIR` or `DIR:SPLIT[,SPLIT]` (local or gs://, s3://). Returns the report
+  `impax dedup --json` writes (report()), its one-paragraph summary under "summary".
+  """
   threshold = DEFAULT_THRESHOLD if threshold is None else threshold
   if not 0 <= threshold < 32:
     raise DedupError(f"--threshold {threshold}: give a number of bits from 0 to 31")
@@ -507,9 +514,20 @@ def main(datasets: Sequence[str], *, against: Sequence[str] = (), json_path: str
   found = find(parts + evaluation, threshold)
   leaked = leaks(Fingerprints.concat(parts), Fingerprints.concat(evaluation),
                  threshold) if against else None
-  print(describe(found, leaked, sum(map(len, parts + evaluation)), threshold))
+  return {**report(found, leaked, threshold, datasets, against),
+          "summary": describe(found, leaked, sum(map(len, parts + evaluation)), threshold)}
+
+
+def main(datasets: Sequence[str], *, against: Sequence[str] = (), json_path: str | None = None,
+         threshold: int | None = None) -> int:
+  """`impax dedup`: prints the summary, writes the report; 0 (finding duplicates is no error).
+  Each dataset is `DIR` or `DIR:SPLIT[,SPLIT]`, so a folder's train split can be checked
+  against its own test split."""
+  found = dedup(datasets, against=against, threshold=threshold)
+  summary = found.pop("summary")
+  print(summary)
   if json_path:
     with open(json_path, "w") as f:
-      json.dump(report(found, leaked, threshold, datasets, against), f, indent=2)
+      json.dump(found, f, indent=2)
     print(f"report: {json_path}")
   return 0

@@ -113,7 +113,13 @@ def _checksum_problem(split: str, shard: metadata_lib.Shard, sha256: str) -> Pro
 
 
 def verify(root: str, *, deep: bool = False, split: str | None = None) -> Report:
-  """Checks a prepared dataset's files against its metadata.json (see the module's doc)."""
+  """Checks a prepared dataset's files against its metadata.json (see the module's doc).
+
+      import impax
+      report = impax.verify("data/videos")               # sizes and listing: seconds
+      report = impax.verify("gs://b/k400", deep=True)     # every byte's sha256, every record
+      report.problems                                     # each with its split, shard, reason
+  """
   meta = prepared.read_metadata(root)
   if meta is None:
     raise ValueError(f"{root} has no metadata.json: is it the output of `impax build`?")

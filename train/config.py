@@ -35,8 +35,8 @@ class Task(loader.Task):
   buckets and preprocessing: impax.datasets.loader.Task), and how training schedules and
   weighs it. A Loader takes it as it is.
 
-      Task("video_text", "data/videos", "contrastive", ("video", "text"),
-           buckets=(Bucket(video=(8, 64, 64)),), token_budget=8192, interval=2)
+      impax.Task("video_text", "data/videos", "contrastive", ("video", "text"),
+                 buckets=(impax.Bucket(video=(8, 64, 64)),), token_budget=8192, interval=2)
   """
   interval: int = 1  # schedule "intervals": runs when the cycle counter is a multiple of it
   weight: float = 1.0  # schedule "random": relative probability per step
@@ -46,6 +46,13 @@ class Task(loader.Task):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+  """A training run: its tasks, model, schedule, optimizer and cadences. Configs are Python
+  files whose get_config() returns one (train/configs/demo.py); every field has a default.
+
+      config = impax.TrainConfig(tasks=(task,), model="MoE-B", steps=100_000,
+                                 learning_rate=1e-3, log_every=50)
+      impax.train(config, "runs/moe-b")
+  """
   tasks: tuple[Task, ...]
   model: str = "tiny"  # preset of impax.model
   model_overrides: tuple[tuple[str, object], ...] = ()  # (field, value) pairs
@@ -149,7 +156,11 @@ def check(config: TrainConfig) -> None:
 def load(path: str, overrides: list[str] = ()) -> TrainConfig:
   """Runs a config file's get_config() and applies `FIELD=VALUE` overrides.
 
-  `path` may end in `:ARG` (as in big_vision): get_config(ARG) is called.
+      config = impax.load_config("train/configs/demo.py:demo-output/data",
+                                 ["steps=500", "tasks.video_text.token_budget=4096"])
+
+  `path` may end in `:ARG` (as in big_vision): get_config(ARG) is called. Overrides
+  are `impax train --set`'s (apply_overrides).
   """
   arg = None
   if not os.path.isfile(path) and ":" in path:

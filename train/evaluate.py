@@ -375,6 +375,16 @@ def checkpoint_dir(workdir: str, name: str) -> str:
 
 def evaluate_checkpoint(config, workdir: str, log=print, split: str | None = None,
                         checkpoint_name: str = "latest", probe: bool = False) -> dict:
+  """Evaluates a run's checkpoint on each task's eval_split, as `impax eval` does; writes
+  WORKDIR/eval.json (eval-SPLIT.json with `split`) and returns its content.
+
+      import impax
+      config = impax.load_config("train/configs/demo.py:demo-output/data")
+      impax.evaluate(config, "demo-output/run")                   # the latest checkpoint
+      impax.evaluate(config, "demo-output/run", split="validation", checkpoint_name="best")
+
+  Returns {"step", "checkpoint", "results": {task: figures}}; probe: linear probes too.
+  """
   config = on_split(config, split)
   setup = setup_lib.setup(config, loaders=False)  # each task's evaluation opens its own
   tx = step_lib.make_optimizer(config)
