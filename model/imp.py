@@ -21,7 +21,8 @@ two modalities of the same examples. The output is
                       load_balance_weight * load_balance + z_loss_weight * z.
   out["moe"]          {"load_balance_loss", "z_loss"}: summed over MoE layers,
                       averaged over the modalities of the call; "experts":
-                      {modality: {"layer_i": expert_stats}} (moe.expert_stats).
+                      {modality: {"layer_i": expert_stats}} (moe.expert_stats, with
+                      that layer's load_balance_loss and z_loss).
   out["temperature"]  {pair: contrastive temperature}, pairs in heads.PAIRS.
 
 Initialize with `init_params`, which runs every embedder and head once so the
@@ -98,9 +99,9 @@ class Model(nn.Module):
           "embedding": projections[embed.FAMILY[modality]](pooled),
           "logits": {n: classifiers[n](pooled) for n in names},
       }
-      experts[modality] = {
-          layer: {k: v for k, v in a.items() if not k.endswith("_loss")}
-          for layer, a in moe_aux.items()}
+      # Per layer, for the trainer's diagnostics: what each expert took, and the router's
+      # losses (their gradient flows through aux_loss, not through these).
+      experts[modality] = {layer: jax.lax.stop_gradient(a) for layer, a in moe_aux.items()}
       lb_losses.append(sum(a["load_balance_loss"] for a in moe_aux.values()))
       z_losses.append(sum(a["z_loss"] for a in moe_aux.values()))
 

@@ -1,11 +1,15 @@
 """Training metrics: WORKDIR/metrics.jsonl, TensorBoard event files, PNG curves, a progress line.
 
 metrics.jsonl has one object per (log step, task): the means since the last
-log of loss, accuracy, step time and tokens per second, the batch shapes seen,
-and expert utilization (fraction of routed tokens per expert, dropped
-fraction) per modality and MoE layer; evaluation results are lines with
-"eval". A resumed run first drops the lines past its checkpoint, so the file
-reads as if the run had never stopped.
+log of loss, accuracy, step time and tokens per second, the batch shapes seen;
+the optimizer's diagnostics (grad_norm before clipping, clipped: the share of
+steps clipped, update_norm, param_norm, learning_rate), a contrastive pair's
+temperature; and per modality and MoE layer the experts' load (fraction of
+routed tokens per expert), the dropped fraction and the router's z_loss and
+load_balance_loss (train/step.py). Evaluation results are lines with "eval". A
+resumed run first drops the lines past its checkpoint, so the file reads as if
+the run had never stopped. TensorBoard gets every number (a list as one scalar per
+element: `.../fraction/2` is expert 2's load); plots/ the curves (plot()).
 """
 
 import collections
@@ -28,14 +32,10 @@ class Writer:
       with open(self.path, "w") as f:
         f.writelines(kept)
     self.pending = collections.defaultdict(list)
-    self.scalars = collections.defaultdict(list)
     self._tb = None
 
   def add(self, step: int, task: str, stats: dict, *, tokens: int, seconds: float, shape: str):
     self.pending[task].append((stats, tokens, seconds, shape))
-
-  def add_scalar(self, step: int, name: str, value: float):
-    self.scalars[name].append(value)
 
   def flush(self, step: int):
     rows = []
@@ -51,10 +51,7 @@ class Writer:
       row["tokens_per_second"] = sum(t for _, t, _, _ in items) / max(seconds, 1e-9)
       row["shapes"] = dict(collections.Counter(shape for *_, shape in items))
       rows.append(row)
-    for name, values in self.scalars.items():
-      rows.append({"step": step, "task": "_", name: float(np.mean(values))})
     self.pending.clear()
-    self.scalars.clear()
     self._write(rows)
 
   def add_skipped(self, step: int, task: str, shape: str):
@@ -100,9 +97,14 @@ def _flat(row: dict):
           yield f"{prefix}/{name}/{key}", value
     return
   for key, value in row.items():
-    if key in ("step", "task", "steps", "shapes") or isinstance(value, list):
+    if key in ("step", "task", "steps", "shapes"):
       continue
-    yield (key if task == "_" else f"{task}/{key}"), value
+    name = f"{task}/{key}"
+    if isinstance(value, list):  # one per expert
+      for i, v in enumerate(value):
+        yield f"{name}/{i}", v
+    else:
+      yield name, value
 
 
 def read(path: str) -> list[dict]:
@@ -110,37 +112,80 @@ def read(path: str) -> list[dict]:
     return [json.loads(line) for line in f]
 
 
+# The diagnostics' figure: (metrics.jsonl key, how a row gives it, log scale), one panel each.
+DIAGNOSTICS = (
+    ("grad_norm", lambda r: r.get("grad_norm"), True),
+    ("clipped (share of steps)", lambda r: r.get("clipped"), False),
+    ("update_norm / param_norm",
+     lambda r: r["update_norm"] / r["param_norm"] if r.get("param_norm") else None, True),
+    ("learning_rate", lambda r: r.get("learning_rate"), False),
+    ("temperature", lambda r: r.get("temperature"), True),
+    ("busiest expert's load", lambda r: _over_layers(r, "fraction", max), False),
+    ("dropped tokens (share)", lambda r: _over_layers(r, "dropped", np.mean), False),
+    ("router z_loss", lambda r: _over_layers(r, "z_loss", np.mean), True),
+    ("load_balance_loss", lambda r: _over_layers(r, "load_balance_loss", np.mean), False),
+)
+
+
+def _over_layers(row: dict, stat: str, reduce):
+  """A statistic of every MoE layer of the row reduced to one number (None: no MoE)."""
+  values = [reduce(v) for k, v in row.items() if k.startswith("experts/") and k.endswith(f"/{stat}")]
+  return float(reduce(values)) if values else None
+
+
 def plot(metrics_path: str, out_dir: str) -> list[str]:
-  """PNG training curves (loss and accuracy per task) from metrics.jsonl."""
+  """PNG training curves from metrics.jsonl: loss.png and accuracy.png per task, and
+  diagnostics.png (the optimizer's and the routers' statistics per task, DIAGNOSTICS)."""
   if not os.path.exists(metrics_path):
     return []
   import matplotlib  # heavy: only for the plots at the end
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  import matplotlib.text
 
-  rows = [r for r in read(metrics_path) if r.get("task") not in (None, "_")]
+  rows = [r for r in read(metrics_path) if r.get("task")]
+  tasks = sorted({r["task"] for r in rows})
   os.makedirs(out_dir, exist_ok=True)
-  written = []
-  for key in ("loss", "accuracy"):
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for task in sorted({r["task"] for r in rows}):
-      points = [(r["step"], r[key]) for r in rows if r["task"] == task and key in r]
+
+  def curves(ax, title: str, value, log: bool = False) -> bool:
+    drawn = False
+    for task in tasks:
+      points = [(r["step"], v) for r in rows if r["task"] == task
+                for v in [value(r)] if v is not None]
       if points:
         ax.plot(*zip(*points), label=task)
+        drawn = True
+    if drawn and log and all(v > 0 for r in rows for v in [value(r)] if v is not None):
+      ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel(key)
-    ax.set_title(f"training {key} per task")
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    for text in fig.findobj(matplotlib.text.Text):  # task names as written: `$` is no mathtext
-      text.set_parse_math(False)
-      text.set_usetex(False)
-    path = os.path.join(out_dir, f"{key}.png")
+    return drawn
+
+  def save(fig, name: str) -> str:
+    for ax in fig.axes:  # task names as written: `$` is no mathtext (tick labels need it)
+      for text in ax.get_legend().get_texts() if ax.get_legend() else ():
+        text.set_parse_math(False)
+        text.set_usetex(False)
+    path = os.path.join(out_dir, name)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-    written.append(path)
+    return path
+
+  written = []
+  for key in ("loss", "accuracy"):
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    curves(ax, f"training {key} per task", lambda r, key=key: r.get(key))
+    ax.set_ylabel(key)
+    ax.legend(fontsize=8)
+    written.append(save(fig, f"{key}.png"))
+  fig, axes = plt.subplots(3, 3, figsize=(13, 10), dpi=90)
+  drawn = [curves(ax, title, value, log) for ax, (title, value, log) in zip(axes.flat, DIAGNOSTICS)]
+  if any(drawn):
+    axes.flat[drawn.index(True)].legend(fontsize=7)
+    written.append(save(fig, "diagnostics.png"))
+  else:
+    plt.close(fig)
   return written
 
 

@@ -79,23 +79,32 @@ def task_loss(model: Model, params, batch: dict, task: Task, rng, train: bool):
   stats.update(loss=loss, aux_loss=out["aux_loss"])
   for modality, layers in out["moe"]["experts"].items():
     for layer, s in layers.items():
+      # Each expert's load (its share of the routed tokens), the tokens no expert took
+      # (expert choice) or that overflowed capacity (token choice), the router's losses.
       taken = s["tokens_per_expert"].astype(jnp.float32)
       stats[f"experts/{modality}/{layer}/fraction"] = taken / jnp.maximum(taken.sum(), 1.0)
       stats[f"experts/{modality}/{layer}/dropped"] = (
           s["dropped_tokens"] / jnp.maximum(s["tokens"], 1)).astype(jnp.float32)
+      stats[f"experts/{modality}/{layer}/z_loss"] = s["z_loss"].astype(jnp.float32)
+      stats[f"experts/{modality}/{layer}/load_balance_loss"] = (
+          s["load_balance_loss"].astype(jnp.float32))
   return task.loss_weight * loss + out["aux_loss"], stats
 
 
 # ---------------------------------------------------------------------------
 # State and optimizer.
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  lr = optax.warmup_cosine_decay_schedule(
+def learning_rate(config: TrainConfig) -> optax.Schedule:
+  """The learning rate at each step: linear warmup, then cosine decay to end_learning_rate."""
+  return optax.warmup_cosine_decay_schedule(
       init_value=0.0, peak_value=config.learning_rate, warmup_steps=config.warmup_steps,
       decay_steps=max(config.steps, config.warmup_steps + 1), end_value=config.end_learning_rate)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   return optax.chain(
       optax.clip_by_global_norm(config.grad_clip),
-      optax.adamw(lr, b1=config.b1, b2=config.b2, eps=config.eps,
+      optax.adamw(learning_rate(config), b1=config.b1, b2=config.b2, eps=config.eps,
                   weight_decay=config.weight_decay))
 
 
@@ -118,8 +127,16 @@ def state_shardings(init, key, mesh):
 # ---------------------------------------------------------------------------
 # Steps, compiled ahead of time once per (task, batch shape).
 
-def make_step(model: Model, tasks: tuple[Task, ...], tx, seed: int):
-  """A training step over one batch per task in `tasks` (AGD: one task; mixed: all)."""
+def make_step(model: Model, tasks: tuple[Task, ...], tx, seed: int, *, diagnostics: bool = True,
+              schedule: optax.Schedule | None = None, grad_clip: float | None = None):
+  """A training step over one batch per task in `tasks` (AGD: one task; mixed: all).
+
+  Each task's statistics hold its loss and metrics and the MoE layers' routing; with
+  diagnostics, the optimizer's too: grad_norm (before clipping), clipped (1.0 when
+  grad_norm exceeded grad_clip, given), update_norm, param_norm (after the update) and,
+  given the schedule, learning_rate. A few reductions over the parameters
+  (benchmarks/train_diagnostics.py measures their cost).
+  """
 
   def step(state, batches, step_index):
     rng = jax.random.fold_in(jax.random.key(seed), step_index)
@@ -143,9 +160,28 @@ def make_step(model: Model, tasks: tuple[Task, ...], tx, seed: int):
     finite = jnp.isfinite(total) & jnp.isfinite(grad_norm) & checkpoint.all_finite(params)
     new = {"params": params, "opt_state": opt_state}
     new = jax.tree.map(lambda n, old: jnp.where(finite, n, old), new, state)
+    if diagnostics:
+      extra = {"grad_norm": grad_norm, "update_norm": optax.tree.norm(updates),
+               "param_norm": optax.tree.norm(new["params"])}
+      if grad_clip is not None:
+        extra["clipped"] = (grad_norm > grad_clip).astype(jnp.float32)
+      if schedule is not None:  # the rate of this step's update: the optimizer's own count
+        extra["learning_rate"] = jnp.asarray(schedule(update_count(state["opt_state"])),
+                                             jnp.float32)
+      for name in stats:
+        stats[name].update(extra)
     return new, stats, grad_norm, finite
 
   return step
+
+
+def update_count(opt_state) -> jax.Array:
+  """The updates the optimizer has applied (optax's `count`), which steps whose update was
+  skipped do not advance: the learning-rate schedule's step."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(opt_state):
+    if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and path[-1].name == "count":
+      return leaf
+  raise ValueError("the optimizer state has no update count")
 
 
 class Compiled:

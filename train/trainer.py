@@ -183,14 +183,16 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   agd = config.mode == "agd"
   donate = jax.devices()[0].platform != "cpu"
   compiled, programs = {}, []
+  # Logged per task in metrics.jsonl: the learning rate, and whether the norm was clipped.
+  diagnostics = dict(schedule=step_lib.learning_rate(config), grad_clip=config.grad_clip)
   if agd:
     for task in tasks:
-      step_fn = step_lib.make_step(model, (task,), tx, config.seed)
+      step_fn = step_lib.make_step(model, (task,), tx, config.seed, **diagnostics)
       compiled[task.name] = step_lib.Compiled(step_fn, state, mesh, donate, log)
       for shapes in loaders[task.name].batch_shapes():
         programs.append((compiled[task.name], task.name, (shapes,)))
   else:  # every combination of the tasks' shapes: keep mixed-mode tasks to few buckets
-    mixed = step_lib.make_step(model, tasks, tx, config.seed)
+    mixed = step_lib.make_step(model, tasks, tx, config.seed, **diagnostics)
     compiled["mixed"] = step_lib.Compiled(mixed, state, mesh, donate, log)
     for combo in itertools.product(*(loaders[t.name].batch_shapes() for t in tasks)):
       programs.append((compiled["mixed"], "mixed", combo))
@@ -239,7 +241,6 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
         for n, b, shape in zip(names, batches, shapes):
           writer.add(step, n, stats[n], tokens=inputs.batch_tokens(b, setup.patches),
                      seconds=seconds / len(names), shape=step_lib.shape_text(shape))
-        writer.add_scalar(step, "grad_norm", float(grad_norm))
         progress.update(step, names[0], float(stats[names[0]]["loss"]))
       else:  # the step left the state as it was (step.make_step)
         nonfinite["in_a_row"] += 1

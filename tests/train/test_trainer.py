@@ -18,6 +18,7 @@ from impax.pipelines import build
 from impax.train import config as config_lib
 from impax.train import inputs, metrics, setup, trainer
 from impax.train import plan as plan_lib
+from impax.train import step as step_lib
 from impax.train.config import ConfigError, Task, TrainConfig
 
 
@@ -88,12 +89,37 @@ def test_training_learns_compiles_each_shape_once_and_evaluates(learned):
   assert all(np.isfinite(r["loss"]) for r in rows)
   first = next(r for r in rows if r["task"] == "video_text")
   assert first["tokens_per_second"] > 0 and len(first["experts/video/layer_2/fraction"]) == 4
-  assert set(os.listdir(tmp_path / "plots")) == {"loss.png", "accuracy.png"}
+  assert set(os.listdir(tmp_path / "plots")) == {"loss.png", "accuracy.png", "diagnostics.png"}
   assert any(name.startswith("events") for name in os.listdir(tmp_path / "tensorboard"))
   result = json.loads((tmp_path / "eval.json").read_text())["results"]
   assert {"video_to_text/R@1", "text_to_video/R@10", "zero_shot_top1"} <= set(result["video_text"])
   assert 0 <= result["audio_classification"]["accuracy"] <= 1
   assert result["video_text"]["examples"] == 8  # every held-out video, once
+
+
+def test_each_logged_step_says_why_the_run_goes_where_it_goes(learned):
+  """Issue 31's diagnostics, per task in metrics.jsonl (log_every=1: each row one step)."""
+  config, tmp_path, summary, logged = learned
+  rows = [r for r in metrics.read(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  schedule = step_lib.learning_rate(config)
+  for i, row in enumerate(rows):  # no step was skipped: the optimizer's count is the step's
+    assert row["grad_norm"] > 0 and row["param_norm"] > 0
+    assert (row["update_norm"] > 0) == (row["learning_rate"] > 0)  # warmup starts at 0
+    assert row["clipped"] == float(row["grad_norm"] > config.grad_clip)
+    assert row["learning_rate"] == pytest.approx(float(schedule(row["step"] - 1)), rel=1e-4)
+    for modality in ("video", "text") if row["task"] == "video_text" else ("spectrogram",):
+      for layer in ("layer_2", "layer_3"):  # the tiny preset's MoE layers
+        key = f"experts/{modality}/{layer}"
+        assert np.isfinite(row[f"{key}/z_loss"]) and row[f"{key}/z_loss"] > 0
+        assert row[f"{key}/load_balance_loss"] >= 0
+        assert 0 <= row[f"{key}/dropped"] <= 1 and sum(row[f"{key}/fraction"]) == pytest.approx(1)
+  assert all(0 < r["temperature"] < 1 for r in rows if r["task"] == "video_text")
+  assert rows[0]["learning_rate"] == 0.0
+  assert rows[2]["learning_rate"] == pytest.approx(config.learning_rate)  # warmup_steps=2
+  # TensorBoard: every number, an expert's load as one scalar per expert
+  tags = dict(metrics._flat(rows[0]))
+  assert {f"{rows[0]['task']}/{k}" for k in ("grad_norm", "clipped", "learning_rate")} <= set(tags)
+  assert f"{rows[0]['task']}/experts/video/layer_2/fraction/3" in tags
 
 
 def test_the_plan_printed_before_training_is_the_one_the_run_took(learned):
