@@ -1,6 +1,7 @@
 """IMP's claims at small scale: AGD vs mixed batches, MoE vs dense, several resolutions vs one.
 
     .venv/bin/python benchmarks/train_ablation.py --data demo-output/data [--steps 1000] [--seeds 0 1 2]
+        [--set KEY=VALUE ...]
 
 Trains the demo config (train/configs/demo.py) in these variants, each with
 every seed, at equal steps:
@@ -89,19 +90,23 @@ def main():
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--variants", nargs="+",
                       default=["agd", "mixed", "mixed_equal_compute", "dense", "one_resolution"])
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config field, as impax train --set")
   args = parser.parse_args()
   from absl import flags
   flags.FLAGS.mark_as_parsed()
-  base = config_lib.load(f"{DEMO_CONFIG}:{args.data}")
+  base = config_lib.load(f"{DEMO_CONFIG}:{args.data}", args.set)
   # The variants at a fixed number of steps, evaluated once at the end on validation.
   base = dataclasses.replace(base, steps=args.steps, checkpoint_every=10**9, plots=False,
                              log_every=100, eval_every=0, keep_best="", eval_at_end=False,
                              linear_probe=False)
   root = tempfile.mkdtemp(prefix="impax-ablation-")
   # The seeds of a variant compile the same programs: XLA's persistent cache
-  # compiles each once. Compile time is not part of the comparison.
+  # compiles each once (the environment's, JAX_COMPILATION_CACHE_DIR, if one is set).
+  # Compile time is not part of the comparison.
   import jax
-  jax.config.update("jax_compilation_cache_dir", os.path.join(root, "xla-cache"))
+  if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.join(root, "xla-cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   runs = {}
   for name in args.variants:

@@ -1,6 +1,6 @@
 """Training step time with the real loader against the same steps on batches already in memory.
 
-    .venv/bin/python benchmarks/train_step_time.py [--data DIR] [--steps 150]
+    .venv/bin/python benchmarks/train_step_time.py [--data DIR] [--steps 150] [--set KEY=VALUE ...]
 
 Runs the demo config (train/configs/demo.py: the tiny MoE preset, AGD over
 image-text, video-text, video-audio and audio classification, 8 task shapes)
@@ -51,6 +51,8 @@ def main():
   parser.add_argument("--data", default=None)
   parser.add_argument("--steps", type=int, default=150)
   parser.add_argument("--workers", type=int, default=0)
+  parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="a config field, as impax train --set")
   parser.add_argument("--nice", type=int, default=None,
                       help="the loader's nice increment (default: the config's, 10)")
   args = parser.parse_args()
@@ -61,7 +63,7 @@ def main():
   if data is None:
     demo.build_all(root)
     data = os.path.join(root, "data")
-  config = config_lib.load(f"{demo.DEMO_CONFIG}:{data}")
+  config = config_lib.load(f"{demo.DEMO_CONFIG}:{data}", args.set)
   config = dataclasses.replace(
       config, steps=args.steps, checkpoint_every=10**9, eval_at_end=False, plots=False,
       log_every=50, tasks=tuple(dataclasses.replace(
