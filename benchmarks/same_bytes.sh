@@ -3,11 +3,19 @@
 # (with its own .venv), for comparing two checkouts: OUT/shards.sha256 (every shard,
 # tokenizer and failures file) and OUT/losses.txt (each of the demo config's first 100
 # steps, seed 0). Run it on two checkouts and diff the two files. A third argument, --smoke,
-# makes it the smallest corpus the demo config trains on and 2 steps (benchmarks/smoke.py).
+# makes it a corpus of a few dozen examples and 2 steps of the demo config with one bucket a
+# task and small batches (benchmarks/smoke.py).
 set -euo pipefail
 REPO=$1; OUT=$2
-SIZES=(--videos 400 --images 1000 --audio 200); STEPS=100
-if [[ ${3:-} == --smoke ]]; then SIZES=(--videos 100 --images 150 --audio 40); STEPS=2; fi
+SIZES=(--videos 400 --images 1000 --audio 200); STEPS=100; SMALL=()
+if [[ ${3:-} == --smoke ]]; then
+  SIZES=(--videos 30 --images 30 --audio 18); STEPS=2
+  SMALL=(--set 'tasks.image_text.buckets=[{"image": [32, 32]}]' --set tasks.image_text.token_budget=512
+         --set 'tasks.video_text.buckets=[{"video": [4, 32, 32]}]' --set tasks.video_text.token_budget=512
+         --set tasks.video_audio.token_budget=1280
+         --set 'tasks.audio_classification.buckets=[{"audio_seconds": 0.64}]'
+         --set tasks.audio_classification.token_budget=1024)
+fi
 cd "$REPO"
 rm -rf "$OUT"; mkdir -p "$OUT"
 PY=$REPO/.venv/bin/python
@@ -21,7 +29,9 @@ for m in videos images audio; do
 done
 (cd "$OUT/data" && sha256sum */*.array_record-* */tokenizer.model */failures-*.jsonl) > "$OUT/shards.sha256"
 $IMPAX train train/configs/demo.py:"$OUT/data" --workdir "$OUT/run" --set steps=$STEPS --set log_every=1 \
-  --set eval_at_end=false --set plots=false --set checkpoint_every=1000 > "$OUT/train.log" 2>&1
+  --set eval_every=0 --set keep_best= --set eval_at_end=false --set plots=false \
+  --set checkpoint_every=1000 ${SMALL[@]+"${SMALL[@]}"} \
+  > "$OUT/train.log" 2>&1
 $PY - "$OUT" <<'PY'
 import json, sys
 out = sys.argv[1]
