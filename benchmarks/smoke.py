@@ -13,9 +13,15 @@ NAME runs only those scripts; --keep DIR keeps their folders and logs there.
 
 In the arguments, {work} is a fresh folder of the script's own, and {demo_data} the demo's
 datasets (train/configs/demo.py's videos, images and audio, every split) at a small size,
-built once for the scripts that train the demo config. The scripts share one JAX persistent
-compilation cache, as the test suite's trainers do (train_compile.py turns it off for
-itself: compiling is what it measures).
+built once for the scripts that train the demo config; those train SMALL_DEMO, the demo
+config with one bucket a task.
+
+Compiling is most of a smoke run's time (the demo config's programs take 20-30 CPU-s each on
+the project's 2-core machine), so XLA compiles without its costly optimizations (FAST_COMPILE,
+added to XLA_FLAGS: about half the CPU time, for slower steps, whose times are not read here),
+and the scripts share one JAX persistent compilation cache that is kept from run to run
+(--jax-cache): a run compiles only the programs that changed since the last. model_memory.py
+turns it off for itself (compiling is what it measures); train_compile.py keeps it (--cache).
 """
 
 import argparse
@@ -33,10 +39,19 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # web_ingest.py's peer tool, in the virtual environment that script makes on first use (with
 # pip, from the network: the smoke run installs nothing).
 IMG2DATASET_VENV = os.path.expanduser("~/.cache/impax/bench-venvs/img2dataset")
-# The demo corpus for {demo_data}, all splits: the smallest whose train splits hold one batch
-# of each of the demo config's tasks (96 images, 64 videos, 24 sounds; a sixth of each for
-# validation and for test).
-DEMO_SIZES = {"videos": 100, "images": 150, "audio": 40}
+JAX_CACHE = os.path.expanduser("~/.cache/impax/bench-smoke/jax-cache")
+FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# The demo config as the smoke runs train it (--set): each task at its first bucket and a
+# batch of about 8 to 16 (the demo's 8 programs are 4; compiling them is most of the time).
+SMALL_DEMO = tuple(a for item in (
+    'tasks.image_text.buckets=[{"image": [32, 32]}]', "tasks.image_text.token_budget=512",
+    'tasks.video_text.buckets=[{"video": [4, 32, 32]}]', "tasks.video_text.token_budget=512",
+    "tasks.video_audio.token_budget=1280",
+    'tasks.audio_classification.buckets=[{"audio_seconds": 0.64}]',
+    "tasks.audio_classification.token_budget=1024") for a in ("--set", item))
+# The demo corpus for {demo_data}, all splits: train splits that hold a batch of each task
+# of SMALL_DEMO (a sixth of each for validation and for test).
+DEMO_SIZES = {"videos": 30, "images": 30, "audio": 18}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,20 +118,23 @@ SMOKE = {
         ("--presets", "tiny", "--size", "32", "--start-batch", "8", "--max-batch", "8",
          "--bisect-steps", "0", "--steps", "1"),
         ("largest_batch", "tokens_per_second", '"mfu"', "batches_tried")),
+    "train_diagnostics.py": Smoke(
+        ("--smoke",),
+        ("step_ms_with", "step_ms_without", "ratio_with_over_without_diagnostics")),
     "train_step_time.py": Smoke(
-        ("--data", "{demo_data}", "--steps", "4"),
+        ("--data", "{demo_data}", "--steps", "4", *SMALL_DEMO),
         ("ratio_loader_over_memory", "data_wait_seconds_with_loader",
          "compilations_per_task_shape", "xla_compilations_in_loop")),
     "train_compile.py": Smoke(
-        ("--data", "{demo_data}", "--rounds", "1"),
+        ("--data", "{demo_data}", "--rounds", "1", "--cache", *SMALL_DEMO),
         ("compile wall: threads", "ratio")),
     "train_ablation.py": Smoke(
-        ("--data", "{demo_data}", "--steps", "2", "--seeds", "0"),
+        ("--data", "{demo_data}", "--steps", "2", "--seeds", "0", *SMALL_DEMO),
         ("AGD against mixed batches", "MoE against dense", "several resolutions against one",
          "patch tokens")),
     "demo_seeds.py": Smoke(
         ("--data", "{demo_data}", "--root", "{work}", "--seeds", "0", "--set", "steps=2",
-         "--set", "eval_every=2", "--set", "warmup_steps=1"),
+         "--set", "eval_every=2", "--set", "warmup_steps=1", *SMALL_DEMO),
         ("mean ± std (min)", "best step", "video zero-shot, test", "probe: sounds")),
     "same_bytes.sh": Smoke(
         (".", "{work}", "--smoke"),
@@ -155,15 +173,21 @@ def run(command: list[str], log: str, timeout: float, env: dict
   processes it waited for); both streams go to log."""
   start, cpu = time.monotonic(), children_cpu()
   with open(log + ".out", "w") as out, open(log + ".err", "w") as err:
-    # A session of its own: on a timeout its whole process group goes (Beam's workers,
-    # ffmpeg, a Flink cluster), not only the script.
+    # A session of its own: on a timeout its whole process group is interrupted (Beam's
+    # workers, ffmpeg), as Ctrl-C would, so that the script's own clean-up runs (a Flink
+    # cluster, which lives in sessions of its own, is stopped by engine_throughput's), and
+    # killed if still there a minute later.
     process = subprocess.Popen(command, stdout=out, stderr=err, cwd=os.path.dirname(HERE),
                                env=env, start_new_session=True)
     try:
       status = process.wait(timeout)
     except subprocess.TimeoutExpired:
-      os.killpg(process.pid, signal.SIGKILL)
-      process.wait()
+      os.killpg(process.pid, signal.SIGINT)
+      try:
+        process.wait(60)
+      except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
       status = "timeout"
   with open(log + ".out") as f:
     return status, f.read(), time.monotonic() - start, children_cpu() - cpu
@@ -178,6 +202,9 @@ def main() -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("names", nargs="*", help="only these scripts (default: all)")
   parser.add_argument("--keep", metavar="DIR", help="keep the scripts' folders and logs in DIR")
+  parser.add_argument("--jax-cache", metavar="DIR", default=JAX_CACHE,
+                      help="JAX's persistent compilation cache, kept from run to run "
+                      "(default: %(default)s)")
   parser.add_argument("--demo-data", metavar="DIR", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.demo_data:  # the runner's own subprocess: {demo_data}
@@ -192,8 +219,10 @@ def main() -> int:
     parser.error(f"not in SMOKE: {' '.join(unknown)}")
   root = args.keep or tempfile.mkdtemp(prefix="impax-bench-smoke-")
   os.makedirs(os.path.join(root, "logs"), exist_ok=True)
-  cache = os.path.join(root, "jax-cache")
-  env = {**os.environ, "PYTHONUNBUFFERED": "1", "JAX_COMPILATION_CACHE_DIR": cache,
+  cache = args.jax_cache
+  xla_flags = " ".join(filter(None, (os.environ.get("XLA_FLAGS"), FAST_COMPILE)))
+  env = {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": xla_flags,
+         "JAX_COMPILATION_CACHE_DIR": cache,
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
   demo_data, total, total_cpu = None, time.monotonic(), children_cpu()
@@ -224,7 +253,8 @@ def main() -> int:
       figures, note = ("usage:",), f"only --help: the full run needs {smoke.needs}"
     else:
       os.makedirs(work, exist_ok=True)
-      command += [a.format(work=work, demo_data=demo_data) for a in smoke.args]
+      command += [a.replace("{work}", work).replace("{demo_data}", str(demo_data))
+                  for a in smoke.args]
     log = os.path.join(root, "logs", name)
     status, out, seconds, cpu = run(command, log, smoke.timeout, env)
     missing = [f for f in figures if f not in out]
