@@ -10,8 +10,8 @@ Two readers of sound use it, each with its own settings:
     melspectrogram (`melspectrogram`, `power_to_db`), whose bits are stored in
     shards.
 
-librosa's import costs a process about 4 s of CPU (numba, scipy.signal), more
-than decoding a clip, so these are its steps in numpy: the same float
+librosa's import costs a process more CPU (numba, scipy.signal) than decoding
+a clip (benchmarks/README.md, "The fixed cost after librosa left the build"), so these are its steps in numpy: the same float
 operations and memory layouts, the same bytes as librosa 0.11's
 (tests/pipelines/test_audio_features.py and tests/datasets/test_loader.py
 check them).
@@ -87,8 +87,9 @@ def melspectrogram(samples: np.ndarray, sample_rate: int, n_fft: int, hop: int, 
   them), as librosa.feature.melspectrogram computes it (center=True, pad_mode="constant",
   a periodic Hann window, Slaney mel bands)."""
   power = power_spectrogram(np.pad(samples, n_fft // 2), n_fft, hop, hann(n_fft)).T
-  # On one BLAS thread: after each call OpenBLAS's other threads spin waiting for work,
-  # about 60 ms of a core per clip, as much as the rest of the build's own work on a video.
+  # On one BLAS thread: after each call OpenBLAS's other threads spin waiting for work, as
+  # much CPU as the rest of the build's own work on a video (benchmarks/README.md, "Threads
+  # for small builds, one BLAS thread").
   # The product's last bits depend on the thread count, so one thread also makes them the
   # same on every machine (the fingerprints, thresholds of it, matched in every clip tried).
   with _BLAS_LOCK, _blas().limit(limits=1, user_api="blas"):

@@ -345,8 +345,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
 
 def _compile_all(programs: list) -> None:
   """Compiles every (Compiled, name, shapes) before the first step, on a thread per core:
-  XLA compiles without the GIL (the demo's eight programs, another job on one of two
-  cores: 96 s against 108-116 s, benchmarks/README.md). Each program is compiled once."""
+  XLA compiles without the GIL (benchmarks/README.md, "Compiling the demo's programs on a
+  thread per core"). Each program is compiled once."""
   workers = min(len(programs), os.cpu_count() or 1)
   if workers <= 1 or jax.process_count() > 1:  # processes must compile in the same order
     for group, name, shapes in programs:
