@@ -11,10 +11,10 @@ Two readers of sound use it, each with its own settings:
     shards.
 
 librosa's import costs a process more CPU (numba, scipy.signal) than decoding
-a clip (benchmarks/README.md, "The fixed cost after librosa left the build"), so these are its steps in numpy: the same float
-operations and memory layouts, the same bytes as librosa 0.11's
-(tests/pipelines/test_audio_features.py and tests/datasets/test_loader.py
-check them).
+a clip (benchmarks/README.md, "The fixed cost after librosa left the build"),
+so these are its steps in numpy: the same float operations and memory
+layouts, the same bytes as librosa 0.11's (tests/pipelines/test_audio_features.py
+and tests/datasets/test_loader.py check them).
 """
 
 import functools
