@@ -1,6 +1,7 @@
 """The same video build on a Flink cluster and on the DirectRunner, at equal parallelism.
 
     .venv/bin/python benchmarks/engine_throughput.py [--videos 16] [--seconds 5] [--parallelism 2]
+        [--no_warm_up]
 
 Starts the loopback Flink cluster of `impax engine flink start` (JobManager, TaskManager
 with --parallelism slots, Beam's job server and the SDK worker pool: each its own
@@ -15,7 +16,8 @@ and prints JSON with Flink's steady throughput over the DirectRunner's (goal >= 
 how Flink's build time grows from V/2 to 5 V videos (10x the examples; goal <= 10.5x),
 end to end and less the fixed cost. Videos as benchmarks/pipeline_throughput.py's
 (H.264/AAC 1280x720, 30 fps); default settings (8 fps, short side 256). Every build is
-checked to give the same shard bytes on both runners.
+checked to give the same shard bytes on both runners. --no_warm_up leaves out the
+warm-up builds (benchmarks/smoke.py, whose times are not read: a Flink job less).
 """
 
 import argparse
@@ -47,6 +49,7 @@ def main():
   parser.add_argument("--videos", type=int, default=16)
   parser.add_argument("--seconds", type=float, default=5.0)
   parser.add_argument("--parallelism", type=int, default=2)
+  parser.add_argument("--no_warm_up", action="store_true", help="no untimed first build")
   parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "impax-bench-engine"))
   args = parser.parse_args()
   v, n = args.videos, args.parallelism
@@ -61,8 +64,9 @@ def main():
   try:
     bytes_seen = {}
     for name, options in runners.items():
-      pipeline(first_video(manifest, corpora, 2), os.path.join(args.workdir, "out", name, "warm-up", "videos"),
-               n, options)
+      if not args.no_warm_up:
+        pipeline(first_video(manifest, corpora, 2),
+                 os.path.join(args.workdir, "out", name, "warm-up", "videos"), n, options)
       times = {}
       sizes = (1, v, 5 * v) if name == "direct" else tuple(dict.fromkeys((1, v // 2, v, 5 * v)))
       for count in sizes:

@@ -1,7 +1,7 @@
 """Loader throughput on video clips: the bucketed loader against plain Grain and tf.data.
 
     .venv/bin/python benchmarks/loader_throughput.py [--videos 96] [--batches 150]
-        [--appetite_steps 10]
+        [--appetite_steps 10] [--batch 16]
 
 Builds a video dataset from the demo corpus (160 px frames, 8 fps, 16 frames
 per clip, stored as the pipeline stores them), then in one run, for 1 and 2
@@ -26,7 +26,8 @@ Then the loader against the trainer's appetite: the tiny preset's training
 step (forward, backward, AdamW) on the same buckets, batches per second
 (--appetite_steps timed steps per bucket after its compilation), goal: the
 loader with 2 workers delivers >= 3 times what the step consumes.
-Prints JSON.
+Prints JSON. --batch changes the batch of 16 (and the loader's token budget with
+it, 100 tokens an example).
 """
 
 import argparse
@@ -38,12 +39,12 @@ import time
 import grain
 import numpy as np
 
-from impax import demo
 from impax.datasets import decode, loader
 from impax.datasets import records as records_lib
-from impax.pipelines import build
 
-FRAMES, SIZE, BATCH = 8, 112, 16
+FRAMES, SIZE = 8, 112
+BATCH = 16  # --batch
+
 BUCKETS = (loader.Bucket(video=(8, 112, 112)), loader.Bucket(video=(16, 80, 80)),
            loader.Bucket(video=(4, 160, 160)))
 PATCHES = loader.Patches(tubelet=(4, 16, 16))  # the tokens below count 4x16x16 tubelets too
@@ -53,6 +54,10 @@ def build_dataset(root: str, videos: int) -> str:
   out = os.path.join(root, "videos")
   if os.path.exists(os.path.join(out, "metadata.json")):
     return out
+  # Here, not at the top: each Grain worker process imports this module (scikit-learn and
+  # Beam are seconds of its start).
+  from impax import demo
+  from impax.pipelines import build
   manifests = demo.generate(os.path.join(root, "raw"), videos=videos, images=2, audio=2,
                             seconds=2.0, size=160, held_out={"test": 0.1}, seed=0)
   plan = build.prepare("jsonl", manifests["videos-train"], out, "train",
@@ -121,7 +126,8 @@ def tf_data(paths, workers):
 
 
 def impax_loader(path, workers, buckets=BUCKETS[:1]):
-  task = loader.Task("video", path, "contrastive", ("video",), buckets=buckets, token_budget=1600)
+  task = loader.Task("video", path, "contrastive", ("video",), buckets=buckets,
+                     token_budget=100 * BATCH)
   return iter(loader.Loader(task, seed=0, num_workers=workers, patches=PATCHES))
 
 
@@ -168,7 +174,8 @@ def trainer_appetite(path: str, steps: int = 10) -> dict:
     updates, state = opt.update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
 
-  task = loader.Task("video", path, "contrastive", ("video",), buckets=BUCKETS, token_budget=1600)
+  task = loader.Task("video", path, "contrastive", ("video",), buckets=BUCKETS,
+                     token_budget=100 * BATCH)
   data = loader.Loader(task, seed=0, patches=PATCHES)  # its batches, as the benchmark reads them
   shapes = [s["video"][0] for s in data.batch_shapes()]
   times = []
@@ -187,12 +194,15 @@ def trainer_appetite(path: str, steps: int = 10) -> dict:
 
 
 def main():
+  global BATCH
   parser = argparse.ArgumentParser()
   parser.add_argument("--videos", type=int, default=96)
   parser.add_argument("--batches", type=int, default=150)
   parser.add_argument("--appetite_steps", type=int, default=10)
+  parser.add_argument("--batch", type=int, default=BATCH)
   parser.add_argument("--root", default=os.path.join(tempfile.gettempdir(), "impax-bench-loader"))
   args = parser.parse_args()
+  BATCH = args.batch
   from absl import flags
   flags.FLAGS.mark_as_parsed()  # Grain's multiprocessing reads absl flags
   path = build_dataset(args.root, args.videos)

@@ -80,7 +80,7 @@ SMOKE = {
         ("file_create_ms", "same_records", "over_loop", "cpu_over_loop", "steady_over_loop",
          "launcher_peak_mib", "worker_peaks_mib")),
     "engine_throughput.py": Smoke(
-        ("--videos", "2", "--seconds", "1", "--workdir", "{work}"),
+        ("--videos", "2", "--seconds", "1", "--no_warm_up", "--workdir", "{work}"),
         ("flink_cluster_start_s", "flink_steady_over_direct", "flink_10x_examples_time_ratio",
          "flink_10x_examples_time_ratio_less_fixed")),
     "fingerprint_cost.py": Smoke(
@@ -100,7 +100,8 @@ SMOKE = {
         ("--records", "2000", "--subset", "500"),
         ("index_s", "planted_missed", "subset_pairs_equal", "brute_force_over_index")),
     "loader_throughput.py": Smoke(
-        ("--videos", "20", "--batches", "2", "--appetite_steps", "1", "--root", "{work}"),
+        ("--videos", "20", "--batches", "2", "--appetite_steps", "1", "--batch", "2",
+         "--root", "{work}"),
         ("loader_over_plain_grain", "loader_over_tf_data", "impax_loader_3_buckets",
          "loader_two_workers_over_one", "loader_over_training_step")),
     "model_step_time.py": Smoke(
