@@ -18,6 +18,7 @@ COPY pyproject.toml constraints.txt README.md ./
 COPY impax impax
 COPY pipelines pipelines
 COPY datasets datasets
+COPY tools tools
 COPY model model
 COPY train train
 COPY flows flows

@@ -38,15 +38,33 @@ def _beam():
   return FileSystems
 
 
+# The store's standard environment holds no credentials: a build's launcher may still hold
+# them as Beam's pipeline options (--s3_access_key_id, ...), which Beam's FileSystems use.
+_NO_CREDENTIALS = ("NoCredentialsError", "DefaultCredentialsError")
+
+
+def _client_or_beam(client_call, beam_call):
+  try:
+    return client_call()
+  except Exception as e:
+    if type(e).__name__ in _NO_CREDENTIALS:
+      return beam_call()
+    raise
+
+
+def _beam_open(path: str):
+  from apache_beam.io.filesystem import CompressionTypes
+  return _beam().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def open(path: str, *, decompress: bool = False):  # noqa: A001 (the module's verb)
   """A binary file to read. `decompress`: by the name's extension (.gz, .bz2, ...), as Beam does."""
   if decompress:
     return _beam().open(path)
   if remote.is_remote(path):
-    return remote.open_object(path)
+    return _client_or_beam(lambda: remote.open_object(path), lambda: _beam_open(path))
   if is_remote(path):
-    from apache_beam.io.filesystem import CompressionTypes
-    return _beam().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    return _beam_open(path)
   return builtins.open(path, "rb")
 
 
@@ -69,7 +87,7 @@ def sha256(path: str, copy_to=None) -> str:
 
 def exists(path: str) -> bool:
   if remote.is_remote(path):
-    return remote.size(path) is not None
+    return _client_or_beam(lambda: remote.size(path) is not None, lambda: _beam().exists(path))
   return _beam().exists(path) if is_remote(path) else os.path.exists(path)
 
 
@@ -81,10 +99,16 @@ def sizes(paths: list[str]) -> dict[str, int | None]:
   for p in paths:
     if remote.is_remote(p):
       folders[p.rpartition("/")[0]].append(p)
-  for folder, inside in folders.items():
-    listed = remote.sizes(folder)
-    found.update({p: listed.get(p.rpartition("/")[2]) for p in inside})
   others = [p for p in paths if is_remote(p) and not remote.is_remote(p)]
+  for folder, inside in folders.items():
+    try:
+      listed = remote.sizes(folder)
+    except Exception as e:
+      if type(e).__name__ not in _NO_CREDENTIALS:
+        raise
+      others += inside
+      continue
+    found.update({p: listed.get(p.rpartition("/")[2]) for p in inside})
   if others:
     found.update({p: (m.metadata_list[0].size_in_bytes if m.metadata_list else None)
                   for p, m in zip(others, _beam().match(others))})

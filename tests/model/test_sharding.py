@@ -75,9 +75,12 @@ SCRIPT = textwrap.dedent("""
               out1["text"], out8["text"]),
           output_scale=scale(out1["video"]),
           grad_diff=diff(grads1, grads8), grad_scale=scale(grads1),
-          stats_equal=bool(all(np.array_equal(a, b) for a, b in zip(
-              jax.tree.leaves(out1["moe"]["experts"]),
-              jax.tree.leaves(out8["moe"]["experts"])))),
+          # the counts exactly; each layer's router losses (floats) to float tolerance
+          stats_equal=bool(all(
+              np.array_equal(a, b) if np.issubdtype(np.asarray(a).dtype, np.integer)
+              else np.allclose(a, b, rtol=1e-5, atol=1e-8)
+              for a, b in zip(jax.tree.leaves(out1["moe"]["experts"]),
+                              jax.tree.leaves(out8["moe"]["experts"])))),
           all_to_all=hlo.count(" all-to-all("),
           all_gather=hlo.count(" all-gather("))
       if router in ("dense", "scanned"):
