@@ -11,7 +11,6 @@ import os
 import random
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -28,25 +27,6 @@ from impax.train.config import Task, TrainConfig
 PATCHES = loader.Patches(tubelet=(2, 8, 8), spectrogram=(8, 8), waveform=64)
 ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
        "AWS_DEFAULT_REGION": "us-east-1"}
-
-
-def serve(command: list[str], log_path) -> tuple[subprocess.Popen, int]:
-  """Starts a server on a free loopback port ({port} in the command); waits until it listens."""
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-  with open(log_path, "wb") as log:
-    server = subprocess.Popen([c.format(port=port) for c in command], stdout=log,
-                              stderr=subprocess.STDOUT)
-  for _ in range(300):
-    try:
-      socket.create_connection(("127.0.0.1", port), timeout=1).close()
-      return server, port
-    except OSError:
-      assert server.poll() is None, f"{command[2]} exited: see {log_path}"
-      time.sleep(0.1)
-  server.terminate()
-  raise AssertionError(f"{command[2]} did not listen on port {port}")
 
 
 class Proxy:
@@ -91,7 +71,7 @@ class Proxy:
 
 
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def s3(tmp_path_factory, serve):
   """A moto S3 server on loopback behind a fault-injecting proxy, the AWS environment
   pointing at the proxy (as a user's would at a bucket): (boto3 client, proxy)."""
   boto3 = pytest.importorskip("boto3")
@@ -273,7 +253,7 @@ def test_a_deleted_shard_is_refused_by_name(videos, s3, tmp_path):
     video_task("s3://gone/videos", cache_dir=str(tmp_path))()
 
 
-def test_records_read_from_gcs_are_the_shards_records(demo_data, tmp_path, monkeypatch):
+def test_records_read_from_gcs_are_the_shards_records(demo_data, tmp_path, monkeypatch, serve):
   from google.cloud import storage
   pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator comes with impax[test]")
   server, port = serve([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",

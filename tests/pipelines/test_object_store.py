@@ -5,8 +5,6 @@ gs:// likewise against gcp-storage-emulator on loopback (impax[test] installs it
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import time
 
@@ -20,27 +18,8 @@ KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing",
         "region_name": "us-east-1"}
 
 
-def serve(command: list[str], log_path) -> tuple[subprocess.Popen, int]:
-  """Starts a server on a free loopback port ({port} in the command); waits until it listens."""
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-  with open(log_path, "wb") as log:
-    server = subprocess.Popen([c.format(port=port) for c in command], stdout=log,
-                              stderr=subprocess.STDOUT)
-  for _ in range(300):
-    try:
-      socket.create_connection(("127.0.0.1", port), timeout=1).close()
-      return server, port
-    except OSError:
-      assert server.poll() is None, f"{command[2]} exited: see {log_path}"
-      time.sleep(0.1)
-  server.terminate()
-  raise AssertionError(f"{command[2]} did not listen on port {port}")
-
-
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
+def s3(tmp_path_factory, serve):
   """(beam args, boto3 client) of a moto S3 server on a free loopback port."""
   boto3 = pytest.importorskip("boto3")
   pytest.importorskip("moto")
@@ -148,7 +127,7 @@ def test_a_spec_reads_its_annotations_and_media_from_s3(s3, tmp_path, helpers):
 
 
 def test_build_from_and_to_gs_gives_the_local_bytes(mixed_corpus, local_build, tmp_path, helpers,
-                                                    monkeypatch):
+                                                    monkeypatch, serve):
   from google.cloud import storage  # an impax dependency, as gs:// in Beam needs it
   pytest.importorskip("gcp_storage_emulator", reason="gcp-storage-emulator comes with impax[test]")
   server, port = serve([sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
