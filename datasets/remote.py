@@ -195,13 +195,17 @@ class _GCS:
 
 _stores: dict = {}
 _stores_lock = threading.Lock()
+_CLIENT_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+               "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION", "STORAGE_EMULATOR_HOST",
+               "GOOGLE_APPLICATION_CREDENTIALS")
 
 
 def _store(uri: str):
   """This process's client of a URI's bucket, shared by its threads (both libraries' clients
   are thread-safe); made in the process using it, never inherited across a fork."""
   scheme, bucket, _ = _split(uri)
-  key = (os.getpid(), scheme, bucket)
+  # The environment configures the client (credentials, endpoint): a changed one, a new client.
+  key = (os.getpid(), scheme, bucket, tuple(os.environ.get(k) for k in _CLIENT_ENV))
   with _stores_lock:
     if key not in _stores:
       _stores[key] = (_S3 if scheme == "s3" else _GCS)(bucket)
