@@ -104,6 +104,10 @@ SMOKE = {
          "--root", "{work}"),
         ("loader_over_plain_grain", "loader_over_tf_data", "impax_loader_3_buckets",
          "loader_two_workers_over_one", "loader_over_training_step")),
+    "streaming.py": Smoke(
+        ("--smoke", "--workdir", "{work}"),
+        ("batches_per_s_streamed", "ratio_streamed_over_local", "first_batch_s_streamed",
+         "peak_cache_bytes", "peak_rss_bytes", "loader_cpu_ms_per_batch", "batches_equal")),
     "model_step_time.py": Smoke(
         ("--smoke",),
         ("compile_s", "median_s", "ratio_moe_over_dense")),
