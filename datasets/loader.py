@@ -7,7 +7,8 @@
     data = loader.Loader(task, seed=0, patches=loader.Patches(tubelet=(2, 8, 8)))
     data.batch_shapes()      # every shape a batch can have: compile each once
     it = iter(data)
-    batch = next(it)         # {"video": uint8 [B, 8, 64, 64, 3], "text": ..., "valid": ...}
+    batch = next(it)         # {"video": uint8 [B, 8, 64, 64, 3], "text": ..., "valid": ...,
+                             #  "id": the examples' ids (host-side, never sent to a device)}
     state = it.get_state()   # JSON; it.set_state(state) resumes exactly
 
 A Loader composes three parts, each replaceable alone:
@@ -32,6 +33,17 @@ Evaluation (`train=False`) reads every example of the split once, in order,
 with deterministic preprocessing (centre crop, or `eval_crops` crops along the longer
 side, and `eval_clips` uniformly spaced clips) at the first bucket's shape; the last
 batch is padded and its padding marked invalid.
+
+A task may read several datasets mixed by weight (`Task(dataset={"gs://b/cc3m": 0.8,
+"/data/coco": 0.2})`): each example of its stream comes from a dataset drawn by
+weight, each dataset in its own global shuffle (datasets/sampler.py). Their
+tokenizers, and their labels where the task reads labels, must be the same.
+
+Every batch carries host-side arrays that never go to a device (`HOST_KEYS`):
+`id`, each example's id ("" for a padded or failed slot), and, for a mixture,
+`dataset`, the index of its dataset in `Loader.roots` (-1 for a padded slot).
+They say which examples made a step: the trainer writes them with
+`log_batch_ids`.
 
 A task reads only the records that have every modality it needs: a video
 without a sound track is never drawn for a video-audio task (the build lists
@@ -59,7 +71,9 @@ import numpy as np
 from impax.datasets import decode, exclusions, modalities, prepared, remote
 from impax.datasets.modalities import INPUTS
 from impax.datasets.reader import Bucket, Reader, input_shapes
-from impax.datasets.sampler import Sampler
+from impax.datasets.sampler import Part, Sampler
+
+HOST_KEYS = ("id", "dataset")  # batch keys that stay on the host: not model inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +96,9 @@ class Task:
   takes as well).
   """
   name: str
-  dataset: str  # prepared dataset directory, or its gs:// or s3:// URI (read where it is)
+  # A prepared dataset's directory or its gs:// or s3:// URI (read where it is); or a mixture
+  # of them by sampling weight, {dataset: weight}
+  dataset: str | dict[str, float]
   objective: str  # "contrastive" (between two modalities) or "classification" (of one)
   modalities: tuple[str, ...]  # model inputs, e.g. ("video", "text"); classification: one
   buckets: tuple[Bucket, ...]
@@ -104,6 +120,13 @@ class Task:
   # Examples never read: an `impax dedup --json` report (its leaks, or else every
   # duplicate but the first of each group) or a text file of ids, one a line.
   exclude: str | None = None
+
+  @property
+  def datasets(self) -> tuple[tuple[str, float], ...]:
+    """((dataset, weight), ...): the task's datasets, one of weight 1 unless a mixture."""
+    if isinstance(self.dataset, str):
+      return ((self.dataset, 1.0),)
+    return tuple((str(d), float(w)) for d, w in self.dataset.items())
 
   @property
   def inputs(self) -> tuple[str, ...]:
@@ -252,7 +275,7 @@ class _Batches:
   worker processes."""
   sampler: Sampler
   reader: Reader
-  source: RecordSource
+  sources: tuple[RecordSource, ...]  # of the sampler's parts (the task's datasets)
   buckets: tuple[Bucket, ...]  # training: the task's; evaluation: its evaluation bucket
   nice: int = 0  # added to the nice value of the threads and processes that make batches
   stride: int = 1  # steps between two this process makes (mp_prefetch: worker i makes i::W)
@@ -267,21 +290,33 @@ class _Batches:
     bucket = self.buckets[bucket_index]
     batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.shapes(bucket_index).items()}
     examples = self.sampler.examples(step)
-    prefetch = getattr(self.source, "prefetch", None)
-    if prefetch is not None:  # a remote source fetches the coming steps' records meanwhile
-      prefetch(step, self.stride, lambda later: [r for _, r in self.sampler.examples(later)])
-    data = self.source.read([record for _, record in examples])
-    failures = []
-    for slot, (position, record) in enumerate(examples):
-      rng = self.sampler.example_rng(step, position)
+    mixture = len(self.sources) > 1
+    data = [b""] * len(examples)
+    for d, source in enumerate(self.sources):
+      prefetch = getattr(source, "prefetch", None)
+      if prefetch is not None:  # a remote source fetches the coming steps' records meanwhile
+        prefetch(step, self.stride, lambda later, d=d: [
+            e.record for e in self.sampler.examples(later) if e.dataset == d])
+      slots = [i for i, e in enumerate(examples) if e.dataset == d]
+      for i, record in zip(slots, source.read([examples[i].record for i in slots])):
+        data[i] = record
+    failures, ids = [], [""] * len(batch["valid"])
+    for slot, e in enumerate(examples):
+      rng = self.sampler.example_rng(step, e.position)
       try:
         example = self.reader.example(data[slot], bucket, rng)
-      except Exception as e:  # noqa: BLE001 - any bad record is counted, never fatal
-        failures.append(f"record {record}: {type(e).__name__}: {e}"[:300])
+      except Exception as err:  # noqa: BLE001 - any bad record is counted, never fatal
+        where = f"dataset {e.dataset} record {e.record}" if mixture else f"record {e.record}"
+        failures.append(f"{where}: {type(err).__name__}: {err}"[:300])
         continue
+      ids[slot] = example.pop("id")
       for key, value in example.items():
         batch[key][slot] = value
       batch["valid"][slot] = True
+    batch["id"] = np.array(ids)
+    if mixture:
+      batch["dataset"] = np.full(len(ids), -1, np.int32)
+      batch["dataset"][:len(examples)] = [e.dataset for e in examples]
     return batch, failures
 
 
@@ -311,6 +346,50 @@ def _lower_priority(nice: int) -> None:
     pass  # not allowed here: batches are made at the same priority
 
 
+def _without(left_out: Mapping[str, int], excluded: int, task: Task) -> str:
+  """`, 3 without audio, 2 excluded by FILE`: what a task's count of records leaves out."""
+  out = "".join(f", {n} without {m}" for m, n in left_out.items())
+  return out + (f", {excluded} excluded by {task.exclude}" if excluded else "")
+
+
+def _datasets(task: Task, inputs: tuple[str, ...], split: str, train: bool
+              ) -> list[tuple[prepared.PreparedDataset, float]]:
+  """The task's datasets opened, with their weights. A mixture's datasets must agree on what
+  the reader takes from one: the tokenizer (text), the label names (labels). Evaluation
+  reads the datasets of a mixture that hold its split."""
+  if not isinstance(task.dataset, str) and not task.dataset:
+    raise LoaderError(f"task {task.name!r}: its mixture of datasets is empty")
+  out = []
+  for root, weight in task.datasets:
+    if not weight > 0:
+      raise LoaderError(f"task {task.name!r}: dataset {root} has weight {weight}; a mixture's "
+                        "weights must be positive")
+    out.append((prepared.open_dataset(root), weight))
+  if len(out) == 1:
+    return out
+  if not train:
+    held = [(d, w) for d, w in out if split in d.metadata.splits]
+    out = held or out[:1]  # none holds it: the first's check says so
+  first = out[0][0]
+  for dataset, _ in out[1:]:
+    if "text" in inputs and _tokenizer(dataset) != _tokenizer(first):
+      raise LoaderError(
+          f"task {task.name!r} mixes {first.root} and {dataset.root}, tokenized by different "
+          f"tokenizers ({_tokenizer(first)[:12]} and {_tokenizer(dataset)[:12]}): build them "
+          "with one (`impax build ... --tokenizer PATH`)")
+    if ("label" in inputs or task.prompt) and dataset.labels != first.labels:
+      raise LoaderError(
+          f"task {task.name!r} mixes {first.root} and {dataset.root}, whose label names differ "
+          f"({len(first.labels)} and {len(dataset.labels)} labels): a mixture read for labels "
+          "needs one label list")
+  return out
+
+
+def _tokenizer(dataset: prepared.PreparedDataset) -> str:
+  tokenizer = dataset.metadata.tokenizer
+  return tokenizer.sha256 if tokenizer else "none"
+
+
 class Loader:
   """Batches of one task, from its prepared dataset. Iterate it; see the module docstring.
 
@@ -332,17 +411,21 @@ class Loader:
     hold each example's label (evaluation's zero-shot). `batch_multiple`: every
     global batch size is a multiple of it (the data-parallel devices). `patches`: the
     model's patch sizes, which a bucket's batch size needs unless the bucket gives it.
-    `num_workers` and `nice` default to the task's. `source`: the split's records
-    (default: the dataset's local shards, `ShardSource`; a gs:// or s3:// dataset's, read
+    `num_workers` and `nice` default to the task's. `source`: the split's records, one
+    source per dataset of a mixture (default: the dataset's local shards, `ShardSource`; a gs:// or s3:// dataset's, read
     by byte range, `remote.RemoteSource`, cached on disk within `cache_limit` bytes under
     `cache_dir`: IMPAX_CACHE_LIMIT and IMPAX_CACHE_DIR by default, 0 bytes: memory only)."""
     self.task, self.patches, self.train = task, patches, train
-    self.dataset = prepared.open_dataset(task.dataset)
     inputs = task.inputs + (("label",) if labels and "label" not in task.inputs else ())
     buckets = task.buckets if train else (task.eval_bucket or task.buckets[0],)
     split = task.split if train else task.eval_split
     self.inputs, self.buckets, self.split = inputs, buckets, split
-    _check(task, inputs, buckets, split, self.dataset)
+    mixture = _datasets(task, inputs, split, train)
+    self.datasets = tuple(d for d, _ in mixture)
+    self.dataset = self.datasets[0]  # a mixture's first: its tokenizer and labels are all's
+    self.roots = tuple(d.root for d in self.datasets)
+    for dataset in self.datasets:
+      _check(task, inputs, buckets, split, dataset)
     if not 0 <= process_index < process_count:
       raise LoaderError(f"process_index {process_index} outside process_count {process_count}")
     multiple = math.lcm(batch_multiple, process_count)
@@ -350,40 +433,62 @@ class Loader:
     for b in buckets:
       size = b.batch_size or task.token_budget / self.tokens_per_example(b)
       sizes.append(max(multiple, int(round(size / multiple)) * multiple))
-    records, self.left_out = _usable(task, inputs, split, self.dataset)
-    records, self.excluded = _exclude(task, split, self.dataset, records)
-    num_records = self.dataset.num_records(split) if records is None else len(records)
-    without = "".join(f", {n} without {m}" for m, n in self.left_out.items())
-    without += f", {self.excluded} excluded by {task.exclude}" if self.excluded else ""
+    parts, self.left_out, self.excluded = [], collections.Counter(), 0
+    for dataset, weight in mixture:
+      records, left_out = _usable(task, inputs, split, dataset)
+      records, excluded = _exclude(task, split, dataset, records)
+      self.left_out.update(left_out)
+      self.excluded += excluded
+      n = dataset.num_records(split) if records is None else len(records)
+      if n == 0 and len(mixture) > 1:
+        raise LoaderError(f"task {task.name!r}: split {split!r} of {dataset.root} has no "
+                          f"examples it can read{_without(left_out, excluded, task)}")
+      parts.append(Part(n, records, weight))
+    self.left_out = dict(self.left_out)
+    num_records = sum(p.num_records for p in parts)
+    without = _without(self.left_out, self.excluded, task)
+    where = self.dataset.root if len(mixture) == 1 else f"the {len(mixture)} datasets of its mixture"
     if num_records == 0:
-      raise LoaderError(f"task {task.name!r}: split {split!r} of {self.dataset.root} has "
+      raise LoaderError(f"task {task.name!r}: split {split!r} of {where} has "
                         f"no examples it can read{without}")
     if train and max(sizes) > num_records:
       raise LoaderError(f"task {task.name!r}: a global batch of {max(sizes)} is larger than the "
-                        f"{num_records} examples it can read in {self.dataset.root} split "
+                        f"{num_records} examples it can read in {where} split "
                         f"{split!r}{without}; lower the token budget")
-    self.num_records = num_records  # the records this task reads
+    self.num_records = num_records  # the records this task reads, in all its datasets
+    self.part_records = tuple(p.num_records for p in parts)  # ... in each
     self.num_workers = task.num_workers if num_workers is None else num_workers
     self.prefetch = prefetch
     self.sampler = Sampler(
         seed=seed, train=train, weights=tuple(b.weight for b in buckets),
-        batch_sizes=tuple(sizes), num_records=num_records, records=records,
+        batch_sizes=tuple(sizes), parts=tuple(parts),
         process_index=process_index, process_count=process_count)
     self.reader = Reader(
         inputs=inputs, augment=task.augment if train else None, text_length=task.text_length,
         prompt=task.prompt, multi_label=task.multi_label, sample_rate=task.sample_rate,
         clips=1 if train else task.eval_clips, crops=1 if train else task.eval_crops,
         num_labels=len(self.dataset.labels), tokenizer_path=self.dataset.tokenizer_path)
-    if source is None and remote.is_remote(self.dataset.root):
-      # a bucket: records by byte range, fetched ahead, cached within `cache_limit` bytes
-      # on disk under `cache_dir` (IMPAX_CACHE_LIMIT, IMPAX_CACHE_DIR by default)
-      source = remote.RemoteSource.open(
-          self.dataset.root, self.dataset.split(split).shards, cache_dir=cache_dir,
-          cache_limit=cache_limit, processes=max(1, self.num_workers))
-    self.source = source or ShardSource(tuple(self.dataset.shard_paths(split)))
-    self._batches = _Batches(self.sampler, self.reader, self.source, buckets,
+    if source is not None:
+      sources = (source,) if not isinstance(source, Sequence) else tuple(source)
+      if len(sources) != len(self.datasets):
+        raise LoaderError(f"task {task.name!r}: {len(sources)} record sources for "
+                          f"{len(self.datasets)} datasets")
+    else:
+      sources = tuple(self._source(d, split, cache_dir, cache_limit) for d in self.datasets)
+    self.sources, self.source = sources, sources[0]
+    self._batches = _Batches(self.sampler, self.reader, self.sources, buckets,
                              nice=task.loader_nice if nice is None else nice,
                              stride=max(1, self.num_workers))
+
+  def _source(self, dataset: prepared.PreparedDataset, split: str, cache_dir: str | None,
+              cache_limit: int | None) -> RecordSource:
+    if remote.is_remote(dataset.root):
+      # a bucket: records by byte range, fetched ahead, cached within `cache_limit` bytes
+      # on disk under `cache_dir` (IMPAX_CACHE_LIMIT, IMPAX_CACHE_DIR by default)
+      return remote.RemoteSource.open(
+          dataset.root, dataset.split(split).shards, cache_dir=cache_dir,
+          cache_limit=cache_limit, processes=max(1, self.num_workers))
+    return ShardSource(tuple(dataset.shard_paths(split)))
 
   def tokens_per_example(self, bucket: Bucket) -> int:
     """Patch tokens one example of `bucket` gives the encoder (text: its full length)."""

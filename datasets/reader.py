@@ -89,11 +89,11 @@ class Reader:
     return out
 
   def example(self, data: bytes, bucket: Bucket, rng: np.random.Generator) -> dict:
-    """{key: array} of one record at the bucket's shape; a DecodeError (or another error)
-    for a record it cannot decode."""
+    """{key: array} of one record at the bucket's shape, and its "id" (a str); a DecodeError
+    (or another error) for a record it cannot decode."""
     record = decode.parse(data)
     try:
-      return self._example(record, bucket, rng)
+      return {**self._example(record, bucket, rng), "id": record.id}
     except records.RecordError as e:  # a field the inputs need is missing or inconsistent
       raise decode.DecodeError(str(e)) from None
 

@@ -15,7 +15,9 @@ import dataclasses
 import importlib.util
 import json
 import os
+import types
 import typing
+from collections.abc import Mapping
 
 from impax.datasets import loader
 from impax.datasets.decode import Augment
@@ -92,6 +94,8 @@ class TrainConfig:
   eval_at_end: bool = True
   linear_probe: bool = False  # the evaluation at the end also fits linear probes (evaluate.py)
   plots: bool = True
+  # WORKDIR/batches.jsonl: the ids of each step's examples (train/metrics.py BatchIds)
+  log_batch_ids: bool = False
 
 
 # What a resumed run may change: how long it runs, how often it logs, saves and evaluates,
@@ -100,7 +104,7 @@ class TrainConfig:
 # the run: the trainer refuses to resume under another value (trainer.py).
 EXTENDS_A_RUN = ("steps", "log_every", "checkpoint_every", "keep_checkpoints",
                  "max_nonfinite_steps", "eval_every", "validation_split", "keep_best",
-                 "eval_at_end", "linear_probe", "plots")
+                 "eval_at_end", "linear_probe", "plots", "log_batch_ids")
 EXTENDS_A_TASK = ("eval_split", "eval_bucket", "eval_clips", "eval_crops", "num_workers",
                   "loader_nice")
 
@@ -131,6 +135,12 @@ def check(config: TrainConfig) -> None:
                         f"got {t.modalities}")
     if t.objective == "classification" and "text" in t.modalities:
       raise ConfigError(f"{where}: text classification is not supported")
+    if not isinstance(t.dataset, str) and not (
+        isinstance(t.dataset, Mapping) and t.dataset
+        and all(isinstance(d, str) and isinstance(w, (int, float)) and w > 0
+                for d, w in t.dataset.items())):
+      raise ConfigError(f"{where}: dataset must be a dataset's path or URI, or a mixture "
+                        f"{{PATH: WEIGHT, ...}} with positive weights, not {t.dataset!r}")
     if t.interval < 1 or t.weight <= 0:
       raise ConfigError(f"{where}: interval must be >= 1 and weight > 0")
     if not t.buckets:
@@ -260,11 +270,22 @@ def _parse(text: str, kind, item: str, where: str):
     return None
   if _optional(kind) is str:
     return text
+  if _alternatives(kind) and str in _alternatives(kind):  # a str, or JSON of the other
+    if not text.lstrip().startswith(("{", "[")):
+      return text
+    kind = next(a for a in _alternatives(kind) if a is not str)
   try:
     return _from_json(json.loads(text.lower() if _optional(kind) is bool else text), kind)
   except (ValueError, TypeError) as e:
     why = f": {e}" if isinstance(e, _Mismatch) else ""
     raise ConfigError(f"--set {item!r}: {where} takes {_describe(kind)}{why}") from e
+
+
+def _alternatives(kind) -> tuple:
+  """The types of a union without None (`str | dict[str, float]`); () for another type."""
+  if typing.get_origin(kind) not in (typing.Union, types.UnionType):
+    return ()
+  return tuple(a for a in typing.get_args(kind) if a is not type(None))
 
 
 class _Mismatch(TypeError):
@@ -285,6 +306,11 @@ def _from_json(value, kind):
     if unknown:
       raise _Mismatch(f"{kind.__name__} has no field {', '.join(map(repr, unknown))}")
     return kind(**{k: _from_json(v, hints[k]) for k, v in value.items()})
+  if typing.get_origin(kind) is dict:
+    key, item = typing.get_args(kind)
+    if not isinstance(value, dict):
+      raise _Mismatch(f"{json.dumps(value)} is not an object")
+    return {_from_json(k, key): _from_json(v, item) for k, v in value.items()}
   if typing.get_origin(kind) is tuple:
     args = typing.get_args(kind)
     if not isinstance(value, list):
@@ -301,6 +327,10 @@ def _describe(kind) -> str:
   """How `--set` reads a type: `an int`, `a JSON list [int, int]`, `a str or null`."""
   if kind is not _optional(kind):
     return f"{_describe(_optional(kind))} or null"
+  if len(_alternatives(kind)) > 1:
+    return " or ".join(_describe(a) for a in _alternatives(kind))
+  if typing.get_origin(kind) is dict:
+    return "a JSON object {" + " : ".join(_name(a) for a in typing.get_args(kind)) + ", ...}"
   if kind is bool:
     return "true or false"
   if kind in (int, float, str):

@@ -162,9 +162,13 @@ def views_of(task: Task) -> int:
 
 def evaluate_task(ctx: Context, index: int, probe: bool = False) -> dict | None:
   task = ctx.config.tasks[index]
-  dataset = prepared.open_dataset(task.dataset)
-  if not task.eval_split or task.eval_split not in dataset.metadata.splits:
+  # A mixture is evaluated on those of its datasets that hold the split; their labels and
+  # tokenizer are one (the loader checks), so the first such dataset's serve all.
+  held = [d for d in (prepared.open_dataset(root) for root, _ in task.datasets)
+          if task.eval_split and task.eval_split in d.metadata.splits]
+  if not held:
     return None
+  dataset = held[0]
   has_labels = bool(dataset.labels)
   arrays, data = embed(ctx, index, task, has_labels)
   result = {"examples": int(len(next(iter(arrays.values())))), "split": task.eval_split}
@@ -272,7 +276,8 @@ def cached_embeddings(ctx: Context, index: int, modality: str,
   single = dataclasses.replace(task, eval_split=split, eval_clips=1, eval_crops=1,
                                modalities=(modality,), objective="contrastive")
   bucket = task.eval_bucket or task.buckets[0]
-  key = json.dumps([os.path.abspath(task.dataset), split, modality, str(bucket),
+  where = [root if "://" in root else os.path.abspath(root) for root, _ in task.datasets]
+  key = json.dumps([where[0] if len(where) == 1 else where, split, modality, str(bucket),
                     task.sample_rate], sort_keys=True)
   path = None
   if ctx.embeddings_dir:

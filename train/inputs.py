@@ -88,7 +88,8 @@ def open_loaders(config: TrainConfig, model_cfg, *, batch_multiple: int
           process_count=jax.process_count())
     except (loader_lib.LoaderError, ValueError) as e:
       raise ConfigError(str(e)) from e  # the loader's messages name the task
-    check_served(task, out[task.name].dataset)
+    for dataset in out[task.name].datasets:
+      check_served(task, dataset)
   return out
 
 
@@ -122,24 +123,26 @@ def check_datasets(config: TrainConfig) -> dict[str, int]:
   out, tokenizers = {}, {}
   vocabulary = model_preset(config.model, **dict(config.model_overrides)).vocab_size
   for task in config.tasks:
-    dataset = prepared.open_dataset(task.dataset)
-    if task.objective == "classification" and not dataset.labels:
-      raise ConfigError(f"task {task.name!r} is a classification but {task.dataset} has no labels")
-    out[task.name] = len(dataset.labels)
     if task.exclude and not os.path.isfile(task.exclude):
       raise ConfigError(f"task {task.name!r}: exclude file {task.exclude} does not exist; write "
                         "one with `impax dedup ... --json PATH` or list ids one a line")
-    if "text" in task.modalities:
+    for root, _ in task.datasets:  # each of a mixture's
+      dataset = prepared.open_dataset(root)
+      if task.objective == "classification" and not dataset.labels:
+        raise ConfigError(f"task {task.name!r} is a classification but {root} has no labels")
+      out[task.name] = len(dataset.labels)
+      if "text" not in task.modalities:
+        continue
       tokenizer = dataset.metadata.tokenizer
       if tokenizer and tokenizer.vocab_size > vocabulary:
         raise ConfigError(
-            f"task {task.name!r}: {task.dataset} is tokenized by {dataset.tokenizer_path}, of "
+            f"task {task.name!r}: {root} is tokenized by {dataset.tokenizer_path}, of "
             f"{tokenizer.vocab_size} pieces, but model {config.model!r} has a vocabulary of "
             f"{vocabulary} (vocab_size): set model_overrides=((\"vocab_size\", "
             f"{tokenizer.vocab_size}),), or build the data with a tokenizer of at most "
             f"{vocabulary} pieces")
       digest = tokenizer.sha256 if tokenizer else None
-      tokenizers.setdefault(digest, []).append(f"{task.name!r} ({task.dataset})")
+      tokenizers.setdefault(digest, []).append(f"{task.name!r} ({root})")
   if len(tokenizers) > 1:
     # One text embedding table: the same id must mean the same piece in every task.
     found = "; ".join(f"{', '.join(tasks)} by tokenizer {(digest or 'none')[:12]}"
@@ -155,7 +158,7 @@ def data_versions(config: TrainConfig) -> dict[str, str]:
   """{dataset: its metadata.json's content hash}: the data a run trains on (each dataset
   once, however many tasks read it)."""
   return {d: prepared.open_dataset(d, check_counts=False).metadata.content_hash
-          for d in dict.fromkeys(t.dataset for t in config.tasks)}
+          for d in dict.fromkeys(root for t in config.tasks for root, _ in t.datasets)}
 
 
 def data_version(config: TrainConfig) -> str:

@@ -87,6 +87,39 @@ class Writer:
       plot(self.path, os.path.join(self.workdir, "plots"))
 
 
+class BatchIds:
+  """WORKDIR/batches.jsonl (`log_batch_ids`): which examples made each step, one line per
+  (step, task): {"step", "task", "shape", "ids"} (the valid examples' ids, in batch order)
+  and, for a mixture, "dataset" (each one's dataset, as the task lists them). A loss spike
+  at step N is traced to its data here. Every process writes the ids of its own slice of
+  the batch: process p > 0 of a multi-host run to batches-process{p}.jsonl. As metrics.jsonl,
+  a resumed run first drops the lines past its checkpoint."""
+
+  def __init__(self, workdir: str, resume_step: int = 0, process_index: int = 0):
+    name = "batches.jsonl" if process_index == 0 else f"batches-process{process_index}.jsonl"
+    self.path = os.path.join(workdir, name)
+    kept = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        kept = [line for line in f if json.loads(line)["step"] <= resume_step]
+    self._file = open(self.path, "w")
+    self._file.writelines(kept)
+
+  def add(self, step: int, task: str, batch: dict, shape: str, roots: tuple[str, ...]):
+    valid = np.asarray(batch["valid"], bool)
+    row = {"step": step, "task": task, "shape": shape,
+           "ids": [str(i) for i in np.asarray(batch["id"])[valid]]}
+    if "dataset" in batch:
+      row["dataset"] = [roots[d] for d in np.asarray(batch["dataset"])[valid]]
+    self._file.write(json.dumps(row) + "\n")
+
+  def flush(self):
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
 def _flat(row: dict):
   task = row.get("task")
   if "eval" in row:

@@ -32,6 +32,19 @@ MAX_CYCLES = 4096  # the longest period of cycles `solve` proposes
 
 
 @dataclasses.dataclass(frozen=True)
+class DatasetPlan:
+  """One dataset of a task's mixture."""
+  root: str
+  weight: float
+  examples: int  # records of its split the task reads
+  examples_seen: int  # of the task's examples over the run, those drawn from it
+
+  @property
+  def epochs(self) -> float:
+    return self.examples_seen / self.examples
+
+
+@dataclasses.dataclass(frozen=True)
 class TaskPlan:
   name: str
   examples: int  # records of its split the task reads
@@ -42,6 +55,7 @@ class TaskPlan:
   examples_seen: int
   tokens: int  # patch tokens (and text tokens) over the run
   tokens_per_bucket: tuple[int, ...]  # of one global batch, per bucket
+  datasets: tuple[DatasetPlan, ...] = ()  # a mixture's, as the task lists them
 
   @property
   def epochs(self) -> float:
@@ -69,12 +83,11 @@ class Plan:
   def warnings(self) -> list[str]:
     out = []
     for t in self.tasks:
-      if t.epochs < FEW_EPOCHS:
-        out.append(f"{t.name} sees {t.epochs:.2f} of an epoch of its {t.examples} examples: "
-                   "part of its data is never read; raise steps or its share")
-      elif t.epochs > MANY_EPOCHS:
-        out.append(f"{t.name} repeats its {t.examples} examples {t.epochs:.0f} times (more "
-                   f"than {MANY_EPOCHS:.0f}): it may overfit; lower its share or add data")
+      out += _epoch_warnings(t.name, "sees", t.epochs, t.examples, "raise steps or its share",
+                             "lower its share or add data")
+      for d in t.datasets:  # a mixture's
+        out += _epoch_warnings(f"{t.name}'s dataset {d.root}", "gives", d.epochs, d.examples,
+                               "raise its weight or the task's steps", "lower its weight")
     return out
 
   def to_json(self) -> dict:
@@ -86,22 +99,47 @@ class Plan:
                                "share_of_tokens": round(self.token_share(t), 6),
                                "epochs": round(t.epochs, 4), "examples_seen": t.examples_seen,
                                "tokens_per_step": round(t.tokens_per_step, 1),
-                               "tokens": t.tokens}
+                               "tokens": t.tokens,
+                               **({"datasets": {d.root: {
+                                   "weight": d.weight, "examples": d.examples,
+                                   "examples_seen": d.examples_seen,
+                                   "share_of_examples": round(
+                                       d.examples_seen / max(1, t.examples_seen), 6),
+                                   "epochs": round(d.epochs, 4)} for d in t.datasets}}
+                                  if t.datasets else {})}
                       for t in self.tasks}}
 
   def lines(self) -> list[str]:
     """The plan as a table, then its warnings."""
     head = ("task", "examples", "batch per bucket", "steps", "share", "epochs",
             "tokens/step", "tokens", "token share")
-    rows = [head] + [(t.name, str(t.examples), "/".join(map(str, t.batch_sizes)), str(t.steps),
-                      f"{t.share:.1%}", f"{t.epochs:.2f}", f"{t.tokens_per_step:,.0f}",
-                      f"{t.tokens:,}", f"{self.token_share(t):.1%}") for t in self.tasks]
+    rows = [head]
+    for t in self.tasks:
+      rows.append((t.name, str(t.examples), "/".join(map(str, t.batch_sizes)), str(t.steps),
+                   f"{t.share:.1%}", f"{t.epochs:.2f}", f"{t.tokens_per_step:,.0f}",
+                   f"{t.tokens:,}", f"{self.token_share(t):.1%}"))
+      for d in t.datasets:  # a mixture's: its share of the task's examples, its epochs
+        share = d.examples_seen / max(1, t.examples_seen)
+        rows.append((f"  {d.root}", str(d.examples), f"weight {d.weight:g}", "",
+                     f"{share:.1%} of ex.", f"{d.epochs:.2f}", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     text = [f"{self.steps} steps, mode {self.mode}, schedule {self.schedule}, "
             f"{self.tokens:,} tokens in all"]
     text += ["  ".join(c.ljust(w) if i == 0 else c.rjust(w)
                        for i, (c, w) in enumerate(zip(r, widths))) for r in rows]
     return text + [f"warning: {w}" for w in self.warnings()]
+
+
+def _epoch_warnings(who: str, verb: str, epochs: float, examples: int, fewer: str,
+                    more: str) -> list[str]:
+  """A warning about data read less than once over the run, or more than MANY_EPOCHS times."""
+  if epochs < FEW_EPOCHS:
+    return [f"{who} {verb} {epochs:.2f} of an epoch of its {examples} examples: part of its "
+            f"data is never read; {fewer}"]
+  if epochs > MANY_EPOCHS:
+    return [f"{who} repeats its {examples} examples {epochs:.0f} times (more than "
+            f"{MANY_EPOCHS:.0f}): it may overfit; {more}"]
+  return []
 
 
 def task_steps(config: TrainConfig) -> list[int]:
@@ -132,11 +170,16 @@ def make(config: TrainConfig, loaders: dict) -> Plan:
     for k in range(steps):
       per_bucket[data.bucket_of(k)] += 1
     tokens = tuple(data.tokens_per_batch(b) for b in range(len(sizes)))
+    seen = int(per_bucket @ np.array(sizes))
+    mixture = ()
+    if len(data.roots) > 1:
+      mixture = tuple(DatasetPlan(root, weight, n, drawn) for (_, weight), root, n, drawn in zip(
+          task.datasets, data.roots, data.part_records, data.sampler.drawn(seen)))
     out.append(TaskPlan(
         name=task.name, examples=data.num_records, batch_sizes=sizes, steps=steps,
         bucket_steps=tuple(per_bucket.tolist()), share=steps / config.steps if config.steps else 0.0,
-        examples_seen=int(per_bucket @ np.array(sizes)),
-        tokens=int(per_bucket @ np.array(tokens)), tokens_per_bucket=tokens))
+        examples_seen=seen, tokens=int(per_bucket @ np.array(tokens)), tokens_per_bucket=tokens,
+        datasets=mixture))
   return Plan(steps=config.steps, mode=config.mode, schedule=config.schedule, tasks=tuple(out))
 
 

@@ -75,11 +75,12 @@ def _check_validation(config: TrainConfig, loaders: dict) -> None:
   if not config.eval_every:
     return
   split = config.validation_split
-  have = [n for n, data in loaders.items() if split in data.dataset.metadata.splits]
+  have = [n for n, data in loaders.items()
+          if any(split in d.metadata.splits for d in data.datasets)]
   if not have:
     raise ConfigError(f"eval_every {config.eval_every} evaluates split {split!r}, which no "
                       f"task's dataset has: build it, or set validation_split")
   task = config.keep_best.partition("/")[0]
   if config.keep_best and task not in have:
     raise ConfigError(f"keep_best {config.keep_best!r}: the dataset of task {task!r} "
-                      f"({loaders[task].dataset.root}) has no split {split!r} to choose on")
+                      f"({', '.join(loaders[task].roots)}) has no split {split!r} to choose on")

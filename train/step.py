@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from impax.datasets.loader import HOST_KEYS
 from impax.model import Model, get_config, init_params, moe, sharding
 from impax.model import embed as embed_lib
 from impax.model import heads as heads_lib
@@ -246,11 +247,13 @@ def shape_text(shapes: dict) -> str:
 
 
 def shapes_of(batch: dict) -> dict:
-  """{key: (shape, dtype)}, the form of Loader.batch_shapes()."""
-  return {k: (tuple(v.shape), str(v.dtype)) for k, v in batch.items()}
+  """{key: (shape, dtype)} of what goes to the devices, the form of Loader.batch_shapes()."""
+  return {k: (tuple(v.shape), str(v.dtype)) for k, v in batch.items() if k not in HOST_KEYS}
 
 
 def put(batch: dict, mesh):
+  """A loader's batch on the devices, without its host-side keys (ids)."""
+  batch = {k: v for k, v in batch.items() if k not in HOST_KEYS}
   if mesh is None:
     return jax.device_put(batch)  # a transfer; jnp.asarray would compile a copy per shape
   sharded = sharding.batch_sharding(mesh)

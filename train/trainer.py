@@ -143,9 +143,10 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
         f"{size} of {inputs.bucket_text(b)}" for size, b in zip(data.batch_sizes, data.buckets)))
     if data.left_out:
       without = ", ".join(f"{n} without {m}" for m, n in data.left_out.items())
-      log(f"{name} reads {data.num_records} records of {data.dataset.root}; left out: {without}")
+      log(f"{name} reads {data.num_records} records of {', '.join(data.roots)}; left out: "
+          f"{without}")
     if data.excluded:
-      log(f"{name} skips {data.excluded} records of {data.dataset.root} excluded by "
+      log(f"{name} skips {data.excluded} records of {', '.join(data.roots)} excluded by "
           f"{data.task.exclude}")
   mixture = plan_lib.make(config, loaders)  # `impax plan`: what each task will take
   for line in mixture.lines():
@@ -177,6 +178,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
     with open(os.path.join(workdir, DATA_FILE), "w") as f:  # once every check has passed
       json.dump(trained_on, f, indent=2, sort_keys=True)
   writer = metrics_lib.Writer(workdir, resume_step=start_step, enabled=first)
+  batch_ids = (metrics_lib.BatchIds(workdir, start_step, jax.process_index())
+               if config.log_batch_ids else None)
 
   # -- compile every (task, shape) before the first step ---------------------
   tasks = config.tasks
@@ -236,6 +239,9 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       stats, grad_norm, finite = jax.device_get((stats, grad_norm, finite))
       seconds = time.perf_counter() - start
       step += 1
+      if batch_ids is not None:
+        for n, b, shape in zip(names, batches, shapes):
+          batch_ids.add(step, n, b, step_lib.shape_text(shape), loaders[n].roots)
       if finite:
         nonfinite["in_a_row"] = 0
         for n, b, shape in zip(names, batches, shapes):
@@ -264,6 +270,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
           break
       if step % config.log_every == 0 or step == end:
         writer.flush(step)
+        if batch_ids is not None:
+          batch_ids.flush()
       if step % config.checkpoint_every == 0 or step == config.steps:
         counter.active = False  # Orbax compiles its own small copy programs
         ckpt.save(step, state, _loader_states(iterators), {"step": step, "seed": config.seed})
@@ -286,6 +294,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
       ckpt.save(step, state, _loader_states(iterators), {"step": step, "seed": config.seed})
     ckpt.close()
     writer.flush(step)
+    if batch_ids is not None:
+      batch_ids.close()
     for it in iterators.values():
       it.close()
 

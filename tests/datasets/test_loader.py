@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
+from batches import assert_batches_equal, take
 from impax.datasets import decode, loader, mel, sampler
 from impax.train import schedule
 
@@ -34,20 +35,11 @@ def video_task(data, *, seed=7, train=True, labels=True, batch_multiple=1, **kw)
                            patches=PATCHES)
 
 
-def take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def shape_of(batch):
-  return {k: (v.shape, str(v.dtype)) for k, v in batch.items()}
+  """The shapes of what goes to a device: the host-side ids are not declared."""
+  return {k: (v.shape, str(v.dtype)) for k, v in batch.items() if k not in loader.HOST_KEYS}
 
 
 def test_every_batch_has_a_declared_shape_and_the_token_budget(data):
@@ -61,6 +53,7 @@ def test_every_batch_has_a_declared_shape_and_the_token_budget(data):
     assert shape_of(batch) == declared[bucket]
     seen[bucket] += 1
     assert batch["valid"].all()
+    assert batch["id"].shape == batch["valid"].shape and all(batch["id"])
     assert batch["video"].dtype == np.uint8 and batch["video"].max() > 0
     assert (batch["text_mask"].sum(1) > 0).all()
     assert set(batch["label"].tolist()) <= set(range(len(data_loader.labels)))
@@ -108,7 +101,7 @@ def test_epochs_cover_every_example_once_in_a_new_order(data):
 def test_the_named_random_streams_keep_their_numbers(data):
   # Every run's draws are seeded by these numbers: a change would change its batches.
   assert [(s.name, int(s)) for s in sampler.Stream] == [("BUCKET", 1), ("EXAMPLE", 2),
-                                                          ("SCHEDULE", 3)]
+                                                          ("SCHEDULE", 3), ("MIXTURE", 4)]
   data_loader = video_task(data)()
   weights = tuple(b.weight for b in data_loader.buckets)
   assert all(data_loader.bucket_of(s) == sampler.draw(weights, 7, sampler.Stream.BUCKET, s)

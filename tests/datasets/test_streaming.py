@@ -9,6 +9,7 @@ import collections
 import functools
 import os
 import random
+import shutil
 import socket
 import struct
 import sys
@@ -18,6 +19,7 @@ import time
 import numpy as np
 import pytest
 
+from batches import assert_batches_equal, take
 from impax.datasets import loader, prepared, remote
 from impax.datasets.loader import Bucket
 from impax.tools import dedup, inspect, verify
@@ -131,16 +133,6 @@ def video_task(dataset, **kw):
   return functools.partial(loader.Loader, task, seed=5, patches=PATCHES, **kw)
 
 
-def take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert x.keys() == y.keys()
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
 
 
 def steps_for_epochs(data_loader, epochs):
@@ -168,6 +160,23 @@ def test_streamed_batches_are_the_local_ones_and_resume_exactly(videos, tmp_path
   resumed = iter(video_task(uri, num_workers=workers, cache_dir=str(tmp_path), cache_limit=0)())
   resumed.set_state(state)
   assert_batches_equal(take(resumed, steps - steps // 2), rest)
+
+
+def test_a_mixture_with_a_bucket_gives_the_mixture_on_disk(videos, tmp_path):
+  """A task mixing the bucket's dataset with a local one: the batches of the same mixture
+  read from disk (a copy of the bucket's dataset in its place), over several epochs."""
+  local, uri = videos
+  copy = tmp_path / "copy"
+  shutil.copytree(local, copy)
+  on_disk = video_task({str(copy): 0.7, local: 0.3})()
+  streamed = video_task({uri: 0.7, local: 0.3}, cache_dir=str(tmp_path / "cache"),
+                        cache_limit=1 << 20)()
+  assert streamed.roots == (uri, local)
+  steps = steps_for_epochs(on_disk, 2.2)
+  expected = take(iter(on_disk), steps)
+  assert_batches_equal(take(iter(streamed), steps), expected)
+  drawn = np.concatenate([b["dataset"] for b in expected])
+  assert 0.5 < (drawn == 0).mean() < 0.9  # both datasets drawn, the bucket's more
 
 
 def test_each_process_reads_only_its_slice(videos, tmp_path):

@@ -60,7 +60,7 @@ def losses(workdir):
 def learned(root, tmp_path_factory):
   """A 40-step run of the config: the learning test's, and the run that the resumed and the
   SIGTERM-stopped runs of the same config must reproduce."""
-  config = make_config(root, steps=40, plots=True)
+  config = make_config(root, steps=40, plots=True, log_batch_ids=True)
   workdir = tmp_path_factory.mktemp("learned")
   logged = []
   summary = trainer.train(config, str(workdir), log=logged.append)
@@ -128,6 +128,21 @@ def test_the_plan_printed_before_training_is_the_one_the_run_took(learned):
   assert plan_lib.for_config(config).to_json() == summary["plan"]
 
 
+def test_batches_jsonl_names_the_examples_of_every_step(learned):
+  """log_batch_ids: WORKDIR/batches.jsonl holds, for each step, the ids of the examples the
+  step trained on, which are those the task's loader gives at its step."""
+  config, workdir, _, _ = learned
+  rows = [json.loads(line) for line in (workdir / "batches.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == list(range(1, 41))  # as metrics.jsonl counts steps
+  loaders = setup.setup(config, mesh=False).loaders  # the trainer's, on one device
+  iterators = {name: iter(data) for name, data in loaders.items()}
+  for row in rows:
+    batch = next(iterators[row["task"]])
+    assert row["ids"] == batch["id"][batch["valid"]].tolist() and row["ids"], row["step"]
+    assert row["shape"] == step_lib.shape_text(step_lib.shapes_of(batch))
+  assert {r["task"] for r in rows} == {"video_text", "audio_classification"}
+
+
 def test_a_resumed_run_continues_exactly(learned, tmp_path, monkeypatch):
   config, whole_dir, _, _ = learned
   monkeypatch.chdir(tmp_path)  # workdirs relative to the current folder, as users give them
@@ -137,6 +152,9 @@ def test_a_resumed_run_continues_exactly(learned, tmp_path, monkeypatch):
   assert resumed["step"] == 40
   whole, parts = losses(whole_dir), losses(tmp_path / "parts")
   assert whole.keys() == parts.keys() and len(whole) == 40
+  # the resumed run drops the ids logged past its checkpoint: the file reads as one run's
+  assert (tmp_path / "parts" / "batches.jsonl").read_text() == (
+      whole_dir / "batches.jsonl").read_text()
   for key in whole:
     assert parts[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-6), key
   a = json.loads((whole_dir / "eval.json").read_text())["results"]
