@@ -75,6 +75,10 @@ class TrainConfig:
   # has: the same config trains the same way on 1 device or 8. The data-parallel devices
   # (the mesh's batch shards, and the processes) must divide it; 8 divides 1, 2, 4 and 8.
   batch_multiple: int = 8
+  # Each task's global batch in this many parts, its gradient accumulated over them (a
+  # contrastive loss still over the whole batch's negatives: train/step.py), so a batch too
+  # big for the devices' memory runs on them. Every batch must split into whole parts.
+  microbatches: int = 1
   # A step whose loss or gradient is not finite (NaN, inf) is skipped: parameters and
   # optimizer state stay as they were. This many skipped in a row stop the run as diverged.
   max_nonfinite_steps: int = 10
@@ -159,6 +163,8 @@ def check(config: TrainConfig) -> None:
     raise ConfigError(f"eval_every must be at least 0, not {config.eval_every}")
   if config.max_nonfinite_steps < 1:
     raise ConfigError(f"max_nonfinite_steps must be at least 1, not {config.max_nonfinite_steps}")
+  if config.microbatches < 1:
+    raise ConfigError(f"microbatches must be at least 1, not {config.microbatches}")
   if config.batch_multiple < 1:
     raise ConfigError(f"batch_multiple must be at least 1, not {config.batch_multiple}")
 

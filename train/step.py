@@ -60,24 +60,43 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None,
 # ---------------------------------------------------------------------------
 # Losses of one task on one batch.
 
-def task_loss(model: Model, params, batch: dict, task: Task, rng, train: bool):
+def _forward(model: Model, params, batch: dict, task: Task, rng, train: bool) -> dict:
   x = inputs.model_inputs(batch, task.modalities)
   drop = {m: task.drop_token for m in task.modalities if m != "text"} if train else None
   heads = ({task.modalities[0]: task.name} if task.objective == "classification" else None)
-  out = model.apply({"params": params}, x, train=train, drop_token=drop, heads=heads,
-                    rngs={"droptoken": rng})
+  return model.apply({"params": params}, x, train=train, drop_token=drop, heads=heads,
+                     rngs={"droptoken": rng})
+
+
+def _pair(task: Task) -> str:
+  a, b = task.modalities
+  return heads_lib.pair_name(embed_lib.FAMILY[a], embed_lib.FAMILY[b])
+
+
+def _objective(task: Task, out: dict, batch: dict) -> tuple[jax.Array, dict]:
+  """The task's loss (unweighted) and metrics over the batch's valid examples."""
   valid = batch["valid"]
   if task.objective == "contrastive":
     a, b = task.modalities
-    pair = heads_lib.pair_name(embed_lib.FAMILY[a], embed_lib.FAMILY[b])
-    temperature = out["temperature"][pair]
+    temperature = out["temperature"][_pair(task)]
     loss, stats = objectives.infonce(out[a]["embedding"], out[b]["embedding"], temperature, valid)
     stats["temperature"] = temperature
-  else:
-    logits = out[task.modalities[0]]["logits"][task.name]
-    fn = objectives.sigmoid_cross_entropy if task.multi_label else objectives.softmax_cross_entropy
-    loss, stats = fn(logits, batch["label"], valid)
+    return loss, stats
+  logits = out[task.modalities[0]]["logits"][task.name]
+  fn = objectives.sigmoid_cross_entropy if task.multi_label else objectives.softmax_cross_entropy
+  return fn(logits, batch["label"], valid)
+
+
+def task_loss(model: Model, params, batch: dict, task: Task, rng, train: bool):
+  out = _forward(model, params, batch, task, rng, train)
+  loss, stats = _objective(task, out, batch)
   stats.update(loss=loss, aux_loss=out["aux_loss"])
+  stats.update(_routing_stats(out))
+  return task.loss_weight * loss + out["aux_loss"], stats
+
+
+def _routing_stats(out: dict) -> dict:
+  stats = {}
   for modality, layers in out["moe"]["experts"].items():
     for layer, s in layers.items():
       # Each expert's load (its share of the routed tokens), the tokens no expert took
@@ -89,7 +108,97 @@ def task_loss(model: Model, params, batch: dict, task: Task, rng, train: bool):
       stats[f"experts/{modality}/{layer}/z_loss"] = s["z_loss"].astype(jnp.float32)
       stats[f"experts/{modality}/{layer}/load_balance_loss"] = (
           s["load_balance_loss"].astype(jnp.float32))
-  return task.loss_weight * loss + out["aux_loss"], stats
+  return stats
+
+
+# ---------------------------------------------------------------------------
+# Microbatches: one task's gradient over its batch in k parts, accumulated.
+#
+# Part j holds examples j, j + k, j + 2k, ... of the batch, so that on a mesh every part is
+# spread over every device that holds the batch. A classification's loss is a mean over
+# the valid examples: each part's gradient is weighted by its share of them, which sums to
+# the whole batch's gradient. A contrastive loss needs every negative of the batch
+# (open_clip's --accum-freq): every part is embedded first, without gradients; the loss
+# and its gradients with respect to the embeddings and the temperature are taken over the
+# whole batch; then each part is embedded again and back-propagated from its slice of
+# those gradients. The MoE auxiliary losses and routing statistics are each part's,
+# averaged: an MoE routes each part's tokens in groups of its own, so a split batch is
+# routed otherwise than whole unless each routing group holds one example's tokens.
+
+def _parts(batch: dict, k: int) -> dict:
+  """[B, ...] -> [k, B/k, ...]: part j holds examples j, j + k, ..."""
+  return {key: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+          for key, x in batch.items()}
+
+
+def _whole(x: jax.Array) -> jax.Array:
+  """[k, B/k, ...] -> [B, ...] in the batch's order: `_parts` undone."""
+  return jnp.swapaxes(x, 0, 1).reshape(-1, *x.shape[2:])
+
+
+def microbatched_grads(model: Model, params, batch: dict, task: Task, rng, k: int):
+  """(loss as task_loss gives it, stats, gradients) of one task's batch in k parts."""
+  size = batch["valid"].shape[0]
+  if size % k:
+    raise ConfigError(f"task {task.name!r}: a batch of {size} does not split into "
+                      f"microbatches={k}; make every bucket's batch a multiple of it")
+  parts = _parts(batch, k)
+  steps = jnp.arange(k)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+
+  if task.objective != "contrastive":
+    count = jnp.maximum(batch["valid"].sum(), 1).astype(jnp.float32)
+
+    def part_loss(p, part, j):
+      out = _forward(model, p, part, task, jax.random.fold_in(rng, j), True)
+      loss, stats = _objective(task, out, part)
+      share = part["valid"].sum() / count  # of the batch's valid examples
+      stats = {**{n: v * share for n, v in stats.items()}, "loss": loss * share,
+               **jax.tree.map(lambda v: v / k, {"aux_loss": out["aux_loss"], **_routing_stats(out)})}
+      return task.loss_weight * loss * share + out["aux_loss"] / k, stats
+
+    def body(grads, xs):
+      part, j = xs
+      (_, stats), g = jax.value_and_grad(part_loss, has_aux=True)(params, part, j)
+      return jax.tree.map(jnp.add, grads, g), stats
+
+    grads, stats = jax.lax.scan(body, zeros, (parts, steps))
+    stats = jax.tree.map(lambda v: v.sum(0), stats)
+    return task.loss_weight * stats["loss"] + stats["aux_loss"], stats, grads
+
+  a, b = task.modalities
+
+  def embed(p, part, j):
+    out = _forward(model, p, part, task, jax.random.fold_in(rng, j), True)
+    return (out[a]["embedding"], out[b]["embedding"], out["temperature"][_pair(task)],
+            out["aux_loss"]), _routing_stats(out)
+
+  (ea, eb, temperature, aux), routing = jax.lax.map(
+      lambda xs: embed(params, *xs), (parts, steps))
+  whole = {"valid": batch["valid"]}
+  out = {a: {"embedding": _whole(ea)}, b: {"embedding": _whole(eb)},
+         "temperature": {_pair(task): temperature[0]}}
+
+  def batch_loss(ea_all, eb_all, t):
+    o = {a: {"embedding": ea_all}, b: {"embedding": eb_all}, "temperature": {_pair(task): t}}
+    return _objective(task, o, whole)
+
+  (loss, stats), (da, db, dt) = jax.value_and_grad(batch_loss, argnums=(0, 1, 2), has_aux=True)(
+      out[a]["embedding"], out[b]["embedding"], temperature[0])
+  w = task.loss_weight
+  cotangents = (w * _parts({"x": da}, k)["x"], w * _parts({"x": db}, k)["x"])
+
+  def body(grads, xs):
+    part, j, ca, cb = xs
+    _, back, _ = jax.vjp(lambda p: embed(p, part, j), params, has_aux=True)
+    one = jnp.ones((), jnp.float32)
+    (g,) = back((ca, cb, w * dt / k, one / k))  # the temperature's and aux's share per part
+    return jax.tree.map(jnp.add, grads, g), None
+
+  grads, _ = jax.lax.scan(body, zeros, (parts, steps, *cotangents))
+  aux = aux.mean()
+  stats.update(loss=loss, aux_loss=aux, **jax.tree.map(lambda v: v.mean(0), routing))
+  return w * loss + aux, stats, grads
 
 
 # ---------------------------------------------------------------------------
@@ -129,14 +238,16 @@ def state_shardings(init, key, mesh):
 # Steps, compiled ahead of time once per (task, batch shape).
 
 def make_step(model: Model, tasks: tuple[Task, ...], tx, seed: int, *, diagnostics: bool = True,
-              schedule: optax.Schedule | None = None, grad_clip: float | None = None):
+              schedule: optax.Schedule | None = None, grad_clip: float | None = None,
+              microbatches: int = 1):
   """A training step over one batch per task in `tasks` (AGD: one task; mixed: all).
 
   Each task's statistics hold its loss and metrics and the MoE layers' routing; with
   diagnostics, the optimizer's too: grad_norm (before clipping), clipped (1.0 when
   grad_norm exceeded grad_clip, given), update_norm, param_norm (after the update) and,
   given the schedule, learning_rate. A few reductions over the parameters
-  (benchmarks/train_diagnostics.py measures their cost).
+  (benchmarks/train_diagnostics.py measures their cost). `microbatches` k > 1: each
+  task's gradient is accumulated over its batch in k parts (microbatched_grads).
   """
 
   def step(state, batches, step_index):
@@ -150,7 +261,15 @@ def make_step(model: Model, tasks: tuple[Task, ...], tx, seed: int, *, diagnosti
         stats[task.name] = s
       return total, stats
 
-    (total, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if microbatches == 1:
+      (total, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    else:
+      total, stats, grads = 0.0, {}, None
+      for i, (task, batch) in enumerate(zip(tasks, batches)):
+        loss, stats[task.name], g = microbatched_grads(
+            model, state["params"], batch, task, jax.random.fold_in(rng, i), microbatches)
+        total += loss
+        grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)

@@ -187,7 +187,8 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   donate = jax.devices()[0].platform != "cpu"
   compiled, programs = {}, []
   # Logged per task in metrics.jsonl: the learning rate, and whether the norm was clipped.
-  diagnostics = dict(schedule=step_lib.learning_rate(config), grad_clip=config.grad_clip)
+  diagnostics = dict(schedule=step_lib.learning_rate(config), grad_clip=config.grad_clip,
+                     microbatches=config.microbatches)
   if agd:
     for task in tasks:
       step_fn = step_lib.make_step(model, (task,), tx, config.seed, **diagnostics)
