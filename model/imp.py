@@ -29,6 +29,7 @@ Initialize with `init_params`, which runs every embedder and head once so the
 parameter tree (and the optimizer state) is the same whatever the task.
 """
 
+import dataclasses
 from collections.abc import Mapping
 
 import flax.linen as nn
@@ -37,7 +38,7 @@ import jax.numpy as jnp
 
 from impax.model import embed
 from impax.model.config import Config
-from impax.model.encoder import Encoder
+from impax.model.encoder import Encoder, scan_params
 from impax.model.heads import (FAMILIES, ClassificationHead, ProjectionHead,
                                Temperatures)
 
@@ -132,7 +133,12 @@ def init_params(config: Config, rng: jax.Array):
   """All parameters of the model (every embedder and head), float32.
 
   Parameters do not depend on the mesh; to create them sharded, jit this with
-  `out_shardings=sharding.param_shardings(...)`.
+  `out_shardings=sharding.param_shardings(...)`. Nor on `scan_layers`: a scanned model's are
+  the unrolled model's, stacked (encoder.scan_params), so that the same seed starts the same
+  model however it compiles.
   """
+  if config.scan_layers:
+    unrolled = dataclasses.replace(config, scan_layers=False)
+    return jax.jit(lambda rng: scan_params(init_params(unrolled, rng), config))(rng)
   init = lambda rng: Model(config).init({"params": rng}, dummy_inputs(config))
   return jax.jit(init)(rng)["params"]

@@ -34,15 +34,25 @@ class Checkpoints:
         state=ocp.args.StandardSave(state), loaders=ocp.args.JsonSave(loader_states),
         meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore_latest(self, target):
+  def restore_latest(self, target, layout=None):
     """(state, loader states, meta) of the latest checkpoint, or None; `target` gives
-    the structure, shapes and shardings."""
+    the structure, shapes and shardings. `layout`, (to_saved, from_saved): another
+    structure a checkpoint may hold the same state in (the encoder's layers scanned or
+    not): a checkpoint that is not in the target's is restored in `to_saved(target)`'s
+    and converted with `from_saved`."""
     step = self.manager.latest_step()
     if step is None:
       return None
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), loaders=ocp.args.JsonRestore(),
-        meta=ocp.args.JsonRestore()))
+    try:
+      restored = self._restore(step, target)
+    except ValueError as e:  # Orbax: "... tree structures do not match: ..."
+      if layout is None or "do not match" not in str(e):
+        raise
+      to_saved, from_saved = layout
+      saved = self._restore(step, jax.eval_shape(to_saved, target))
+      shardings = jax.tree.map(lambda x: x.sharding, target)
+      restored = {"state": jax.device_put(from_saved(saved["state"]), shardings),
+                  "loaders": saved["loaders"], "meta": saved["meta"]}
     if not bool(jax.jit(all_finite)(restored["state"])):
       where = os.path.join(str(self.manager.directory), str(step))
       raise NonFiniteCheckpoint(
@@ -50,6 +60,11 @@ class Checkpoints:
           f"state (NaN or inf): it is not restored. Delete {where} to resume from the "
           "checkpoint before it, or train in a new workdir")
     return restored["state"], restored["loaders"], restored["meta"]
+
+  def _restore(self, step: int, target) -> dict:
+    return self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target), loaders=ocp.args.JsonRestore(),
+        meta=ocp.args.JsonRestore()))
 
   def close(self) -> None:
     self.manager.wait_until_finished()

@@ -109,6 +109,9 @@ class TrainConfig:
 EXTENDS_A_RUN = ("steps", "log_every", "checkpoint_every", "keep_checkpoints",
                  "max_nonfinite_steps", "eval_every", "validation_split", "keep_best",
                  "eval_at_end", "linear_probe", "plots", "log_batch_ids")
+# Model fields that change how it compiles and what memory it takes, never what it computes:
+# a run may resume under other values (its checkpoint is converted: trainer.py).
+HOW_A_MODEL_COMPILES = ("scan_layers", "remat", "attention_impl")
 EXTENDS_A_TASK = ("eval_split", "eval_bucket", "eval_clips", "eval_crops", "num_workers",
                   "loader_nice")
 
@@ -368,7 +371,11 @@ def changes(recorded: dict, config: TrainConfig) -> list[tuple[str, object, obje
   A task's field is named `tasks['NAME'].FIELD`."""
   now = to_json(config)
   out = [(key, recorded[key], value, key not in EXTENDS_A_RUN) for key, value in now.items()
-         if key != "tasks" and key in recorded and recorded[key] != value]
+         if key not in ("tasks", "model_overrides") and key in recorded and recorded[key] != value]
+  if "model_overrides" in recorded and recorded["model_overrides"] != now["model_overrides"]:
+    computes = lambda pairs: [p for p in pairs if p[0] not in HOW_A_MODEL_COMPILES]
+    out.append(("model_overrides", recorded["model_overrides"], now["model_overrides"],
+                computes(recorded["model_overrides"]) != computes(now["model_overrides"])))
   before = {t["name"]: t for t in recorded.get("tasks", ())}
   after = {t["name"]: t for t in now["tasks"]}
   if list(before) != list(after):  # the order too: it seeds each task's data

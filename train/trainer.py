@@ -13,6 +13,7 @@ baseline).
 """
 
 import concurrent.futures
+import functools
 import itertools
 import json
 import os
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 from jax import monitoring
 
+from impax.model import scan_params, unscan_params
 from impax.train import checkpoint, evaluate, inputs, metrics as metrics_lib, schedule
 from impax.train import config as config_lib
 from impax.train import plan as plan_lib
@@ -160,7 +162,12 @@ def train(config: TrainConfig, workdir: str, *, log=print, stop_at: int | None =
   # -- resume --------------------------------------------------------------
   iterators = {name: iter(data) for name, data in loaders.items()} | (iterators or {})
   start_step = 0
-  restored = ckpt.restore_latest(state)
+  # A checkpoint of the same model with its layers scanned otherwise (scan_layers changes
+  # how the model compiles, not what it computes) is converted as it is restored.
+  other = ((unscan_params, scan_params) if model_cfg.scan_layers
+           else (scan_params, unscan_params))
+  restored = ckpt.restore_latest(state, layout=tuple(
+      functools.partial(convert, config=model_cfg) for convert in other))
   if restored is not None:
     state, loader_states, meta = restored
     for name, it in iterators.items():

@@ -594,3 +594,30 @@ def test_resuming_under_a_config_that_changes_the_run_is_refused(root, tmp_path)
   assert written["allow_config_change"] is True
   assert {"field": "seed", "was": 0, "now": 7, "defines_the_run": True} in written["config_changes"]
   assert json.loads((workdir / "config.json").read_text())["seed"] == 7
+
+
+def test_a_run_resumes_with_its_layers_scanned_otherwise(root, tmp_path):
+  """scan_layers changes how the model compiles, not what it computes: a run checkpointed
+  scanned resumes unrolled (its checkpoint converted) and takes the steps the unrolled
+  run takes; a change to what the model computes is still refused."""
+  (tmp_path / "config.py").write_text(AUDIO_CONFIG_FILE)
+  # Dense: an MoE's routing is a discrete choice that float noise between the scanned
+  # and unrolled programs can flip (tests/model/test_scan.py compares those to tolerance).
+  dense = (("moe_layers", ()), ("num_experts", 0))
+  config = dataclasses.replace(
+      config_lib.load(f"{tmp_path / 'config.py'}:{root}"), steps=4, checkpoint_every=2,
+      model_overrides=dense)
+  scanned = dataclasses.replace(config, model_overrides=(*dense, ("scan_layers", True)))
+  trainer.train(config, str(tmp_path / "whole"), log=lambda *_: None)
+  trainer.train(scanned, str(tmp_path / "parts"), log=lambda *_: None, stop_at=2)
+  logged = []
+  summary = trainer.train(config, str(tmp_path / "parts"), log=logged.append)
+  assert summary["step"] == 4 and "resumed from step 2" in logged
+  assert [c["defines_the_run"] for c in summary["config_changes"]] == [False]
+  whole, parts = losses(tmp_path / "whole"), losses(tmp_path / "parts")
+  assert whole.keys() == parts.keys() and len(whole) == 4
+  for key in whole:
+    assert parts[key] == pytest.approx(whole[key], rel=1e-4, abs=1e-6), key
+  other = dataclasses.replace(config, model_overrides=(*dense, ("width", 32)), steps=5)
+  with pytest.raises(ConfigError, match="model_overrides"):
+    trainer.train(other, str(tmp_path / "parts"), log=lambda *_: None)
