@@ -279,24 +279,49 @@ class _Batches:
   buckets: tuple[Bucket, ...]  # training: the task's; evaluation: its evaluation bucket
   nice: int = 0  # added to the nice value of the threads and processes that make batches
   stride: int = 1  # steps between two this process makes (mp_prefetch: worker i makes i::W)
+  MEMO_STEPS = 64  # steps whose examples `_examples` remembers (not a field: no annotation)
 
   def shapes(self, bucket_index: int) -> dict[str, tuple[tuple[int, ...], str]]:
     """{key: (per-process shape, dtype)} of a batch of this bucket."""
     return self.reader.shapes(self.buckets[bucket_index], self.sampler.batch_size(bucket_index))
+
+  def __getstate__(self) -> dict:
+    state = dict(self.__dict__)
+    state.pop("_examples_memo", None)  # a process's own: its lock does not pickle
+    return state
+
+  @functools.cached_property
+  def _examples_memo(self) -> tuple[threading.Lock, collections.OrderedDict]:
+    return threading.Lock(), collections.OrderedDict()
+
+  def _examples(self, step: int) -> list:
+    """The sampler's examples of a step, remembered for the last MEMO_STEPS steps asked:
+    a remote source's fetch-ahead asks for a step before it is made (once per dataset of a
+    mixture), and drawing them again cost as much as a tenth of a streamed batch."""
+    lock, memo = self._examples_memo
+    with lock:
+      if step in memo:
+        return memo[step]
+    examples = self.sampler.examples(step)
+    with lock:
+      memo[step] = examples
+      while len(memo) > self.MEMO_STEPS:
+        memo.popitem(last=False)
+    return examples
 
   def __call__(self, step: int) -> tuple[dict, list[str]]:
     _lower_priority(self.nice)
     bucket_index = self.sampler.bucket_of(step)
     bucket = self.buckets[bucket_index]
     batch = {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.shapes(bucket_index).items()}
-    examples = self.sampler.examples(step)
+    examples = self._examples(step)
     mixture = len(self.sources) > 1
     data = [b""] * len(examples)
     for d, source in enumerate(self.sources):
       prefetch = getattr(source, "prefetch", None)
       if prefetch is not None:  # a remote source fetches the coming steps' records meanwhile
         prefetch(step, self.stride, lambda later, d=d: [
-            e.record for e in self.sampler.examples(later) if e.dataset == d])
+            e.record for e in self._examples(later) if e.dataset == d])
       slots = [i for i, e in enumerate(examples) if e.dataset == d]
       for i, record in zip(slots, source.read([examples[i].record for i in slots])):
         data[i] = record
