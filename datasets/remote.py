@@ -20,8 +20,8 @@ instead would read a shard per record under a global shuffle.
 Ahead of the loader. The loader knows every coming step's records (the
 sampler's are a function of the seed and the step) and tells the source
 (`prefetch`): their chunks are fetched on a pool of threads while earlier
-steps decode, adjacent chunks of a shard in one request, and held in memory
-until read.
+steps decode, a block of `ahead` steps at a time, chunks of a shard less than
+MERGE_GAP apart in one request, and held in memory until read.
 
 The disk cache. Chunks read are also kept on disk, under `IMPAX_CACHE_DIR`
 (default ~/.cache/impax/streams), in a folder per dataset version, within
@@ -30,7 +30,8 @@ reading process claims a slot folder (a lock file) with its share of the
 limit, evicts its least recently used chunks before writing one that would
 pass it, and reads any slot's chunks: the folder never holds more than the
 limit, though several loader processes share it, and a second epoch (or run)
-reads what fits from disk.
+reads what fits from disk. Once its slot is full, a process writes only a
+sample of the chunks it fetches (`_DiskCache`).
 
 Failures. A request that fails transiently (HTTP 5xx, 429, 408, a reset or
 refused connection, a timeout, a short body) is retried with exponential
@@ -64,6 +65,7 @@ import struct
 import tempfile
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -113,17 +115,36 @@ def _verify_hint(root: str) -> str:
 
 
 class _S3:
-  """boto3, configured by the environment; its own retries off: `_retried` is the policy."""
+  """S3 through boto3, configured by the environment; its own retries off: `_retried` is the
+  policy. A ranged GET goes to a presigned URL of its object through urllib3 (the one boto3
+  itself uses): boto3's get_object costs 2-3 ms of CPU a request whatever its size, a plain
+  GET 0.8. A URL is signed again after half its lifetime, and once on a 403 (credentials
+  rotated); an answer only boto3 knows what to do with (a redirect to another region, a proxy
+  in the environment) sends this client's GETs through get_object from then on."""
+
+  URL_LIFETIME = 3600  # seconds a presigned URL is valid for
 
   def __init__(self, bucket: str):
     import boto3  # the s3:// client, loaded for s3:// datasets only
     import botocore.config
     import botocore.exceptions
+    import botocore.httpsession
+    import urllib3
     self.bucket, self.errors = bucket, botocore.exceptions
     config = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"},
                                     connect_timeout=20, read_timeout=60,
-                                    max_pool_connections=THREADS * 2)
-    self.client = boto3.session.Session().client("s3", config=config)
+                                    max_pool_connections=THREADS * 2,
+                                    signature_version="s3v4")  # else presigned URLs use v2
+    session = boto3.session.Session()
+    self.client = session.client("s3", config=config)
+    verify = session._session.get_config_variable("ca_bundle")  # AWS_CA_BUNDLE, ~/.aws/config
+    self.http = urllib3.PoolManager(
+        maxsize=THREADS * 2, retries=False, timeout=urllib3.Timeout(connect=20, read=60),
+        ca_certs=verify or botocore.httpsession.get_cert_path(True))
+    self.http_errors = (urllib3.exceptions.HTTPError, OSError)
+    self.urls: dict[str, tuple[str, float]] = {}  # key -> (presigned URL, when signed)
+    self.urls_lock = threading.Lock()
+    self.presigned = not urllib.request.getproxies()  # boto3 honours HTTP(S)_PROXY itself
 
   def _call(self, fn, **kw):
     e = self.errors
@@ -141,12 +162,49 @@ class _S3:
             e.IncompleteReadError) as err:
       raise _Transient(f"{type(err).__name__}: {err}") from None
 
-  def get(self, key: str, start: int, end: int) -> bytes:
+  def _url(self, key: str, stale: str | None = None) -> str:
+    """The key's presigned URL; signed anew when half its life is gone, or when it is `stale`."""
+    with self.urls_lock:
+      url, signed = self.urls.get(key, (None, 0.0))
+      if url is None or url == stale or time.monotonic() - signed > self.URL_LIFETIME / 2:
+        url = self._call(self.client.generate_presigned_url, ClientMethod="get_object",
+                         Params={"Bucket": self.bucket, "Key": key},
+                         ExpiresIn=self.URL_LIFETIME)
+        self.urls[key] = url, time.monotonic()
+      return url
+
+  def _get_object(self, key: str, start: int, end: int) -> bytes:
     def fetch():
       body = self.client.get_object(Bucket=self.bucket, Key=key,
                                     Range=f"bytes={start}-{end - 1}")["Body"]
       return body.read()
     return self._call(fetch)
+
+  def get(self, key: str, start: int, end: int) -> bytes:
+    if not self.presigned:
+      return self._get_object(key, start, end)
+    url = self._url(key)
+    for signed_again in (False, True):
+      try:  # the body as stored (as boto3 gives it): no decoding of a Content-Encoding
+        response = self.http.request("GET", url, headers={"Range": f"bytes={start}-{end - 1}"},
+                                     decode_content=False)
+      except self.http_errors as err:
+        raise _Transient(f"{type(err).__name__}: {err}"[:200]) from None
+      status = response.status
+      if status in (200, 206):
+        return response.data
+      if status == 403 and not signed_again:  # expired, or the credentials changed
+        url = self._url(key, stale=url)
+        continue
+      if status == 403:  # S3's answer for a missing key, to one who may not list the bucket
+        raise _Gone("HTTP 403: gone, or denied to these credentials")
+      if status in (404, 416):
+        raise _Gone(f"HTTP {status}")
+      if status in (408, 429) or status >= 500:
+        raise _Transient(f"HTTP {status}")
+      break
+    self.presigned = False  # a redirect or a request refused: boto3's own way from now on
+    return self._get_object(key, start, end)
 
   def sizes(self, prefix: str) -> dict[str, int]:
     def listing():
@@ -234,8 +292,8 @@ def get(uri: str, start: int, end: int, *, size_known: bool = True) -> bytes:
     return data
   try:
     return _retried(f"reading bytes {start}-{end} of {uri}", fetch)
-  except _Gone:
-    raise RemoteError(f"{uri} is gone, or shorter than {end} bytes") from None
+  except _Gone as e:
+    raise RemoteError(f"{uri} is gone, or shorter than {end} bytes ({e})") from None
 
 
 def size(uri: str) -> int | None:
@@ -339,12 +397,18 @@ def _without_block_headers(raw: bytes, begin: int) -> bytes:
   return b"".join(parts)
 
 
+_zstd = threading.local()  # a decompressor per thread: making one costs what decompressing does
+
+
 def _decompress(kind: int, data: bytes) -> bytes:
   if kind == 0:
     return data
   size, i = _varint(data, 0)
   if kind == ord("z"):
-    return zstandard.ZstdDecompressor().decompress(data[i:], max_output_size=size)
+    decompressor = getattr(_zstd, "decompressor", None)
+    if decompressor is None:
+      decompressor = _zstd.decompressor = zstandard.ZstdDecompressor()
+    return decompressor.decompress(data[i:], max_output_size=size)
   if kind == ord("b"):
     import brotli  # optional: impax builds write zstd
     return brotli.decompress(data[i:])
@@ -425,15 +489,29 @@ def cache_settings(cache_dir: str | None, cache_limit: int | None) -> tuple[str,
 
 
 class _DiskCache:
-  """Chunks on disk in this process's slot of the dataset's cache folder, least recently used
-  evicted first, the slot within `budget` bytes; any slot's chunks are read."""
+  """Chunks on disk, a file each, in this process's slot of the dataset's cache folder, the
+  slot within `budget` bytes, least recently used evicted first; any slot's chunks are read.
 
-  def __init__(self, folder: str, slots: int, budget: int):
+  What this slot holds is known in memory, and the other slots' from a listing made at most
+  every LIST_EVERY seconds (a chunk evicted there since is a miss): no listing per lookup.
+  Once the slot is full, a chunk fetched is written with probability `admit` only. A shuffled
+  epoch reads each chunk once, so a slot rewritten with every chunk fetched holds the ones
+  read last, which the next epoch reads at random times, by when almost all are evicted
+  (benchmarks/streaming.py's datasets, limit a tenth: 0.1-0.2% of lookups found); a slot
+  renewed a little at a time holds chunks the next epoch reads as often as any (9-12% found),
+  for a fraction of the writes (each a file written and one removed)."""
+
+  LIST_EVERY = 2.0  # seconds between two listings of the other slots
+
+  def __init__(self, folder: str, slots: int, budget: int, admit: float = 1.0):
     os.makedirs(folder, exist_ok=True)
-    self.folder, self.budget = folder, budget
+    self.folder, self.budget, self.admit = folder, budget, admit
     self.lock = threading.Lock()
+    self.random = random.Random()
     self.used: collections.OrderedDict[str, int] = collections.OrderedDict()
     self.total = 0
+    self.others: dict[str, str] = {}  # chunk name -> its path in another slot, when listed
+    self.listed = -float("inf")
     for n in range(1 << 16):  # the first slot no other process holds (its budget: 0 past `slots`)
       lock = open(os.path.join(folder, f"slot-{n}.lock"), "wb")  # noqa: SIM115 - held till exit
       try:
@@ -468,22 +546,41 @@ class _DiskCache:
         pass
       self.total -= size
 
+  def _list_others(self) -> None:
+    others = {}
+    for slot in os.listdir(self.folder):
+      path = os.path.join(self.folder, slot)
+      if not slot.startswith("slot-") or slot.endswith(".lock") or path == self.slot:
+        continue
+      try:
+        others.update((name, os.path.join(path, name)) for name in os.listdir(path)
+                      if not name.endswith(".part"))
+      except (FileNotFoundError, NotADirectoryError):
+        continue
+    self.others, self.listed = others, time.monotonic()
+
   def get(self, name: str) -> bytes | None:
     with self.lock:
       if name in self.used:
         self.used.move_to_end(name)
-    for slot in [self.slot] + [os.path.join(self.folder, s) for s in os.listdir(self.folder)
-                               if s.startswith("slot-") and not s.endswith(".lock")]:
-      try:
-        with open(os.path.join(slot, name), "rb") as f:
-          return f.read()
-      except (FileNotFoundError, NotADirectoryError):
-        continue
-    return None
+        path = os.path.join(self.slot, name)
+      else:
+        if time.monotonic() - self.listed > self.LIST_EVERY:
+          self._list_others()
+        path = self.others.get(name)
+    if path is None:
+      return None
+    try:
+      with open(path, "rb") as f:
+        return f.read()
+    except FileNotFoundError:  # evicted by its slot's process since the listing
+      return None
 
   def put(self, name: str, data: bytes) -> None:
     with self.lock:
-      if len(data) > self.budget or name in self.used:
+      if len(data) > self.budget or name in self.used or name in self.others:
+        return
+      if self.total + len(data) > self.budget and self.random.random() >= self.admit:
         return
       self._evict(len(data))  # before writing: the folder never holds more than the limit
       path = os.path.join(self.slot, name)
@@ -550,19 +647,26 @@ class RemoteSource:
   def _state(self) -> "_State":
     return _State(self)
 
-  def _locate(self, position: int) -> tuple[int, int, int]:
-    """(shard, chunk, record within the chunk) of a split position."""
-    shard = int(np.searchsorted(self._starts, position, side="right")) - 1
-    if not 0 <= position < len(self) or shard >= len(self.shards):
-      raise IndexError(f"record {position} outside the split's {len(self)}")
-    index = self.indexes[shard]
-    record = position - int(self._starts[shard])
-    chunk = index.chunk_of(record)
-    return shard, chunk, record - int(index.first[chunk])
+  def _locate(self, positions: Sequence[int]) -> list[tuple[int, int, int]]:
+    """(shard, chunk, record within the chunk) of each split position (at once: a position
+    at a time was a tenth of a streamed batch's CPU)."""
+    positions = np.asarray(positions, np.int64).reshape(-1)
+    outside = (positions < 0) | (positions >= len(self))
+    if outside.any():
+      raise IndexError(f"record {int(positions[outside][0])} outside the split's {len(self)}")
+    shards = np.searchsorted(self._starts, positions, side="right") - 1
+    records = positions - self._starts[shards]
+    chunks, within = np.empty_like(records), np.empty_like(records)
+    for shard in np.unique(shards):
+      here = shards == shard
+      first = self.indexes[shard].first
+      chunks[here] = np.searchsorted(first, records[here], side="right") - 1
+      within[here] = records[here] - first[chunks[here]]
+    return list(zip(shards.tolist(), chunks.tolist(), within.tolist()))
 
   def read(self, positions: Sequence[int]) -> list[bytes]:
     """The records at these split positions, in their order."""
-    where = [self._locate(int(p)) for p in positions]
+    where = self._locate(positions)
     chunks = self._state.chunks([(s, c) for s, c, _ in where], consume=True)
     out = []
     for shard, chunk, within in where:
@@ -576,7 +680,8 @@ class RemoteSource:
 
   def prefetch(self, step: int, stride: int, records_of: Callable[[int], list[int]]) -> None:
     """Fetches ahead the records of steps step + stride, ..., step + ahead * stride (this
-    process makes every stride-th step), each step once; `records_of(step)`: its positions."""
+    process makes every stride-th step), each step once, by blocks of `ahead` steps (so up to
+    2 * ahead - 1 steps ahead); `records_of(step)`: its positions."""
     self._state.prefetch(step, stride, records_of)
 
   @property
@@ -590,23 +695,33 @@ class RemoteSource:
 class _State:
   """A process's fetching machinery for one source: threads, chunks held ahead, disk cache."""
 
+  TURNOVER = 4  # epochs in which a full disk cache slot is renewed (`_DiskCache.admit`)
+
   def __init__(self, source: RemoteSource):
     self.source = source
     self.pool = concurrent.futures.ThreadPoolExecutor(THREADS)
     self.lock = threading.Lock()
-    # (shard, chunk) -> [future of its bytes, reads expected]: fetched ahead, held till read
+    # (shard, chunk) -> [future of its bytes, reads expected], oldest first: fetched ahead,
+    # held till read
     self.held: dict[tuple[int, int], list] = {}
-    self.held_order: collections.deque = collections.deque()
+    self.held_bytes = 0  # of the chunks in `held`, fetched or not (their sizes are known)
     self.expected: set[int] = set()
     self.disk = None
     if source.cache_limit > 0:
+      split_bytes = max(1, sum(s.num_bytes for s in source.shards))
       self.disk = _DiskCache(source.cache_folder, max(1, source.processes),
-                             source.cache_limit // max(1, source.processes))
+                             source.cache_limit // max(1, source.processes),
+                             admit=min(1.0, source.cache_limit / (self.TURNOVER * split_bytes)))
     self.fetched_bytes = 0  # from the store, this process
     self.requests = 0
+    self.disk_reads = 0  # chunks read from the disk cache, this process
 
   def _name(self, key: tuple[int, int]) -> str:
     return f"{key[0]}-{key[1]}"
+
+  def _size(self, key: tuple[int, int]) -> int:
+    offsets = self.source.indexes[key[0]].offsets
+    return int(offsets[key[1] + 1]) - int(offsets[key[1]])
 
   def _fetch(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
     """Chunks of one shard from the store, adjacent ones in one request."""
@@ -648,6 +763,7 @@ class _State:
     for key in dict.fromkeys(keys):
       data = self.disk.get(self._name(key)) if self.disk is not None else None
       if data is not None:
+        self.disk_reads += 1
         result[key] = concurrent.futures.Future()
         result[key].set_result(data)
       else:
@@ -659,16 +775,24 @@ class _State:
     return result
 
   def prefetch(self, step: int, stride: int, records_of: Callable[[int], list[int]]) -> None:
-    later = [s for s in range(step + stride, step + (self.source.ahead + 1) * stride, stride)
+    # This process's steps are step + k * stride; with k counted from the first, the ones
+    # wanted ahead (k + 1 .. k + ahead) are fetched by whole blocks of `ahead` steps: a block's
+    # chunks lie denser in each shard than a step's, so fewer requests join them, over
+    # smaller gaps.
+    ahead = self.source.ahead
+    k = step // stride
+    block_end = ((k + ahead) // ahead + 1) * ahead if ahead else k + 1
+    later = [s for s in range(step + stride, step + (block_end - k) * stride, stride)
              if s not in self.expected]
     if not later:
       return
-    keys = []
+    positions = []
     for s in later:
       self.expected.add(s)
-      keys += [self.source._locate(p)[:2] for p in records_of(s)]
+      positions += records_of(s)
+    keys = [where[:2] for where in self.source._locate(positions)]
     if len(self.expected) > 4 * self.source.ahead + 16:  # steps long made: forget them
-      for s in sorted(self.expected)[:len(self.expected) - 2 * self.source.ahead]:
+      for s in sorted(self.expected)[:len(self.expected) - 3 * self.source.ahead]:
         self.expected.discard(s)
     with self.lock:
       new = [k for k in dict.fromkeys(keys) if k not in self.held]
@@ -676,19 +800,19 @@ class _State:
     with self.lock:
       for key, future in futures.items():
         self.held[key] = [future, 0]
-        self.held_order.append(key)
+        self.held_bytes += self._size(key)
       for key in keys:
         self.held[key][1] += 1
       self._bound_held()
 
+  def _drop(self, key: tuple[int, int]) -> None:
+    del self.held[key]
+    self.held_bytes -= self._size(key)
+
   def _bound_held(self) -> None:
     """Drops the oldest chunks held ahead past MEMORY_CAP (steps expected but never made)."""
-    total = sum(len(f.result()) for f, _ in self.held.values() if f.done() and not f.exception())
-    while total > MEMORY_CAP and self.held_order:
-      key = self.held_order.popleft()
-      entry = self.held.pop(key, None)
-      if entry and entry[0].done() and not entry[0].exception():
-        total -= len(entry[0].result())
+    while self.held_bytes > MEMORY_CAP and self.held:
+      self._drop(next(iter(self.held)))
 
   def chunks(self, keys: list[tuple[int, int]], consume: bool) -> dict[tuple[int, int], bytes]:
     """The bytes of these chunks: held ahead, cached or fetched now; a read consumes one
@@ -704,7 +828,7 @@ class _State:
           if entry is not None:
             entry[1] -= 1
             if entry[1] <= 0:
-              del self.held[key]
+              self._drop(key)
     return out
 
 
