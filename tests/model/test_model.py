@@ -4,6 +4,7 @@ import statistics
 import time
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -110,6 +111,34 @@ def test_bfloat16_compute_gives_close_float32_outputs(tiny_params, make_inputs):
     cosine = jnp.sum(a * b, -1) / jnp.linalg.norm(a, axis=-1) / jnp.linalg.norm(
         b, axis=-1)
     assert float(cosine.min()) > 0.99
+
+
+def equations(jaxpr):
+  """Every equation of a jaxpr, those of the jaxprs inside it (jit, scan, remat) too."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for inner in jax.extend.core.jaxprs_in_params(eqn.params):
+      yield from equations(inner)
+
+
+def test_bfloat16_keeps_the_routers_choices_in_float32(tiny, tiny_params, make_inputs):
+  """The MoE router's logits (tokens [.., width] x router [width, experts]) and its top-k
+  choices run in float32 when the model computes in bfloat16 (Switch's selective precision)."""
+  inputs = make_inputs(batch=2, image=None, spectrogram=None, waveform=None)
+  model = Model(get_config("tiny", dtype="bfloat16"))
+  jaxpr = jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x))(tiny_params, inputs).jaxpr
+  found = list(equations(jaxpr))
+  routers = [e for e in found if e.primitive.name == "dot_general"
+             and e.invars[1].aval.shape == (tiny.width, tiny.num_experts)]
+  # one per MoE layer and modality (video, text)
+  assert len(routers) >= 2 * len(tiny.moe_layers)
+  for e in routers:
+    assert [v.aval.dtype for v in (*e.invars, *e.outvars)] == [jnp.float32] * 3
+  bf16 = [e for e in found if e.primitive.name == "dot_general"
+          and e.outvars[0].aval.dtype == jnp.bfloat16]
+  assert bf16  # the rest of the model does compute in bfloat16
+  top_k = [e for e in found if e.primitive.name == "top_k"]
+  assert top_k and all(e.invars[0].aval.dtype == jnp.float32 for e in top_k)
 
 
 def test_remat_policies_change_memory_not_results(tiny_params, make_inputs):
