@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/model_gpu.py                  # B and MoE-B
     .venv/bin/python benchmarks/model_gpu.py --presets B --input video
+    .venv/bin/python benchmarks/model_gpu.py --presets MoE-B --remat save_dots --scan
     .venv/bin/python benchmarks/model_gpu.py --presets tiny --size 32 --start-batch 8 \
         --max-batch 8 --bisect-steps 0 --steps 1  # CPU smoke run (benchmarks/smoke.py)
 
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import optax
 
 from impax.model import Model, get_config, info, init_params
+from impax.model.config import REMAT
 
 # Peak dense bfloat16 tensor FLOP/s by device kind (vendor datasheets).
 PEAK_TFLOPS = {
@@ -145,7 +147,11 @@ def main():
   parser.add_argument("--attention", default="cudnn",
                       help="jax.nn.dot_product_attention implementation on "
                       "GPU: cudnn (flash attention) or xla.")
-  parser.add_argument("--remat", action="store_true")
+  parser.add_argument("--remat", choices=REMAT, default="none",
+                      help="what a block keeps for its backward pass (model/config.py REMAT); "
+                      "benchmarks/model_memory.py's table says which fits")
+  parser.add_argument("--scan", action="store_true",
+                      help="scan_layers: one block compiled per run of identical blocks")
   parser.add_argument("--peak-tflops", type=float, default=None)
   args = parser.parse_args()
 
@@ -154,7 +160,7 @@ def main():
   peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_flops(device)
   results = {}
   for preset in args.presets:
-    config = get_config(preset, dtype="bfloat16", remat=args.remat,
+    config = get_config(preset, dtype="bfloat16", remat=args.remat, scan_layers=args.scan,
                         attention_impl=args.attention if on_gpu else None)
     _, tokens = make_inputs(config, args.input, 1, args.size)
     counts = info.info(config, tokens=tokens)
@@ -167,7 +173,7 @@ def main():
         raise
       # cuDNN attention unsupported here (version, GPU): fall back to XLA.
       note = f"cudnn attention failed ({type(e).__name__}); used xla"
-      config = get_config(preset, dtype="bfloat16", remat=args.remat)
+      config = get_config(preset, dtype="bfloat16", remat=args.remat, scan_layers=args.scan)
       batch, _, tried = largest_batch(config, args.input, args.start_batch,
                                       args.max_batch, args.bisect_steps, args.size)
     if batch is None:
@@ -192,7 +198,7 @@ def main():
       device=device.device_kind, platform=device.platform,
       peak_tflops=peak / 1e12 if peak else None, input=args.input, size=args.size,
       tokens_per_example=tokens, dtype="bfloat16",
-      remat=args.remat,
+      remat=args.remat, scan_layers=args.scan,
       results=results, goals=dict(B=0.40, **{"MoE-B": 0.30})), indent=2))
 
 
