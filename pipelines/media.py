@@ -1,4 +1,5 @@
-"""Decoding media: video clips and audio with ffmpeg, images with Pillow.
+"""Decoding media: video clips and audio with ffmpeg, images with Pillow (and OpenCV's area
+filter where a build asks for it).
 
 Each function takes a local file and returns stored-ready data, or raises
 `MediaError` whose message says what is wrong with which file; the pipeline
@@ -22,15 +23,19 @@ import struct
 import subprocess
 import threading
 
+import cv2
 import ffmpeg
 import imagehash
 import numpy as np
+import simplejpeg
 import soxr
 from PIL import ExifTags, Image, ImageOps
 
 from impax.datasets import mel
 from impax.pipelines.config import JPEG_MAX_SIDE
 from impax.pipelines.tools import ffmpeg_binary
+
+cv2.setNumThreads(1)  # parallelism comes from the build's workers
 
 
 class MediaError(Exception):
@@ -347,11 +352,64 @@ def _to_rgb(image: Image.Image) -> Image.Image:
   return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
 
 
+# An image's shrinking filter (the build's image_resize_filter): Pillow's LANCZOS, or
+# OpenCV's INTER_AREA (each pixel the mean of the area it covers: img2dataset's filter), a
+# little softer and, 640x480 to 341x256, 1.9 ms against LANCZOS's 5.5 (benchmarks/README.md).
+RESIZE_FILTERS = ("lanczos", "area")
+
+
+def _draft_scale(width: int, height: int, size: tuple[int, int]) -> int:
+  """The DCT scale (1, 2, 4 or 8) Pillow's JPEG `draft` picks to decode at least `size`."""
+  scale = min(width // size[0], height // size[1])
+  return next(s for s in (8, 4, 2, 1) if scale >= s or s == 1)
+
+
+def _simplejpeg(data: bytes, colorspace: str, width: int, height: int, scale: int) -> np.ndarray | None:
+  """A YCbCr or grey JPEG's pixels decoded by simplejpeg at 1/`scale`: the same pixels as
+  Pillow's (both libjpeg-turbo's accurate DCT and fancy upsampling; the tests compare them),
+  without Pillow's copies (a 640x480 photo: 2.8 against 3.4 ms). None where it would not be
+  Pillow's: another colour space, or libjpeg's warning that Pillow lets pass. From 8 pixels a
+  side, only 1/`scale` gives the size asked, so that is the scale simplejpeg picks."""
+  if min(width, height) < 8:
+    return None
+  try:
+    if simplejpeg.decode_jpeg_header(data)[2] not in ("YCbCr", "Gray"):
+      return None
+    shape = (-(-height // scale), -(-width // scale))
+    pixels = simplejpeg.decode_jpeg(data, colorspace, min_factor=scale, min_width=shape[1],
+                                    min_height=shape[0])
+  except ValueError:
+    return None
+  return pixels if pixels.shape[:2] == shape else None
+
+
+def _upright_jpeg(image: Image.Image, data: bytes, draft: tuple[int, int] | None) -> np.ndarray | None:
+  """An opened JPEG's RGB pixels as simplejpeg decodes them, at most `draft` smaller (its DCT
+  scale); None where Pillow must: an EXIF orientation to apply, a colour mode to convert."""
+  if image.format != "JPEG" or image.mode not in ("RGB", "L"):
+    return None
+  if image.getexif().get(ExifTags.Base.Orientation) not in (None, 1):
+    return None
+  scale = _draft_scale(*image.size, draft) if draft else 1
+  return _simplejpeg(data, "RGB", *image.size, scale)  # grey to RGB as Pillow's convert does
+
+
+def _shrink(image: Image.Image | np.ndarray, size: tuple[int, int], resize_filter: str) -> Image.Image:
+  if resize_filter == "area":
+    pixels = image if isinstance(image, np.ndarray) else np.asarray(image)
+    return Image.fromarray(cv2.resize(pixels, size, interpolation=cv2.INTER_AREA))
+  image = image if isinstance(image, Image.Image) else Image.fromarray(image)
+  # reducing_gap: where it shrinks over 3 times, an integer box reduce first, then LANCZOS.
+  return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
 def process_image(data: bytes, *, short_side: int, jpeg_quality: int, max_long_side: int = 0,
-                  name: str = "image") -> tuple[bytes, int, int]:
+                  resize_filter: str = "lanczos", name: str = "image") -> tuple[bytes, int, int]:
   """JPEG bytes, height, width of an image: EXIF orientation applied, RGB, resized so its
   short side is `short_side` (0: as it is) or smaller where its long side would pass
-  `max_long_side` (0: JPEG's limit)."""
+  `max_long_side` (0: JPEG's limit), shrunk with `resize_filter` (RESIZE_FILTERS)."""
+  if resize_filter not in RESIZE_FILTERS:
+    raise ValueError(f"resize_filter {resize_filter!r}: use one of {', '.join(RESIZE_FILTERS)}")
   if not data:
     raise MediaError(f"{name} is empty")
   try:
@@ -361,23 +419,26 @@ def process_image(data: bytes, *, short_side: int, jpeg_quality: int, max_long_s
       ratio = short_side / min(width, height) if short_side else 1.0
       ratio = min(ratio, _long_side_cap(max_long_side) / max(width, height))
       size = (max(1, round(width * ratio)), max(1, round(height * ratio)))
-      if ratio < 0.5:
-        # A JPEG decodes at 1/2, 1/4 or 1/8 scale (DCT scaling), never below twice the
-        # size it shrinks to, so LANCZOS still makes the last step: most of a large
-        # photo's cost was decoding and filtering pixels that step throws away.
-        image.draft(None, (size[0] * 2, size[1] * 2))
-      image.load()
-      if image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):  # turned a quarter
-        size = size[::-1]
-      image = ImageOps.exif_transpose(image)
-      image = _to_rgb(image)
+      # A JPEG decodes at 1/2, 1/4 or 1/8 scale (DCT scaling), never below twice the
+      # size it shrinks to, so the filter still makes the last step: most of a large
+      # photo's cost was decoding and filtering pixels that step throws away.
+      draft = (size[0] * 2, size[1] * 2) if ratio < 0.5 else None
+      pixels = _upright_jpeg(image, data, draft)
+      if pixels is None:
+        if draft:
+          image.draft(None, draft)
+        image.load()
+        if image.getexif().get(ExifTags.Base.Orientation) in (5, 6, 7, 8):  # turned a quarter
+          size = size[::-1]
+        pixels = _to_rgb(ImageOps.exif_transpose(image))
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise MediaError(f"{name} is not a readable image: {e}") from None
   if ratio < 1:
-    # reducing_gap: where it shrinks over 3 times, an integer box reduce first, then LANCZOS.
-    image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
-  elif ratio > 1:
-    image = image.resize(size, Image.Resampling.BICUBIC)
+    image = _shrink(pixels, size, resize_filter)
+  else:
+    image = pixels if isinstance(pixels, Image.Image) else Image.fromarray(pixels)
+    if ratio > 1:
+      image = image.resize(size, Image.Resampling.BICUBIC)
   return _jpeg(image, jpeg_quality), image.size[1], image.size[0]
 
 
@@ -399,17 +460,28 @@ def _signed64(h: imagehash.ImageHash) -> int:
   return value - (1 << 64) if value >= 1 << 63 else value
 
 
+def _luma(jpeg: bytes) -> Image.Image:
+  """A JPEG's luma at the largest DCT scale that keeps 64 pixels a side (Pillow's draft):
+  simplejpeg's decode where it gives the same pixels (a 341x256 JPEG: 0.4 against 0.5 ms)."""
+  with contextlib.suppress(ValueError):
+    height, width, _, _ = simplejpeg.decode_jpeg_header(jpeg)
+    luma = _simplejpeg(jpeg, "GRAY", width, height, _draft_scale(width, height, (64, 64)))
+    if luma is not None:
+      return Image.fromarray(luma[..., 0], "L")
+  with Image.open(io.BytesIO(jpeg)) as image:
+    image.draft("L", (64, 64))
+    return image.convert("L")
+
+
 def _thumbnails(jpeg: bytes) -> tuple[np.ndarray, np.ndarray]:
   """32x32 luma thumbnails of a JPEG, of the whole and of its middle CENTRE of each side,
   from one decode (at 1/8 scale where it can: draft)."""
-  with Image.open(io.BytesIO(jpeg)) as image:
-    image.draft("L", (64, 64))
-    image = image.convert("L")
-    w, h = image.size
-    centre = image.crop((round(w * (1 - CENTRE) / 2), round(h * (1 - CENTRE) / 2),
-                         round(w * (1 + CENTRE) / 2), round(h * (1 + CENTRE) / 2)))
-    return tuple(np.asarray(x.resize((32, 32), Image.Resampling.BOX), np.float32)
-                 for x in (image, centre))
+  image = _luma(jpeg)
+  w, h = image.size
+  centre = image.crop((round(w * (1 - CENTRE) / 2), round(h * (1 - CENTRE) / 2),
+                       round(w * (1 + CENTRE) / 2), round(h * (1 + CENTRE) / 2)))
+  return tuple(np.asarray(x.resize((32, 32), Image.Resampling.BOX), np.float32)
+               for x in (image, centre))
 
 
 def _phash(thumbnail: np.ndarray) -> int:
