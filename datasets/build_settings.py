@@ -32,6 +32,10 @@ class BuildConfig:
   audio_max_seconds: float = _field(30.0, "most seconds of audio stored per audio clip")
   # Images.
   image_short_side: int = _field(256, "images are resized so their short side is this many pixels; 0 keeps the size")
+  # LANCZOS is sharper; the area filter (each pixel the mean of the area it covers, what
+  # img2dataset stores) takes about 40% less CPU an image (benchmarks/README.md, issue 30).
+  image_resize_filter: str = _field("lanczos", "filter that shrinks images: lanczos (Pillow's) "
+                                    "or area (OpenCV's INTER_AREA, as img2dataset)")
   # 8:1 at the default short side: only banners and spacers are wider, and a model
   # trained on crops of a few hundred pixels loses nothing when they shrink.
   max_long_side: int = _field(2048, "frames and images whose long side would be longer are shrunk "

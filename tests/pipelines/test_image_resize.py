@@ -94,6 +94,13 @@ def test_the_area_filter_turns_and_caps_as_lanczos_does():
     media.process_image(turned, short_side=150, jpeg_quality=90, resize_filter="cubic")
 
 
+def test_the_filter_is_a_stored_build_setting():
+  assert config_lib.resolve({}).image_resize_filter == "lanczos"
+  cfg = config_lib.resolve({"image_resize_filter": "area"})
+  assert cfg.stored()["image_resize_filter"] == "area"  # another filter, other bytes: hashed
+  assert config_lib.resolve({}).image_resize_filter in media.RESIZE_FILTERS
+
+
 @pytest.mark.parametrize("size", [(640, 480), (8, 8), (9, 17), (2560, 1920), (257, 300), (4000, 300),
                                   (1023, 769), (341, 256)])
 @pytest.mark.parametrize("options", [{"quality": 90}, {"subsampling": 0}, {"subsampling": 1},
