@@ -3,7 +3,7 @@ tool the web corpora's own instructions use, on the same URLs from the same loop
 
     .venv/bin/python benchmarks/web_ingest.py [--urls 200] [--scale 10] [--processes 2]
         [--threads 16] [--repeat 1] [--latency_ms 0] [--img2dataset_format webdataset]
-        [--workdir DIR]
+        [--impax_filters lanczos,area] [--workdir DIR]
 
 Makes 64 distinct 640x480 JPEGs (a gradient under noise, about 250 KB each, quality 95) and
 serves them from memory on 127.0.0.1 with http.server's ThreadingHTTPServer (HTTP/1.1,
@@ -19,10 +19,13 @@ each answer, as a site across the world does (loopback answers in well under a m
     impax writes shards; files: a file per image);
   - impax build cc3m of the same URLs as CC3M's TSV (caption<TAB>url) with --workers P,
     default settings: short side 256, JPEG quality 90, plus what a build always does
-    (fingerprints, a trained tokenizer, ArrayRecord shards, metadata).
+    (fingerprints, a trained tokenizer, ArrayRecord shards, metadata); once for each of
+    --impax_filters (`--image-resize-filter`: lanczos, impax's default, and area, OpenCV's
+    INTER_AREA, the filter img2dataset shrinks with by default), as tools impax-FILTER.
 Both scale the short side to 256 and keep the aspect (640x480 -> 341x256). Prints JSON:
-images/s of each (successes over wall time, the process started to its exit), their ratio
-impax / img2dataset (goal >= 1.0), CPU seconds per image of each (getrusage RUSAGE_CHILDREN
+images/s of each (successes over wall time, the process started to its exit), the ratio of
+each impax run's to img2dataset's (goal >= 1.0; impax-area against img2dataset is like with
+like), CPU seconds per image of each (getrusage RUSAGE_CHILDREN
 around the run: the tool and every process it waited for; the server's CPU is in neither),
 and impax's wall time at scale*N over N (10 would be linear; less, a fixed cost amortised).
 With --repeat R the runs interleave, each order alternating, and each figure is the median.
@@ -193,23 +196,32 @@ def _i2d_size(out: str) -> list[int] | None:
   return None
 
 
-def run_impax(tsv: str, out: str, args) -> dict:
+def run_impax(tsv: str, out: str, resize_filter: str, args) -> dict:
   shutil.rmtree(out, ignore_errors=True)
   wall, cpu = timed([IMPAX, "build", "cc3m", "--input", tsv, "--output", out, "--workers",
-                     str(args.processes), "--quiet"], out + ".log")
+                     str(args.processes), "--image-resize-filter", resize_filter, "--quiet"],
+                    out + ".log")
   from impax.datasets import prepared
   dataset = prepared.load(out)
   split = dataset.metadata.splits["train"]
   return {"wall_s": wall, "cpu_s": cpu, "images": split.num_examples,
-          "failed": split.num_failed, "sample_size": _impax_size(dataset)}
+          "failed": split.num_failed, "sample_size": _impax_size(dataset, resize_filter)}
 
 
-def _impax_size(dataset) -> list[int] | None:
-  """(width, height) of the first record's image."""
+def _impax_size(dataset, resize_filter: str) -> list[int] | None:
+  """(width, height) of the first record's image, having checked that its bytes are the
+  filter's: a setting that never reached process_image would measure the other filter."""
   from impax.datasets import records
+  from impax.pipelines import media
   _, data = next(dataset.records("train"))
-  image = records.Record.parse(data).image
-  return list(Image.open(io.BytesIO(image.encoded)).size) if image else None
+  record = records.Record.parse(data)
+  if not record.image:
+    return None
+  served = make_images()[int(record.source.rsplit("/", 1)[-1][:-4]) % DISTINCT]
+  if record.image.encoded != media.process_image(served, short_side=256, jpeg_quality=90,
+                                                 resize_filter=resize_filter)[0]:
+    raise RuntimeError(f"impax's stored image is not image_resize_filter {resize_filter}'s")
+  return list(Image.open(io.BytesIO(record.image.encoded)).size)
 
 
 # -- the run ---------------------------------------------------------------------------
@@ -235,6 +247,8 @@ def main():
   parser.add_argument("--latency_ms", type=float, default=0.0,
                       help="the server waits this long before each answer")
   parser.add_argument("--img2dataset_format", default="webdataset", choices=("webdataset", "files"))
+  parser.add_argument("--impax_filters", default="lanczos,area",
+                      help="impax's image_resize_filter of each impax run, comma-separated")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -245,32 +259,39 @@ def main():
   work = args.workdir or tempfile.mkdtemp(prefix="impax-web-ingest-")
   os.makedirs(work, exist_ok=True)
   sizes = [args.urls] + ([args.urls * args.scale] if args.scale > 1 else [])
-  runs = {(tool, n): [] for tool in ("img2dataset", "impax") for n in sizes}
+  filters = args.impax_filters.split(",")
+  tools = ["img2dataset"] + [f"impax-{f}" for f in filters]
+  runs = {(tool, n): [] for tool in tools for n in sizes}
   with Server(args.latency_ms) as server:
     lists = {n: write_lists(work, server.base, n) for n in sizes}
     for r in range(args.repeat):
       for n in sizes:
-        order = ("img2dataset", "impax") if r % 2 == 0 else ("impax", "img2dataset")
-        for tool in order:
+        for tool in tools if r % 2 == 0 else tools[::-1]:
           out = os.path.join(work, f"{tool}-{n}")
           result = (run_img2dataset(lists[n][0], out, n, args) if tool == "img2dataset"
-                    else run_impax(lists[n][1], out, args))
+                    else run_impax(lists[n][1], out, tool.removeprefix("impax-"), args))
           print(json.dumps({"run": r, "tool": tool, "urls": n, **result}), file=sys.stderr)
           runs[tool, n].append(result)
   report = {"processes": args.processes, "img2dataset_threads": args.threads,
             "latency_ms": args.latency_ms,
             "img2dataset_format": args.img2dataset_format, "repeat": args.repeat,
+            "shrink_filters": {"img2dataset": "area (cv2.INTER_AREA, its default)",
+                               **{f"impax-{f}": f for f in filters}},
             "mean_image_bytes": server.mean_bytes, "workdir": work, "by_urls": {}}
   for n in sizes:
-    i2d, impax = figures(runs["img2dataset", n]), figures(runs["impax", n])
-    report["by_urls"][n] = {
-        "img2dataset": i2d, "impax": impax,
-        "ratio_images_per_s": round(impax["images_per_s"] / i2d["images_per_s"], 3),
-        "ratio_cpu_s_per_image": round(impax["cpu_s_per_image"] / i2d["cpu_s_per_image"], 3)}
+    i2d = figures(runs["img2dataset", n])
+    report["by_urls"][n] = {"img2dataset": i2d}
+    for tool in tools[1:]:
+      impax = figures(runs[tool, n])
+      report["by_urls"][n][tool] = {
+          **impax, "ratio_images_per_s": round(impax["images_per_s"] / i2d["images_per_s"], 3),
+          "ratio_cpu_s_per_image": round(impax["cpu_s_per_image"] / i2d["cpu_s_per_image"], 3)}
   if len(sizes) == 2:
-    small, large = (report["by_urls"][n]["impax"]["wall_s"] for n in sizes)
-    report["impax_time_growth"] = {"urls": sizes, "wall_s": [small, large],
-                                   "ratio": round(large / small, 2)}
+    report["impax_time_growth"] = {}
+    for tool in tools[1:]:
+      small, large = (report["by_urls"][n][tool]["wall_s"] for n in sizes)
+      report["impax_time_growth"][tool] = {"urls": sizes, "wall_s": [small, large],
+                                           "ratio": round(large / small, 2)}
   print(json.dumps(report, indent=1))
 
 
