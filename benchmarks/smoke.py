@@ -141,6 +141,11 @@ SMOKE = {
         ("--data", "{demo_data}", "--root", "{work}", "--seeds", "0", "--set", "steps=2",
          "--set", "eval_every=2", "--set", "warmup_steps=1", *SMALL_DEMO),
         ("mean ± std (min)", "best step", "video zero-shot, test", "probe: sounds")),
+    "train_precision.py": Smoke(
+        ("--data", "{demo_data}", "--root", "{work}", "--steps", "2", "--set", "eval_every=2",
+         "--set", "warmup_steps=1", *SMALL_DEMO),
+        ("loss_curves_within_tolerance", "max_relative_difference_smoothed",
+         "mean_step_seconds")),
     "same_bytes.sh": Smoke(
         (".", "{work}", "--smoke"),
         ("losses.txt", "shards.sha256")),
