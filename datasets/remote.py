@@ -723,43 +723,46 @@ class _State:
     offsets = self.source.indexes[key[0]].offsets
     return int(offsets[key[1] + 1]) - int(offsets[key[1]])
 
-  def _fetch(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-    """Chunks of one shard from the store, adjacent ones in one request."""
+  def _requests(self, keys: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Chunks of shards grouped into requests: a shard's chunks less than MERGE_GAP apart
+    in one."""
+    out = []
+    for key in sorted(set(keys)):
+      if out and out[-1][-1][0] == key[0]:
+        offsets = self.source.indexes[key[0]].offsets
+        if int(offsets[key[1]]) - int(offsets[out[-1][-1][1] + 1]) <= MERGE_GAP:
+          out[-1].append(key)
+          continue
+      out.append([key])
+    return out
+
+  def _fetch(self, group: list[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+    """Chunks of one shard, in order, from the store in one request."""
     source = self.source
-    shard = keys[0][0]
+    shard = group[0][0]
     offsets = source.indexes[shard].offsets
     uri = f"{source.root}/{source.shards[shard].path}"
-    keys = sorted(set(keys))
-    out, group = {}, [keys[0]]
-
-    def flush(group):
-      start, end = int(offsets[group[0][1]]), int(offsets[group[-1][1] + 1])
-      try:
-        data = get(uri, start, end)
-      except RemoteError as e:
-        raise RemoteError(f"{e}: {_verify_hint(source.root)}") from None
-      with self.lock:
-        self.fetched_bytes += len(data)
-        self.requests += 1
-      for key in group:
-        a, b = int(offsets[key[1]]) - start, int(offsets[key[1] + 1]) - start
-        out[key] = data[a:b]
-        if self.disk is not None:
-          self.disk.put(self._name(key), out[key])
-
-    for key in keys[1:]:
-      if int(offsets[key[1]]) - int(offsets[group[-1][1] + 1]) <= MERGE_GAP:
-        group.append(key)
-      else:
-        flush(group)
-        group = [key]
-    flush(group)
+    start, end = int(offsets[group[0][1]]), int(offsets[group[-1][1] + 1])
+    try:
+      data = get(uri, start, end)
+    except RemoteError as e:
+      raise RemoteError(f"{e}: {_verify_hint(source.root)}") from None
+    with self.lock:
+      self.fetched_bytes += len(data)
+      self.requests += 1
+    out = {}
+    for key in group:
+      a, b = int(offsets[key[1]]) - start, int(offsets[key[1] + 1]) - start
+      out[key] = data[a:b]
+      if self.disk is not None:
+        self.disk.put(self._name(key), out[key])
     return out
 
   def _from_disk_or_store(self, keys: list[tuple[int, int]]) -> dict[tuple[int, int], "_Part"]:
-    """Futures of each chunk's bytes: the disk cache's, else fetched by shard on the pool."""
+    """Futures of each chunk's bytes: the disk cache's, else fetched on the pool, each request
+    a task (a shard's requests one after another took a request's latency each)."""
     result: dict[tuple[int, int], concurrent.futures.Future] = {}
-    missing = collections.defaultdict(list)
+    missing = []
     for key in dict.fromkeys(keys):
       data = self.disk.get(self._name(key)) if self.disk is not None else None
       if data is not None:
@@ -767,11 +770,11 @@ class _State:
         result[key] = concurrent.futures.Future()
         result[key].set_result(data)
       else:
-        missing[key[0]].append(key)
-    for shard_keys in missing.values():
-      batch = self.pool.submit(self._fetch, shard_keys)
-      for key in shard_keys:
-        result[key] = _Part(batch, key)
+        missing.append(key)
+    for group in self._requests(missing):
+      request = self.pool.submit(self._fetch, group)
+      for key in group:
+        result[key] = _Part(request, key)
     return result
 
   def prefetch(self, step: int, stride: int, records_of: Callable[[int], list[int]]) -> None:
