@@ -4,8 +4,8 @@
 
 CI runs this after the test suite (.ci/run), so that a benchmark cannot rot unnoticed (one
 did: loader_throughput.py called the demo generator with an argument that had gone). Each
-script in benchmarks/ runs as a subprocess with the arguments SMOKE gives it, one at a time,
-within its timeout. It passes when it exits 0 and its standard output names each of its
+script in benchmarks/ runs as a subprocess with the arguments SMOKE gives it, one at a time
+(--jobs N: N at once), within its timeout. It passes when it exits 0 and its standard output names each of its
 figures; their values are not checked (at these sizes they mean nothing). A script in
 benchmarks/ that SMOKE does not list fails the run, so a new benchmark gets its smoke
 arguments when it is added. Prints each script's wall time, and exits 1 naming the failures.
@@ -25,6 +25,7 @@ turns it off for itself (compiling is what it measures); train_compile.py keeps 
 """
 
 import argparse
+import concurrent.futures
 import dataclasses
 import os
 import resource
@@ -177,11 +178,25 @@ def children_cpu() -> float:
   return usage.ru_utime + usage.ru_stime
 
 
+def _wait(pid: int, timeout: float) -> tuple[int, float] | None:
+  """(exit status, CPU seconds of the process and of those it waited for) once it ends
+  within `timeout` seconds, else None. os.wait4 gives this process's own usage, which
+  RUSAGE_CHILDREN cannot when several scripts run at once."""
+  end = time.monotonic() + timeout
+  while True:
+    done, status, usage = os.wait4(pid, os.WNOHANG)
+    if done:
+      return os.waitstatus_to_exitcode(status), usage.ru_utime + usage.ru_stime
+    if time.monotonic() > end:
+      return None
+    time.sleep(0.2)
+
+
 def run(command: list[str], log: str, timeout: float, env: dict
         ) -> tuple[int | str, str, float, float]:
   """(exit status or "timeout", standard output, wall seconds, CPU seconds of it and of the
   processes it waited for); both streams go to log."""
-  start, cpu = time.monotonic(), children_cpu()
+  start = time.monotonic()
   with open(log + ".out", "w") as out, open(log + ".err", "w") as err:
     # A session of its own: on a timeout its whole process group is interrupted (Beam's
     # workers, ffmpeg), as Ctrl-C would, so that the script's own clean-up runs (a Flink
@@ -189,18 +204,17 @@ def run(command: list[str], log: str, timeout: float, env: dict
     # killed if still there a minute later.
     process = subprocess.Popen(command, stdout=out, stderr=err, cwd=os.path.dirname(HERE),
                                env=env, start_new_session=True)
-    try:
-      status = process.wait(timeout)
-    except subprocess.TimeoutExpired:
+    ended = _wait(process.pid, timeout)
+    if ended is None:
       os.killpg(process.pid, signal.SIGINT)
-      try:
-        process.wait(60)
-      except subprocess.TimeoutExpired:
+      ended = _wait(process.pid, 60)
+      if ended is None:
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-      status = "timeout"
+        ended = _wait(process.pid, 3600)
+      ended = ("timeout", ended[1])
+    process.returncode = ended[0] if isinstance(ended[0], int) else -1  # reaped by _wait
   with open(log + ".out") as f:
-    return status, f.read(), time.monotonic() - start, children_cpu() - cpu
+    return ended[0], f.read(), time.monotonic() - start, ended[1]
 
 
 def tail(path: str, lines: int = 25) -> str:
@@ -215,6 +229,8 @@ def main() -> int:
   parser.add_argument("--jax-cache", metavar="DIR", default=JAX_CACHE,
                       help="JAX's persistent compilation cache, kept from run to run "
                       "(default: %(default)s)")
+  parser.add_argument("--jobs", type=int, default=1,
+                      help="scripts run at once (the demo datasets are built first)")
   parser.add_argument("--demo-data", metavar="DIR", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.demo_data:  # the runner's own subprocess: {demo_data}
@@ -235,26 +251,27 @@ def main() -> int:
          "JAX_COMPILATION_CACHE_DIR": cache,
          "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
          "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-  demo_data, total, total_cpu = None, time.monotonic(), children_cpu()
+  demo_data, total = None, time.monotonic()
 
   def report(name, status, seconds, cpu, note=""):
     print(f"{name:28s} {status:6s} {seconds:7.1f} s {cpu:7.1f} CPU-s"
           + (f"  {note}" if note else ""), flush=True)
 
-  for name in args.names or [n for n in SMOKE if n in benchmarks()]:
+  names = args.names or [n for n in SMOKE if n in benchmarks()]
+  if any("{demo_data}" in a for n in names for a in SMOKE[n].args):
+    demo_data = os.path.join(root, "demo")
+    log = os.path.join(root, "logs", "demo_data")
+    status, _, seconds, cpu = run([sys.executable, __file__, "--demo-data", demo_data], log,
+                                  600, env)
+    report("(the small demo datasets)", "ok" if status == 0 else "FAILED", seconds, cpu)
+    if status != 0:
+      failures.append(f"the small demo datasets: exit {status}\n{tail(log + '.err')}")
+    demo_data = os.path.join(demo_data, "data")
+
+  def one(name: str) -> None:
     smoke = SMOKE[name]
     work = os.path.join(root, name.rsplit(".", 1)[0])
     shutil.rmtree(work, ignore_errors=True)
-    if any("{demo_data}" in a for a in smoke.args) and demo_data is None:
-      demo_data = os.path.join(root, "demo")
-      shutil.rmtree(demo_data, ignore_errors=True)
-      log = os.path.join(root, "logs", "demo_data")
-      status, _, seconds, cpu = run([sys.executable, __file__, "--demo-data", demo_data], log,
-                                    600, env)
-      report("(the small demo datasets)", "ok" if status == 0 else "FAILED", seconds, cpu)
-      if status != 0:
-        failures.append(f"the small demo datasets: exit {status}\n{tail(log + '.err')}")
-      demo_data = os.path.join(demo_data, "data")
     command = [sys.executable] if name.endswith(".py") else ["bash"]
     command.append(os.path.join(HERE, name))
     figures, note = smoke.figures, ""
@@ -273,9 +290,12 @@ def main() -> int:
     elif missing:
       failures.append(f"{name}: its output names none of {missing}\n{tail(log + '.out')}")
     report(name, "ok" if status == 0 and not missing else "FAILED", seconds, cpu, note)
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
+    list(pool.map(one, names))
   kept = args.keep or failures  # a failure's folders and logs stay for a look
   print(f"{'total':28s} {'':6s} {time.monotonic() - total:7.1f} s "
-        f"{children_cpu() - total_cpu:7.1f} CPU-s"
+        f"{children_cpu():7.1f} CPU-s"
         + (f"  (logs: {root}/logs)" if kept else ""))
   if not kept:
     shutil.rmtree(root, ignore_errors=True)
