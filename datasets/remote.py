@@ -20,7 +20,7 @@ instead would read a shard per record under a global shuffle.
 Ahead of the loader. The loader knows every coming step's records (the
 sampler's are a function of the seed and the step) and tells the source
 (`prefetch`): their chunks are fetched on a pool of threads while earlier
-steps decode, a block of `ahead` steps at a time, chunks of a shard less than
+steps decode, a block of ahead // 2 steps at a time, chunks of a shard less than
 MERGE_GAP apart in one request, and held in memory until read.
 
 The disk cache. Chunks read are also kept on disk, under `IMPAX_CACHE_DIR`
@@ -680,8 +680,8 @@ class RemoteSource:
 
   def prefetch(self, step: int, stride: int, records_of: Callable[[int], list[int]]) -> None:
     """Fetches ahead the records of steps step + stride, ..., step + ahead * stride (this
-    process makes every stride-th step), each step once, by blocks of `ahead` steps (so up to
-    2 * ahead - 1 steps ahead); `records_of(step)`: its positions."""
+    process makes every stride-th step), each step once, by blocks of ahead // 2 steps;
+    `records_of(step)`: its positions."""
     self._state.prefetch(step, stride, records_of)
 
   @property
@@ -778,13 +778,15 @@ class _State:
     return result
 
   def prefetch(self, step: int, stride: int, records_of: Callable[[int], list[int]]) -> None:
-    # This process's steps are step + k * stride; with k counted from the first, the ones
-    # wanted ahead (k + 1 .. k + ahead) are fetched by whole blocks of `ahead` steps: a block's
-    # chunks lie denser in each shard than a step's, so fewer requests join them, over
-    # smaller gaps.
+    # This process's steps are step + k * stride, k counted from its first. The ones wanted
+    # ahead are fetched by blocks of ahead // 2 steps, reaching ahead - 1 or `ahead` steps
+    # past k: a block's chunks lie denser in each shard than a step's, so fewer requests
+    # join them (blocks of `ahead`, reaching further, made the processes of a small
+    # dataset each fetch most of it: tests/datasets/test_streaming.py).
     ahead = self.source.ahead
     k = step // stride
-    block_end = ((k + ahead) // ahead + 1) * ahead if ahead else k + 1
+    block = max(1, ahead // 2)
+    block_end = ((k + ahead - block + 1) // block + 1) * block
     later = [s for s in range(step + stride, step + (block_end - k) * stride, stride)
              if s not in self.expected]
     if not later:
