@@ -52,6 +52,8 @@ def validate(config: BuildConfig) -> BuildConfig:
       ("audio_sample_rate", 1000 <= config.audio_sample_rate <= 384000, "must be between 1000 and 384000"),
       ("audio_max_seconds", config.audio_max_seconds > 0, "must be > 0"),
       ("image_short_side", config.image_short_side >= 0, "must be >= 0"),
+      ("image_resize_filter", config.image_resize_filter in ("lanczos", "area"),
+       "must be lanczos or area"),
       ("max_long_side", config.max_long_side == 0 or max(
           config.video_short_side, config.image_short_side) <= config.max_long_side <= JPEG_MAX_SIDE,
        f"must be 0 (JPEG's limit) or from the short sides "

@@ -172,7 +172,8 @@ def decode(medium: str, local: str, path: str, entry: registry.Entry,
     with open(local, "rb") as f:
       return media.process_image(f.read(), short_side=config.image_short_side,
                                  jpeg_quality=config.jpeg_quality,
-                                 max_long_side=config.max_long_side, name=path)
+                                 max_long_side=config.max_long_side,
+                                 resize_filter=config.image_resize_filter, name=path)
   except media.MediaError as e:
     raise media.MediaError(str(e).replace(local, path)) from None
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageOps
 
-from impax.pipelines import config as config_lib, media
+from impax.datasets import prepared, records
+from impax.pipelines import build, config as config_lib, media
 
 
 def jpeg(width, height, *, mode="RGB", orientation=None, **options):
@@ -139,3 +140,23 @@ def test_fingerprints_keep_their_values():
   for i, values in before.items():
     stored = media.process_image(INPUTS[i], short_side=256, jpeg_quality=90)[0]
     assert media.image_fingerprint(stored) == values
+
+
+def test_a_build_with_the_area_filter_stores_its_bytes(tmp_path):
+  """The setting reaches the images a build stores (pipelines/example.py), and a filter that
+  does not exist is refused by name before anything runs."""
+  for i in range(2):
+    (tmp_path / f"{i}.jpg").write_bytes(INPUTS[i])
+  manifest = tmp_path / "m.jsonl"
+  manifest.write_text("".join(f'{{"id": "x{i}", "image": "{i}.jpg", "caption": "c"}}\n'
+                              for i in range(2)))
+  settings = {"image_resize_filter": "area", "image_short_side": 256, "num_shards": 1}
+  summary = build.run(build.prepare("jsonl", str(manifest), str(tmp_path / "out"), "train",
+                                    (settings,)), workers=1)
+  assert summary["num_failed"] == 0
+  stored = {records.Record.parse(data).id: records.Record.parse(data).image
+            for _, data in prepared.open_dataset(str(tmp_path / "out")).records("train")}
+  for i in range(2):
+    assert stored[f"x{i}"].encoded == pillow_only(INPUTS[i], 256, area)
+  with pytest.raises(ValueError, match="image_resize_filter"):
+    config_lib.validate(config_lib.resolve({"image_resize_filter": "cubic"}))
