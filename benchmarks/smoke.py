@@ -144,7 +144,7 @@ SMOKE = {
         ("mean ± std (min)", "best step", "video zero-shot, test", "probe: sounds")),
     "train_precision.py": Smoke(
         ("--data", "{demo_data}", "--root", "{work}", "--steps", "2", "--set", "eval_every=2",
-         "--set", "warmup_steps=1", *SMALL_DEMO),
+         "--set", "warmup_steps=1", "--tasks", "video_text", *SMALL_DEMO),
         ("loss_curves_within_tolerance", "max_relative_difference_smoothed",
          "mean_step_seconds")),
     "same_bytes.sh": Smoke(

@@ -1,7 +1,7 @@
 """bfloat16 against float32: the demo config trained both ways from the same seed.
 
     .venv/bin/python benchmarks/train_precision.py --data demo-output/data --root /tmp/precision
-        [--steps 300] [--seed 0] [--tolerance 0.05] [--set KEY=VALUE ...]
+        [--steps 300] [--seed 0] [--tolerance 0.05] [--set KEY=VALUE ...] [--tasks NAME ...]
 
 Trains train/configs/demo.py for --steps steps twice in ROOT/float32 and
 ROOT/bfloat16, the model's compute dtype the only difference (parameters, the
@@ -32,7 +32,7 @@ from impax.train import metrics, trainer
 WINDOW = 5  # log lines a loss is smoothed over
 
 
-def run(data: str, workdir: str, dtype: str, overrides: list[str]) -> dict:
+def run(data: str, workdir: str, dtype: str, overrides: list[str], tasks: list[str]) -> dict:
   path = os.path.join(workdir, "summary.json")
   if os.path.exists(path):
     with open(path) as f:
@@ -40,6 +40,8 @@ def run(data: str, workdir: str, dtype: str, overrides: list[str]) -> dict:
     if summary.get("status") == "finished":
       return summary
   config = config_lib.load(f"{DEMO_CONFIG}:{data}", overrides)
+  if tasks:  # the smoke run's: fewer programs to compile
+    config = dataclasses.replace(config, tasks=tuple(t for t in config.tasks if t.name in tasks))
   config = dataclasses.replace(
       config, model_overrides=(*(o for o in config.model_overrides if o[0] != "dtype"),
                                ("dtype", dtype)))
@@ -80,12 +82,14 @@ def main():
   parser.add_argument("--tolerance", type=float, default=0.05,
                       help="largest relative difference of the smoothed loss curves")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+  parser.add_argument("--tasks", nargs="+", default=[],
+                      help="train only these of the config's tasks (default: all)")
   args = parser.parse_args()
   overrides = [f"steps={args.steps}", f"seed={args.seed}", *args.set]
   summaries, runs = {}, {}
   for dtype in ("float32", "bfloat16"):
     workdir = os.path.join(args.root, dtype)
-    summaries[dtype] = run(args.data, workdir, dtype, overrides)
+    summaries[dtype] = run(args.data, workdir, dtype, overrides, args.tasks)
     runs[dtype] = curves(workdir)
   result = {"steps": args.steps, "seed": args.seed, "tolerance": args.tolerance, "tasks": {}}
   within = True
