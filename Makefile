@@ -33,7 +33,7 @@ bench: install
 # Each benchmark runs to its end and prints its figures (not their values): CI runs it after
 # the suite (.ci/run).
 bench-smoke: install
-	$(VENV)/bin/python benchmarks/smoke.py
+	$(VENV)/bin/python benchmarks/smoke.py --jobs 2
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache

@@ -1,6 +1,6 @@
 """Every benchmark once at its smallest size: it runs to its end and prints its figures.
 
-    .venv/bin/python benchmarks/smoke.py [NAME ...] [--keep DIR]    # make bench-smoke
+    .venv/bin/python benchmarks/smoke.py [NAME ...] [--keep DIR] [--jobs N]  # make bench-smoke: --jobs 2
 
 CI runs this after the test suite (.ci/run), so that a benchmark cannot rot unnoticed (one
 did: loader_throughput.py called the demo generator with an argument that had gone). Each
