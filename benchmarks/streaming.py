@@ -35,7 +35,6 @@ import mmap
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -47,6 +46,7 @@ import numpy as np
 import psutil
 
 from impax.datasets import decode, loader, prepared
+from impax.pipelines import processes
 
 PATCHES = loader.Patches(tubelet=(2, 8, 8))  # the tiny preset's, which the demo trains
 # The demo config's image-text task (train/configs/demo.py): its buckets, budget, augmentation.
@@ -62,31 +62,6 @@ STATS = struct.Struct("<qq")  # the proxy's counters: requests, bytes sent back
 
 
 # -- the servers -------------------------------------------------------------------------
-
-
-def free_port() -> int:
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    return sock.getsockname()[1]
-
-
-def serve(command: list[str], log_path: str) -> tuple[subprocess.Popen, int]:
-  """A server started on a free loopback port ({port} in the command), once it listens
-  (tests/conftest.py's `serve`)."""
-  port = free_port()
-  with open(log_path, "wb") as log:
-    server = subprocess.Popen([c.format(port=port) for c in command], stdout=log,
-                              stderr=subprocess.STDOUT)
-  for _ in range(600):
-    try:
-      socket.create_connection(("127.0.0.1", port), timeout=1).close()
-      return server, port
-    except OSError:
-      if server.poll() is not None:
-        raise RuntimeError(f"{' '.join(command[1:3])} exited: see {log_path}") from None
-      time.sleep(0.1)
-  stop(server)
-  raise RuntimeError(f"{' '.join(command[1:3])} did not listen on port {port}: see {log_path}")
 
 
 def stop(server: subprocess.Popen) -> None:
@@ -158,7 +133,7 @@ class Proxy:
       f.write(bytes(STATS.size))
     with open(path, "r+b") as f:
       self.stats = mmap.mmap(f.fileno(), STATS.size)
-    self.process, port = serve(
+    self.process, port = processes.serve(
         [sys.executable, os.path.abspath(__file__), "--proxy", "{port}", str(upstream),
          str(latency_ms), path], os.path.join(folder, f"proxy-{latency_ms:g}ms.log"))
     self.url = f"http://127.0.0.1:{port}"
@@ -430,8 +405,9 @@ def main() -> None:
   os.environ["IMPAX_CACHE_DIR"] = os.path.join(args.workdir, "tokenizer-cache")
   servers: list[subprocess.Popen] = []
   try:
-    moto, port = serve([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
-                       os.path.join(args.workdir, "moto.log"))
+    moto, port = processes.serve(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "{port}"],
+        os.path.join(args.workdir, "moto.log"))
     servers.append(moto)
     for modality, path in paths.items():
       upload(f"http://127.0.0.1:{port}", path, {"images": "image_text",

@@ -162,16 +162,21 @@ class Sampler:
     p = np.array([part.weight for part in self.parts], np.float64)
     return _mix_draws(tuple(p / p.sum()), self.seed, block)
 
+  def _before(self, block: int) -> np.ndarray:
+    """Draws of each dataset in the blocks before `block`."""
+    counts = self._mix_counts
+    while len(counts) <= block:
+      counts.append(counts[-1] + np.bincount(self._mix_block(len(counts) - 1),
+                                             minlength=len(self.parts)))
+    return counts[block]
+
   def _mixed(self, positions: range) -> list[tuple[int, int]]:
     """(dataset, its stream's index) of consecutive training stream positions."""
-    counts, out = self._mix_counts, []
+    out = []
     for block in range(positions.start // MIX_BLOCK, (positions.stop - 1) // MIX_BLOCK + 1):
-      while len(counts) <= block:
-        drawn = self._mix_block(len(counts) - 1)
-        counts.append(counts[-1] + np.bincount(drawn, minlength=len(self.parts)))
       drawn, base = self._mix_block(block), block * MIX_BLOCK
       lo, hi = max(positions.start, base) - base, min(positions.stop, base + MIX_BLOCK) - base
-      seen = counts[block] + np.bincount(drawn[:lo], minlength=len(self.parts))
+      seen = self._before(block) + np.bincount(drawn[:lo], minlength=len(self.parts))
       for d in drawn[lo:hi]:
         out.append((int(d), int(seen[d])))
         seen[d] += 1
@@ -182,12 +187,9 @@ class Sampler:
     exact, as the examples are drawn."""
     if len(self.parts) == 1:
       return [positions]
-    if positions == 0:
-      return [0] * len(self.parts)
-    self._mixed(range(positions - 1, positions))  # fills the counts up to its block
     block, within = divmod(positions, MIX_BLOCK)
-    counts = self._mix_counts[block] + np.bincount(self._mix_block(block)[:within],
-                                                   minlength=len(self.parts))
+    counts = self._before(block) + np.bincount(self._mix_block(block)[:within],
+                                               minlength=len(self.parts))
     return counts.tolist()
 
   def examples(self, step: int) -> list[Example]:

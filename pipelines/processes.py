@@ -147,6 +147,26 @@ def listening(port: int, host: str = LOOPBACK) -> Callable[[], bool]:
   return ready
 
 
+def serve(command: list[str], log_path: str, timeout: float = 60) -> tuple[subprocess.Popen, int]:
+  """(process, port): a server started on a free loopback port ({port} in the command, its
+  output to log_path), once it listens; the caller stops it. Raises EngineError naming the
+  log when it exits or does not listen within `timeout` seconds."""
+  port = free_port()
+  with open(log_path, "wb") as log:
+    server = subprocess.Popen([c.format(port=port) for c in command], stdout=log,
+                              stderr=subprocess.STDOUT)
+  ready, end = listening(port), time.monotonic() + timeout
+  while not ready():
+    if server.poll() is not None:
+      raise EngineError(f"{' '.join(command[:3])} exited: see {log_path}")
+    if time.monotonic() > end:
+      server.terminate()
+      server.wait()
+      raise EngineError(f"{' '.join(command[:3])} did not listen on port {port}: see {log_path}")
+    time.sleep(0.1)
+  return server, port
+
+
 def get_json(port: int, path: str, host: str = LOOPBACK):
   conn = http.client.HTTPConnection(host, port, timeout=3)
   try:

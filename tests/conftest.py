@@ -2,15 +2,12 @@
 
 import pathlib
 import shutil
-import socket
-import subprocess
-import time
 
 import jax
 import pytest
 
 from impax import demo
-from impax.pipelines import build
+from impax.pipelines import build, processes
 
 
 TESTS = pathlib.Path(__file__).parent
@@ -105,27 +102,8 @@ def browser():
   driver.quit()
 
 
-def _serve(command: list[str], log_path) -> tuple[subprocess.Popen, int]:
-  """Starts a server on a free loopback port ({port} in the command); waits until it listens."""
-  with socket.socket() as sock:
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-  with open(log_path, "wb") as log:
-    server = subprocess.Popen([c.format(port=port) for c in command], stdout=log,
-                              stderr=subprocess.STDOUT)
-  for _ in range(300):
-    try:
-      socket.create_connection(("127.0.0.1", port), timeout=1).close()
-      return server, port
-    except OSError:
-      assert server.poll() is None, f"{command[2]} exited: see {log_path}"
-      time.sleep(0.1)
-  server.terminate()
-  raise AssertionError(f"{command[2]} did not listen on port {port}")
-
-
 @pytest.fixture(scope="session")
 def serve():
   """serve(command, log_path) -> (process, port): a server (an object-store emulator) started
   on a free loopback port ({port} in the command), once it listens; the caller stops it."""
-  return _serve
+  return processes.serve
