@@ -1,8 +1,12 @@
-"""Media from the web: an http(s) URL becomes a local file, as a media path on disk is one.
+"""Media from the web: an http(s) URL becomes an image's bytes, or a local file of a video or
+sound, as a media path on disk does.
 
 Step 5 of the build (pipelines/example.py) calls `local_copy` for a media path that is
 a URL, on whichever worker processes the example, so downloads run wherever the build
-runs (DirectRunner, Flink, Spark, Dataflow). A URL that gives no media raises
+runs (DirectRunner, Flink, Spark, Dataflow). An image's body stays in memory, since it
+is decoded from bytes (a temporary file cost each image about 0.2 ms of CPU, and its
+unlink waited on a busy disk: benchmarks/README.md); a video's or a sound's goes to a
+temporary file, which ffmpeg seeks in (an MP4's index may come last). A URL that gives no media raises
 `DownloadError`, whose message is the reason the example failed (stage `download`):
 `HTTP 404`, `opted out: X-Robots-Tag noai`, `redirect loop`, `timed out after 20 s`,
 `body over 32 MB`, `not an image: got HTML`.
@@ -29,6 +33,7 @@ import email.utils
 import hashlib
 import http.cookiejar
 import importlib.metadata
+import io
 import itertools
 import json
 import os
@@ -80,34 +85,45 @@ def user_agent(contact: str = "") -> str:
 
 @contextlib.contextmanager
 def local_copy(url: str, medium: str, config: BuildConfig):
-  """A local file of the URL's body (decoded) and its sha256; raises DownloadError.
+  """The URL's body (decoded) and its sha256: an image's bytes, or the path of a local file
+  of a video or sound (removed when this exits); raises DownloadError.
 
   With config.keep_originals, the body comes from there when an earlier build kept it.
   A download `Ahead` started for this thread is taken rather than made again.
   """
   started = getattr(_ahead, "fetches", {}).pop((url, medium), None)
-  copy, path, sha256, robots = started.result() if started else _fetch(url, medium, config)
+  copy, body, sha256, robots = started.result() if started else _fetch(url, medium, config)
   with copy:
     if robots is not None and config.keep_originals:
-      _keep(url, path, sha256, robots, config.keep_originals)
-    yield path, sha256
+      _keep(url, body, sha256, robots, config.keep_originals)
+    yield body, sha256
 
 
 def _fetch(url: str, medium: str, config: BuildConfig):
-  """local_copy's file: (an ExitStack that removes it, its path, its sha256, the response's
-  X-Robots-Tag values, or None when it was kept by an earlier build)."""
+  """local_copy's body: (an ExitStack that removes its file, if it has one; the body, bytes
+  for an image, else a local file's path; its sha256; the response's X-Robots-Tag values,
+  or None when it was kept by an earlier build)."""
   copy = contextlib.ExitStack()
   try:
     kept = _kept(url, medium, config) if config.keep_originals else None
     if kept:
-      path, sha256 = copy.enter_context(storage.local_copy(kept[0]))
+      if medium == "image":
+        body = storage.read(kept[0])
+        sha256, head = hashlib.sha256(body).hexdigest(), body[:_HEAD]
+      else:
+        body, sha256 = copy.enter_context(storage.local_copy(kept[0]))
+        with open(body, "rb") as f:
+          head = f.read(_HEAD)
       if sha256 == kept[1]:  # else damaged: download it again
-        with open(path, "rb") as f:
-          refused = sniff(medium, f.read(_HEAD), path)
+        refused = sniff(medium, head, io.BytesIO(body) if medium == "image" else body)
         if refused:
           raise DownloadError(refused)
-        return copy, path, sha256, None
+        return copy, body, sha256, None
       copy.close()
+    if medium == "image":
+      out = io.BytesIO()
+      sha256, robots = download(url, medium, config, out)
+      return copy, out.getvalue(), sha256, robots
     local = copy.enter_context(tempfile.NamedTemporaryFile(prefix="impax-download-"))
     sha256, robots = download(url, medium, config, local)
     return copy, local.name, sha256, robots
@@ -119,8 +135,14 @@ def _fetch(url: str, medium: str, config: BuildConfig):
 class Ahead:
   """Downloads started on a thread pool before their examples are processed, so that a
   worker waits for many servers at once. Each is the same `_fetch` (retries, limits,
-  opt-out, kept originals), its failure raised when its example reaches local_copy; a
-  body waits in a temporary file, so at most `window` of them are on disk at once."""
+  opt-out, kept originals), its failure raised when its example reaches local_copy.
+
+  A body waits for its example in memory (an image) or in a temporary file (a video or a
+  sound), each capped by its medium's size limit (`download_<medium>_max_bytes`). The
+  build's Process step starts an example's downloads only while fewer than its window of
+  2 x download_threads examples wait (pipelines/graph.py, WINDOW_PER_THREAD), so a worker
+  holds at most that window plus the example in hand: by default 33 images of at most
+  32 MB in memory (about 8 MB at the web's usual sizes of a few hundred KB)."""
 
   def __init__(self, threads: int):
     self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="impax-download")
@@ -147,7 +169,8 @@ def taken_from(fetches: dict):
 
 
 def discard(future: concurrent.futures.Future):
-  """Removes a started download's file once it is done; a cancelled one leaves none."""
+  """Removes a started download's file, if it has one, once it is done; a cancelled one
+  leaves none."""
   def close(f):
     if not f.cancelled() and f.exception() is None:
       f.result()[0].close()
@@ -158,8 +181,9 @@ _ahead = threading.local()
 
 
 def download(url: str, medium: str, config: BuildConfig, out) -> tuple[str, list[str]]:
-  """Writes the URL's body into the binary file `out`, with retries; returns its sha256
-  and the response's X-Robots-Tag values. Raises DownloadError with the last try's reason."""
+  """Writes the URL's body into `out`, a readable and writable binary file (on disk or an
+  io.BytesIO), with retries; returns its sha256 and the response's X-Robots-Tag values.
+  Raises DownloadError with the last try's reason."""
   client = _client(config)
   tries = config.download_retries + 1
   for attempt in itertools.count(1):
@@ -231,7 +255,7 @@ def _body(response: httpx.Response, medium: str, config: BuildConfig, deadline: 
     if time.monotonic() > deadline:
       raise _Transient(f"took over {config.download_timeout:g} s")
   out.flush()
-  refused = sniff(medium, head, out.name)
+  refused = sniff(medium, head, out)
   if refused:
     raise DownloadError(refused)
   return digest.hexdigest(), robots
@@ -391,8 +415,9 @@ def what_is(head: bytes) -> str | None:
   return None
 
 
-def sniff(medium: str, head: bytes, path: str) -> str | None:
-  """Why a body is not the medium it was fetched as; None when it may be."""
+def sniff(medium: str, head: bytes, body) -> str | None:
+  """Why a body is not the medium it was fetched as; None when it may be. `head` is its
+  start, `body` the whole: a path or a readable binary file, as PIL opens them."""
   if not head:
     return "empty body"
   other = what_is(head)
@@ -400,7 +425,7 @@ def sniff(medium: str, head: bytes, path: str) -> str | None:
     return f"not {_ARTICLE[medium]}: got {other}"
   if medium == "image":
     try:
-      with Image.open(path):  # reads the header only
+      with Image.open(body):  # reads the header only
         pass
     except Image.UnidentifiedImageError:
       return "not an image: a format Pillow does not know"
@@ -504,24 +529,32 @@ def _kept(url: str, medium: str, config: BuildConfig) -> tuple[str, str] | None:
   return blob, sha256
 
 
-def _keep(url: str, local: str, sha256: str, robots: list[str], folder: str):
-  """Keeps a download under its sha256, and the URL's entry naming it."""
+def _keep(url: str, body: bytes | str, sha256: str, robots: list[str], folder: str):
+  """Keeps a download (an image's bytes, or a local file's path) under its sha256, and the
+  URL's entry naming it."""
   blob = _blob(folder, sha256)
   if not storage.exists(blob):
     if storage.is_local(blob):
       os.makedirs(os.path.dirname(blob), exist_ok=True)
       temp = f"{blob}.partial-{os.getpid()}-{threading.get_ident()}"
-      shutil.copyfile(local, temp)
+      if isinstance(body, bytes):
+        with open(temp, "wb") as f:
+          f.write(body)
+      else:
+        shutil.copyfile(body, temp)
       os.replace(temp, blob)
+    elif isinstance(body, bytes):
+      storage.write_atomic(blob, body)
     else:
       with tempfile.NamedTemporaryFile(delete=False) as copy:
-        shutil.copyfile(local, copy.name)
+        shutil.copyfile(body, copy.name)
       storage.publish(copy.name, blob)
   entry = _url_entry(folder, url)
   if storage.is_local(entry):
     os.makedirs(os.path.dirname(entry), exist_ok=True)
+  size = len(body) if isinstance(body, bytes) else os.path.getsize(body)
   storage.write_atomic(entry, json.dumps(
-      {"url": url, "sha256": sha256, "bytes": os.path.getsize(local), "x_robots_tag": robots},
+      {"url": url, "sha256": sha256, "bytes": size, "x_robots_tag": robots},
       sort_keys=True).encode())
 
 

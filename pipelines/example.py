@@ -94,13 +94,13 @@ def process_entry(entry: registry.Entry, config: config_lib.BuildConfig, tokeniz
         path = entry.media[medium]
         stage = "download" if download.is_url(path) else "read"
         try:
-          local, shas[medium] = stack.enter_context(
+          body, shas[medium] = stack.enter_context(
               download.local_copy(path, medium, config) if stage == "download"
-              else storage.local_copy(path))
+              else read_media(path, medium))
         except OSError as e:
           raise media.MediaError(f"cannot read {path}: {e.strerror or e}") from None
         stage = medium
-        decoded[medium] = decode(medium, local, path, entry, config)
+        decoded[medium] = decode(medium, body, path, entry, config)
   except (media.MediaError, text.TextError, download.DownloadError) as e:
     return Failure.of(entry, stage, str(e)), None
   except Exception as e:  # one bad example never stops the build
@@ -149,16 +149,34 @@ def map_labels(names: tuple[str, ...], label_index: dict[str, int]) -> list[tupl
 # -- media (pipelines/media.py) -----------------------------------------------
 
 
-def decode(medium: str, local: str, path: str, entry: registry.Entry,
-           config: config_lib.BuildConfig):
-  """One medium of the entry from its local copy: a VideoClip, an Audio or (JPEG, height, width).
+@contextlib.contextmanager
+def read_media(path: str, medium: str):
+  """A media file's body and its sha256, as download.local_copy gives a URL's: an image's
+  bytes, or a local path to a video or sound for ffmpeg (storage.local_copy stages a
+  remote one)."""
+  if medium != "image":
+    with storage.local_copy(path) as copy:
+      yield copy
+    return
+  if storage.is_local(path):
+    with open(path, "rb") as f:
+      data = f.read()
+  else:
+    data = storage.read(path)
+  yield data, hashlib.sha256(data).hexdigest()
 
-  Errors name the entry's path, not the local copy's.
+
+def decode(medium: str, body: bytes | str, path: str, entry: registry.Entry,
+           config: config_lib.BuildConfig):
+  """One medium of the entry from its body (read_media's or download.local_copy's): a
+  VideoClip, an Audio or (JPEG, height, width).
+
+  Errors name the entry's path, not a local copy's.
   """
   try:
     if medium == "video":
       return media.decode_video(
-          local, start=entry.start, end=entry.end, fps=config.video_fps,
+          body, start=entry.start, end=entry.end, fps=config.video_fps,
           max_frames=config.video_max_frames, short_side=config.video_short_side,
           jpeg_quality=config.jpeg_quality,
           audio_track="ignore" if "audio" in entry.media else config.audio_track,
@@ -166,23 +184,25 @@ def decode(medium: str, local: str, path: str, entry: registry.Entry,
           threads=config.ffmpeg_threads, max_long_side=config.max_long_side)
     if medium == "audio":
       return media.decode_audio(
-          local, start=entry.start, end=entry.end, sample_rate=config.audio_sample_rate,
+          body, start=entry.start, end=entry.end, sample_rate=config.audio_sample_rate,
           max_seconds=config.audio_max_seconds, timeout=config.ffmpeg_timeout,
           threads=config.ffmpeg_threads)
-    with open(local, "rb") as f:
-      return media.process_image(f.read(), short_side=config.image_short_side,
-                                 jpeg_quality=config.jpeg_quality,
-                                 max_long_side=config.max_long_side,
-                                 resize_filter=config.image_resize_filter, name=path)
+    return media.process_image(body, short_side=config.image_short_side,
+                               jpeg_quality=config.jpeg_quality,
+                               max_long_side=config.max_long_side,
+                               resize_filter=config.image_resize_filter, name=path)
   except media.MediaError as e:
-    raise media.MediaError(str(e).replace(local, path)) from None
+    if medium == "image":  # process_image names the path itself
+      raise
+    raise media.MediaError(str(e).replace(body, path)) from None
 
 
 def fingerprints(entry: registry.Entry, shas: Mapping[str, str], video: media.VideoClip | None,
                  track: media.Audio | None, image: tuple[bytes, int, int] | None) -> dict:
   """The record's fingerprints (records.FEATURES "fingerprint/..."): the sha256 of the
-  media read (storage.local_copy hashed them) and the clip's bounds, and the perceptual
-  fingerprint of each stored medium (a list of int64: two hashes, or one per frame of sound)."""
+  media read (read_media or download.local_copy hashed them) and the clip's bounds, and the
+  perceptual fingerprint of each stored medium (a list of int64: two hashes, or one per frame
+  of sound)."""
   exact = json.dumps({"media": dict(shas), "start": entry.start, "end": entry.end}, sort_keys=True)
   out = {"sha256": hashlib.sha256(exact.encode()).hexdigest()}
   perceptual = (("video", media.video_fingerprint, video and video.frames),

@@ -176,7 +176,8 @@ def _assign(entry, prepared: Prepared, plan: Plan):
 
 MAX_OPEN_SPILLS = 32  # spill files a bundle keeps open; one evicted is reopened to append
 # Examples whose URLs download ahead, per download thread: enough to keep every thread busy
-# while the first done is processed, and at most this many bodies on disk at once.
+# while the first done is processed, and what bounds the bodies a worker holds (an image's in
+# memory, a video's or sound's on disk; download.Ahead says how much).
 WINDOW_PER_THREAD = 2
 
 

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import random
 import re
 import socket
 import struct
@@ -46,6 +47,16 @@ for key, value in FAST.items():
 def png(color: str, size=(40, 30)) -> bytes:
   out = io.BytesIO()
   Image.new("RGB", size, color).save(out, "PNG")
+  return out.getvalue()
+
+
+def photo() -> bytes:
+  """A noisy 120x90 JPEG: it shrinks, and decodes through simplejpeg, as a web photo does."""
+  rng = random.Random(0)
+  image = Image.new("RGB", (120, 90))
+  image.putdata([tuple(rng.randrange(256) for _ in range(3)) for _ in range(120 * 90)])
+  out = io.BytesIO()
+  image.save(out, "JPEG", quality=95)
   return out.getvalue()
 
 
@@ -195,6 +206,7 @@ def server(tmp_path_factory):
   files["clip.mp4"] = mp4(tmp_path_factory)
   files["tone.wav"] = wav()
   files["bomb"] = gzip.compress(b"\0" * 60_000_000, 9)
+  files["photo.jpg"] = photo()
   s = Server(files)
   thread = threading.Thread(target=s.serve_forever, daemon=True)
   thread.start()
@@ -350,6 +362,43 @@ def test_metadata_and_card_count_download_failures_by_reason(built):
 def test_the_same_bytes_served_give_the_same_shards(built):
   first, second = (list(shard_bytes(out).values()) for out in built)  # names hold the folder's
   assert len(first) == 2 and first == second
+
+
+def records_by_id(out) -> dict[str, dict]:
+  found = {}
+  for path in sorted(glob.glob(os.path.join(out, "*.array_record-*"))):
+    reader = ArrayRecordReader(path)
+    for data in reader.read_all():
+      record = records.parse_example(data)
+      found[record["id"][0].decode()] = record
+    reader.close()
+  return found
+
+
+def test_urls_give_the_records_of_local_files_of_the_same_bytes(server, tmp_path):
+  """An image's body is kept in memory, a video's and a sound's in a temporary file: either
+  way each record is the one a build of local files of the same bytes writes, field for
+  field but for its source (the URL, or the file's path)."""
+  names = {"jpeg": "photo.jpg", "png": "red.png", "video": "clip.mp4", "audio": "tone.wav"}
+  keys = {"jpeg": "image", "png": "image", "video": "video", "audio": "audio"}
+  (tmp_path / "media").mkdir()
+  local, web = [], []
+  for id_, name in names.items():
+    path = tmp_path / "media" / name
+    path.write_bytes(server.files[name])
+    local.append({"id": id_, keys[id_]: str(path), "caption": f"a {id_}"})
+    web.append({"id": id_, keys[id_]: server.url(f"/files/{name}?same-bytes"),
+                "caption": f"a {id_}"})
+  both = {"local": local, "web": web}
+  for kind, lines in both.items():
+    (tmp_path / f"{kind}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert build(tmp_path / f"{kind}.jsonl", tmp_path / kind) == 0
+  from_files, from_web = (records_by_id(tmp_path / kind) for kind in both)
+  assert sorted(from_web) == sorted(names)
+  for id_, record in from_web.items():
+    assert record.pop("source") == [server.url(f"/files/{names[id_]}?same-bytes").encode()]
+    assert from_files[id_].pop("source") == [f"media/{names[id_]}".encode()]
+    assert record == from_files[id_], id_
 
 
 def test_the_fingerprint_is_the_hash_of_the_downloaded_bytes(built, server):
