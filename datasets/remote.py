@@ -20,8 +20,9 @@ instead would read a shard per record under a global shuffle.
 Ahead of the loader. The loader knows every coming step's records (the
 sampler's are a function of the seed and the step) and tells the source
 (`prefetch`): their chunks are fetched on a pool of threads while earlier
-steps decode, a block of ahead // 2 steps at a time, chunks of a shard less than
-MERGE_GAP apart in one request, and held in memory until read.
+steps decode, a block of BLOCK_STEPS steps at a time (up to AHEAD steps ahead),
+chunks of a shard less than MERGE_GAP apart in one request, and held in memory
+until read.
 
 The disk cache. Chunks read are also kept on disk, under `IMPAX_CACHE_DIR`
 (default ~/.cache/impax/streams), in a folder per dataset version, within
@@ -57,14 +58,17 @@ import dataclasses
 import fcntl
 import functools
 import hashlib
+import http.client
 import io
 import json
 import os
 import random
+import ssl
 import struct
 import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
 
@@ -77,9 +81,19 @@ SCHEMES = ("s3://", "gs://")
 RETRIES = 8  # attempts after the first, for a transient failure
 BACKOFF = 0.2  # seconds before the first retry; doubles, up to 10 s, with jitter
 THREADS = 16  # concurrent requests per process
-AHEAD = 4  # steps of one loader process fetched ahead of the one it makes
-MERGE_GAP = 64 << 10  # chunks of a shard this close are fetched in one request
+AHEAD = 6  # steps of one loader process fetched ahead of the one it makes, at most
+# Steps fetched ahead together: a block's chunks lie denser in a shard than a step's, so
+# fewer requests join them (benchmarks/streaming.py's datasets, one process, blocks of 4
+# against 2: image-text 0.29 requests and 0.42 MB a step against 0.82 and 0.79 MB; video
+# 3.4 requests a step against 4.3).
+BLOCK_STEPS = 4
+# Chunks of a shard this close are fetched in one request. Not sized to the records: with
+# blocks of 4 steps, 16 KiB (8 image-text records) cost 3.0 requests a step for 0.36 MB,
+# against 0.29 for 0.42 MB at 64 KiB; a gap of two video records (168 KiB), 1.8 for 0.57 MB
+# against 3.4 for 0.39 MB.
+MERGE_GAP = 64 << 10
 MEMORY_CAP = 1 << 30  # bytes of fetched-ahead chunks held, past which the oldest are dropped
+CONNECT_TIMEOUT, READ_TIMEOUT = 20, 60  # seconds, of a request to a store
 TAIL = 256 << 10  # bytes of a shard's end fetched first: its postscript and, mostly, its footer
 
 _BLOCK, _BLOCK_HEADER, _CHUNK_HEADER = 1 << 16, 24, 40
@@ -116,11 +130,13 @@ def _verify_hint(root: str) -> str:
 
 class _S3:
   """S3 through boto3, configured by the environment; its own retries off: `_retried` is the
-  policy. A ranged GET goes to a presigned URL of its object through urllib3 (the one boto3
-  itself uses): boto3's get_object costs 2-3 ms of CPU a request whatever its size, a plain
-  GET 0.8. A URL is signed again after half its lifetime, and once on a 403 (credentials
-  rotated); an answer only boto3 knows what to do with (a redirect to another region, a proxy
-  in the environment) sends this client's GETs through get_object from then on."""
+  policy. A ranged GET goes to a presigned URL of its object through http.client, on a
+  kept-alive connection per thread: boto3's get_object costs 2-3 ms of CPU a request
+  whatever its size, urllib3 (the one boto3 uses) 0.4, http.client 0.2 (gofakes3 on
+  loopback, 4 KB to 400 KB). A URL is signed again after half its lifetime, and once on a
+  403 (credentials rotated); an answer only boto3 knows what to do with (a redirect to
+  another region, a proxy in the environment) sends this client's GETs through get_object
+  from then on."""
 
   URL_LIFETIME = 3600  # seconds a presigned URL is valid for
 
@@ -129,19 +145,16 @@ class _S3:
     import botocore.config
     import botocore.exceptions
     import botocore.httpsession
-    import urllib3
     self.bucket, self.errors = bucket, botocore.exceptions
     config = botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"},
-                                    connect_timeout=20, read_timeout=60,
+                                    connect_timeout=CONNECT_TIMEOUT, read_timeout=READ_TIMEOUT,
                                     max_pool_connections=THREADS * 2,
                                     signature_version="s3v4")  # else presigned URLs use v2
     session = boto3.session.Session()
     self.client = session.client("s3", config=config)
     verify = session._session.get_config_variable("ca_bundle")  # AWS_CA_BUNDLE, ~/.aws/config
-    self.http = urllib3.PoolManager(
-        maxsize=THREADS * 2, retries=False, timeout=urllib3.Timeout(connect=20, read=60),
-        ca_certs=verify or botocore.httpsession.get_cert_path(True))
-    self.http_errors = (urllib3.exceptions.HTTPError, OSError)
+    self.ca_file = verify or botocore.httpsession.get_cert_path(True)
+    self.connections = threading.local()  # .open: {(scheme, host): HTTP(S)Connection}
     self.urls: dict[str, tuple[str, float]] = {}  # key -> (presigned URL, when signed)
     self.urls_lock = threading.Lock()
     self.presigned = not urllib.request.getproxies()  # boto3 honours HTTP(S)_PROXY itself
@@ -161,6 +174,42 @@ class _S3:
     except (e.ConnectionError, e.HTTPClientError, e.ResponseStreamingError,
             e.IncompleteReadError) as err:
       raise _Transient(f"{type(err).__name__}: {err}") from None
+
+  def _connection(self, scheme: str, host: str) -> http.client.HTTPConnection:
+    """This thread's connection to a host, kept alive between requests."""
+    open_ = self.connections.__dict__.setdefault("open", {})
+    conn = open_.get((scheme, host))
+    if conn is None:
+      if scheme == "https":
+        context = ssl.create_default_context(cafile=self.ca_file)
+        conn = http.client.HTTPSConnection(host, timeout=CONNECT_TIMEOUT, context=context)
+      else:
+        conn = http.client.HTTPConnection(host, timeout=CONNECT_TIMEOUT)
+      open_[scheme, host] = conn
+    return conn
+
+  def _ranged_get(self, url: str, start: int, end: int) -> tuple[int, bytes]:
+    """(status, body as stored, no Content-Encoding decoded) of a ranged GET of a URL. A
+    connection that fails is closed and the failure is transient; one kept alive that the
+    server had closed meanwhile (a reset or a disconnect before any answer) is opened again
+    at once, once."""
+    parts = urllib.parse.urlsplit(url)
+    target = f"{parts.path}?{parts.query}" if parts.query else parts.path
+    conn = self._connection(parts.scheme, parts.netloc)
+    stale = (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError)
+    while True:
+      kept_alive = conn.sock is not None
+      try:
+        if not kept_alive:  # connect within CONNECT_TIMEOUT, then read within READ_TIMEOUT
+          conn.connect()
+          conn.sock.settimeout(READ_TIMEOUT)
+        conn.request("GET", target, headers={"Range": f"bytes={start}-{end - 1}"})
+        response = conn.getresponse()
+        return response.status, response.read()  # (a "Connection: close" closes it)
+      except (http.client.HTTPException, OSError) as err:
+        conn.close()  # the next attempt opens it again
+        if not (kept_alive and isinstance(err, stale)):
+          raise _Transient(f"{type(err).__name__}: {err}"[:200]) from None
 
   def _url(self, key: str, stale: str | None = None) -> str:
     """The key's presigned URL; signed anew when half its life is gone, or when it is `stale`."""
@@ -185,14 +234,9 @@ class _S3:
       return self._get_object(key, start, end)
     url = self._url(key)
     for signed_again in (False, True):
-      try:  # the body as stored (as boto3 gives it): no decoding of a Content-Encoding
-        response = self.http.request("GET", url, headers={"Range": f"bytes={start}-{end - 1}"},
-                                     decode_content=False)
-      except self.http_errors as err:
-        raise _Transient(f"{type(err).__name__}: {err}"[:200]) from None
-      status = response.status
+      status, data = self._ranged_get(url, start, end)
       if status in (200, 206):
-        return response.data
+        return data
       if status == 403 and not signed_again:  # expired, or the credentials changed
         url = self._url(key, stale=url)
         continue
@@ -243,7 +287,8 @@ class _GCS:
 
   def get(self, key: str, start: int, end: int) -> bytes:
     return self._call(lambda: self.bucket.blob(key).download_as_bytes(
-        start=start, end=end - 1, checksum=None, retry=None, timeout=(20, 60)))
+        start=start, end=end - 1, checksum=None, retry=None,
+        timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)))
 
   def sizes(self, prefix: str) -> dict[str, int]:
     return self._call(lambda: {b.name: b.size for b in
@@ -680,7 +725,7 @@ class RemoteSource:
 
   def prefetch(self, step: int, stride: int, records_of: Callable[[int], list[int]]) -> None:
     """Fetches ahead the records of steps step + stride, ..., step + ahead * stride (this
-    process makes every stride-th step), each step once, by blocks of ahead // 2 steps;
+    process makes every stride-th step), each step once, by blocks of BLOCK_STEPS steps;
     `records_of(step)`: its positions."""
     self._state.prefetch(step, stride, records_of)
 
@@ -779,14 +824,13 @@ class _State:
 
   def prefetch(self, step: int, stride: int, records_of: Callable[[int], list[int]]) -> None:
     # This process's steps are step + k * stride, k counted from its first. The ones wanted
-    # ahead are fetched by blocks of ahead // 2 steps, reaching ahead - 1 or `ahead` steps
-    # past k: a block's chunks lie denser in each shard than a step's, so fewer requests
-    # join them (blocks of `ahead`, reaching further, made the processes of a small
-    # dataset each fetch most of it: tests/datasets/test_streaming.py).
+    # ahead are fetched by blocks of BLOCK_STEPS steps, a block once its last step is at most
+    # `ahead` steps past k: a block's chunks lie denser in each shard than a step's, so
+    # fewer requests join them.
     ahead = self.source.ahead
     k = step // stride
-    block = max(1, ahead // 2)
-    block_end = ((k + ahead - block + 1) // block + 1) * block
+    block = max(1, min(BLOCK_STEPS, ahead))
+    block_end = (k + ahead + 1) // block * block
     later = [s for s in range(step + stride, step + (block_end - k) * stride, stride)
              if s not in self.expected]
     if not later:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from batches import assert_batches_equal, take
-from impax.datasets import loader, prepared, remote
+from impax.datasets import exclusions, loader, prepared, remote
 from impax.datasets.loader import Bucket
 from impax.tools import dedup, inspect, verify
 from impax.train import metrics, trainer
@@ -179,25 +179,69 @@ def test_a_mixture_with_a_bucket_gives_the_mixture_on_disk(videos, tmp_path):
   assert 0.5 < (drawn == 0).mean() < 0.9  # both datasets drawn, the bucket's more
 
 
-def test_each_process_reads_only_its_slice(videos, tmp_path):
-  """Two processes of a two-process job: together the local batches, each fetching about
-  half the bytes one process fetches alone."""
+def test_each_process_reads_only_its_slice(videos, tmp_path, monkeypatch):
+  """Two processes of a two-process job: together the local batches, and each fetches only
+  its own slice. Its source is asked, to read a step or to fetch one ahead (blocks of
+  remote.BLOCK_STEPS steps, up to remote.AHEAD ahead), for the records of its half of that
+  step's global batch and no other, and fetches no chunk but theirs (a request spans the
+  chunks between two it fetches only where they lie within remote.MERGE_GAP). Bytes are not
+  what this checks: a few steps ahead, each process's slices of this small dataset hold
+  most of it, as one process's steps do (6 steps, fetched 4 to 6 ahead: 1.49 MB a
+  process against 1.76 MB alone)."""
   local, uri = videos
+  steps = 6
   whole = video_task(local, batch_multiple=2)()  # the global batch of two processes
-  expected = take(iter(whole), 6)
-  parts, fetched = [], []
+  # the steps a process's source may be asked for: those made (the loader's prefetch buffer
+  # makes a few more than taken) and those fetched ahead of them
+  expected = take(iter(whole), steps + 4 + remote.AHEAD + remote.BLOCK_STEPS)
+  ids = {id_: position for position, id_ in
+         enumerate(exclusions.split_ids(prepared.open_dataset(local), "train"))}
+  asked = collections.defaultdict(list)  # source -> [(step or None, positions)]
+  fetched = collections.defaultdict(set)  # source -> chunks fetched
+
+  def prefetch(self, step, stride, records_of):
+    def told(later):
+      asked[id(self)].append((later, records_of(later)))
+      return asked[id(self)][-1][1]
+    return original_prefetch(self, step, stride, told)
+
+  def read(self, positions):
+    asked[id(self)].append((None, list(positions)))
+    return original_read(self, positions)
+
+  def fetch(self, group):
+    fetched[id(self.source)].update(group)
+    return original_fetch(self, group)
+  original_prefetch, original_read = remote.RemoteSource.prefetch, remote.RemoteSource.read
+  original_fetch = remote._State._fetch
+  monkeypatch.setattr(remote.RemoteSource, "prefetch", prefetch)
+  monkeypatch.setattr(remote.RemoteSource, "read", read)
+  monkeypatch.setattr(remote._State, "_fetch", fetch)
+
+  parts = []
   for p in range(2):
     data_loader = video_task(uri, process_index=p, process_count=2, cache_dir=str(tmp_path),
                              cache_limit=0)()
-    parts.append(take(iter(data_loader), 6))
-    fetched.append(data_loader.source._state.fetched_bytes)
-  for step, batch in enumerate(expected):
-    for key in batch:
+    it = iter(data_loader)
+    parts.append(take(it, steps))
+    it.close()
+    source = data_loader.source
+
+    def half(step, p=p):
+      batch = expected[step]["id"]
+      return sorted(ids[i] for i in batch[p * len(batch) // 2:(p + 1) * len(batch) // 2])
+    reads = [positions for step, positions in asked[id(source)] if step is None]
+    assert [sorted(r) for r in reads[:steps]] == [half(s) for s in range(steps)]
+    ahead = [(step, positions) for step, positions in asked[id(source)] if step is not None]
+    assert ahead and all(sorted(positions) == half(step) for step, positions in ahead)
+    wanted = {where[:2] for _, positions in asked[id(source)]
+              for where in source._locate(positions)}
+    assert fetched[id(source)] and fetched[id(source)] <= wanted
+  for step in range(steps):
+    for key in expected[step]:
       np.testing.assert_array_equal(
-          np.concatenate([parts[0][step][key], parts[1][step][key]]), batch[key], err_msg=key)
-  alone = video_task(uri, batch_multiple=2, cache_dir=str(tmp_path), cache_limit=0)()
-  take(iter(alone), 6)
-  assert max(fetched) < 0.75 * alone.source._state.fetched_bytes
+          np.concatenate([parts[0][step][key], parts[1][step][key]]), expected[step][key],
+          err_msg=key)
 
 
 def test_the_disk_cache_stays_within_its_limit(videos, tmp_path):
