@@ -139,10 +139,12 @@ class Ahead:
 
   A body waits for its example in memory (an image) or in a temporary file (a video or a
   sound), each capped by its medium's size limit (`download_<medium>_max_bytes`). The
-  build's Process step starts an example's downloads only while fewer than its window of
-  2 x download_threads examples wait (pipelines/graph.py, WINDOW_PER_THREAD), so a worker
-  holds at most that window plus the example in hand: by default 33 images of at most
-  32 MB in memory (about 8 MB at the web's usual sizes of a few hundred KB)."""
+  build's Process step (one per worker thread, each with its own Ahead) starts an
+  example's downloads when at most its window of 2 x download_threads examples wait
+  (pipelines/graph.py, WINDOW_PER_THREAD), then processes examples until no more than that
+  wait again, so it holds the bodies of at most 2 x download_threads + 1 examples: by
+  default 33 images in memory, 1.06 GB at worst (32 MB each), about 8 MB at the web's
+  usual few hundred KB an image."""
 
   def __init__(self, threads: int):
     self.pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="impax-download")
