@@ -1,7 +1,8 @@
 """Training straight from a bucket (issue 29): the loader reading s3:// against reading disk.
 
     .venv/bin/python benchmarks/streaming.py [--images 1200] [--videos 96] [--batches 300]
-        [--warmup 5] [--latency-ms 0 20] [--server gofakes3|moto] [--workdir DIR] [--smoke]
+        [--warmup 5] [--rounds 3] [--latency-ms 0 20] [--server gofakes3|moto] [--workdir DIR]
+        [--smoke]
 
 Builds two of the demo's datasets as the demo builds them (impax.demo.write_corpus and its
 build settings: 64 px, 10 fps, 2-second clips of 20 frames; --images and --videos count all
@@ -19,9 +20,11 @@ Where Go is missing or the build fails, the run uses moto and says so (`settings
 
 For each dataset (the demo's image-text task at its buckets, 32x32 and 48x48; a video-text
 task at one bucket of 16x64x64; the demo's token budget, tiny's 2x8x8 patches) and each
-latency, in one run: the Loader from disk, then the Loader from the bucket, with 2 worker
+latency, --rounds rounds of a run from disk and a run from the bucket (which goes first
+alternates: on a shared machine the load moves between runs), each with 2 worker
 processes, the same seed, the disk cache limited to a tenth of the split's shard bytes in a
-fresh folder; --warmup batches, then --batches timed. Reports
+fresh folder; --warmup batches, then --batches timed. Reports, as medians over the rounds
+(each round's figures under `rounds`):
   - batches/s of each and streamed / local (goal: >= 0.9 at 20 ms);
   - the time from constructing the Loader to its first batch, from the bucket and from disk;
   - the peak bytes in the cache folder (polled) and the peak RSS (VmHWM, polled) of every
@@ -29,9 +32,11 @@ fresh folder; --warmup batches, then --batches timed. Reports
   - requests and bytes through the proxy per timed batch, and the CPU milliseconds per
     timed batch of the loader's processes (local and streamed) and of the server and the
     proxy (on a 2-core machine they compete with the loader; a real bucket's do not);
+  - the loader's CPU alone, local over streamed (`loader_cpu_local_over_streamed`): what
+    the ratio is bound by where the loader's processes have the cores to themselves;
   - whether the warm-up batches from the bucket are those from disk (the same work).
 Prints JSON. Every server it starts is stopped by its process id at the end, also on error.
---smoke: tiny datasets and budgets, 3 timed batches (the figures mean nothing).
+--smoke: tiny datasets and budgets, 3 timed batches, one round (the figures mean nothing).
 """
 
 import argparse
@@ -368,47 +373,85 @@ def same(a: list[dict], b: list[dict]) -> bool:
       x.keys() == y.keys() and all(np.array_equal(x[k], y[k]) for k in x) for x, y in zip(a, b))
 
 
+def median(values):
+  return round(float(np.median(values)), 3)
+
+
 def compare(name: str, local_path: str, task: loader.Task, args, proxies: dict[float, Proxy],
             servers: dict[str, int], work: str) -> dict:
+  """Each latency: --rounds pairs of runs, from disk and from the bucket, in turn first; the
+  medians over rounds (the ratio: of each round's), the peaks over all."""
   shards = prepared.open_dataset(local_path).split("train").shards
   dataset_bytes = sum(s.num_bytes for s in shards)
   limit = dataset_bytes // 10
   out = {"dataset_bytes": dataset_bytes, "shards": len(shards), "cache_limit": limit}
+  remote_task = dataclasses.replace(task, dataset=f"s3://{BUCKET}/{name}")
   for latency, proxy in proxies.items():
     os.environ["AWS_ENDPOINT_URL"] = proxy.url  # the loader's processes read it (boto3)
     runs = os.path.join(work, "runs", f"{name}-{latency:g}ms")
     shutil.rmtree(runs, ignore_errors=True)
     common = {"warmup": args.warmup, "batches": args.batches, "cache_limit": limit,
               "servers": servers}
-    local, local_batches = measure(task, cache_dir=os.path.join(runs, "local"), **common)
-    remote_task = dataclasses.replace(task, dataset=f"s3://{BUCKET}/{name}")
-    streamed, streamed_batches = measure(remote_task, cache_dir=os.path.join(runs, "cache"),
-                                         proxy=proxy, **common)
+    rounds = []
+    for r in range(args.rounds):
+      figures, batches = {}, {}
+      # in turn first: a load that rises or falls through a round favours neither
+      for side in ("local", "streamed") if r % 2 == 0 else ("streamed", "local"):
+        folder = os.path.join(runs, f"round-{r}", side)
+        if side == "local":
+          figures[side], batches[side] = measure(task, cache_dir=folder, **common)
+        else:
+          figures[side], batches[side] = measure(remote_task, cache_dir=folder, proxy=proxy,
+                                                 **common)
+      figures["first"] = "local" if r % 2 == 0 else "streamed"
+      figures["batches_equal"] = same(batches["local"], batches["streamed"])
+      rounds.append(figures)
+
+    def each(side, key):
+      return [f[side][key] for f in rounds]
+    local_bps, streamed_bps = each("local", "batches_per_s"), each("streamed", "batches_per_s")
+    local_cpu = each("local", "loader_cpu_ms_per_batch")
+    streamed_cpu = each("streamed", "loader_cpu_ms_per_batch")
+    first_local, first_streamed = each("local", "first_batch_s"), each("streamed", "first_batch_s")
+    servers_cpu = each("streamed", "server_cpu_ms_per_batch")
     out[f"{latency:g}ms"] = {
-        "batches_per_s_local": local["batches_per_s"],
-        "batches_per_s_streamed": streamed["batches_per_s"],
-        "ratio_streamed_over_local": round(streamed["batches_per_s"] / local["batches_per_s"], 3),
-        "first_batch_s_local": local["first_batch_s"],
-        "first_batch_s_streamed": streamed["first_batch_s"],
-        "first_batch_streamed_over_local": round(
-            streamed["first_batch_s"] / local["first_batch_s"], 2),
-        "peak_cache_bytes": streamed["peak_cache_bytes"],
+        "batches_per_s_local": median(local_bps),
+        "batches_per_s_streamed": median(streamed_bps),
+        "ratio_streamed_over_local": median([b / a for a, b in zip(local_bps, streamed_bps)]),
+        "first_batch_s_local": median(first_local),
+        "first_batch_s_streamed": median(first_streamed),
+        "first_batch_streamed_over_local": median(
+            [b / a for a, b in zip(first_local, first_streamed)]),
+        "peak_cache_bytes": max(each("streamed", "peak_cache_bytes")),
         "cache_limit": limit,
-        "peak_cache_within_limit": streamed["peak_cache_bytes"] <= limit,
-        "peak_rss_bytes": {"streamed": streamed["peak_rss_bytes"],
-                           "local": local["peak_rss_bytes"]},
-        "requests_per_batch": streamed["requests_per_batch"],
-        "bucket_bytes_per_batch": streamed["bucket_bytes_per_batch"],
+        "peak_cache_within_limit": max(each("streamed", "peak_cache_bytes")) <= limit,
+        "peak_rss_bytes": {
+            side: {"main": max(f[side]["peak_rss_bytes"]["main"] for f in rounds),
+                   "workers": max((f[side]["peak_rss_bytes"]["workers"] for f in rounds),
+                                  key=max)}
+            for side in ("streamed", "local")},
+        "requests_per_batch": median(each("streamed", "requests_per_batch")),
+        "bucket_bytes_per_batch": round(median(each("streamed", "bucket_bytes_per_batch"))),
         # on a 2-core machine CPU is what batches/s is bound by: where it goes, per batch
-        "loader_cpu_ms_per_batch": {"local": local["loader_cpu_ms_per_batch"],
-                                    "streamed": streamed["loader_cpu_ms_per_batch"]},
-        "server_cpu_ms_per_batch": streamed["server_cpu_ms_per_batch"],
+        "loader_cpu_ms_per_batch": {"local": median(local_cpu), "streamed": median(streamed_cpu)},
+        "server_cpu_ms_per_batch": {server: median([c.get(server, 0.0) for c in servers_cpu])
+                                    for server in sorted(set().union(*servers_cpu))},
         # the loader's CPU alone, local over streamed: the ratio were the server off the host
-        "loader_cpu_local_over_streamed": round(local["loader_cpu_ms_per_batch"] /
-                                                streamed["loader_cpu_ms_per_batch"], 3),
-        "timed_s": {"local": local["timed_s"], "streamed": streamed["timed_s"]},
-        "batch_sizes": local["batch_sizes"],
-        "batches_equal": same(local_batches, streamed_batches),
+        "loader_cpu_local_over_streamed": median(
+            [a / b for a, b in zip(local_cpu, streamed_cpu)]),
+        "batch_sizes": rounds[0]["local"]["batch_sizes"],
+        "batches_equal": all(f["batches_equal"] for f in rounds),
+        "rounds": [{"first": f["first"],
+                    "batches_per_s": {"local": f["local"]["batches_per_s"],
+                                      "streamed": f["streamed"]["batches_per_s"]},
+                    "ratio": round(f["streamed"]["batches_per_s"] / f["local"]["batches_per_s"],
+                                   3),
+                    "loader_cpu_ms_per_batch": {
+                        side: f[side]["loader_cpu_ms_per_batch"] for side in ("local", "streamed")},
+                    "server_cpu_ms_per_batch": f["streamed"]["server_cpu_ms_per_batch"],
+                    "timed_s": {"local": f["local"]["timed_s"],
+                                "streamed": f["streamed"]["timed_s"]}}
+                   for f in rounds],
     }
     print(json.dumps({name: {f"{latency:g}ms": out[f"{latency:g}ms"]}}), file=sys.stderr,
           flush=True)
@@ -421,6 +464,8 @@ def main() -> None:
   parser.add_argument("--videos", type=int, default=96)
   parser.add_argument("--batches", type=int, default=300, help="timed batches per run")
   parser.add_argument("--warmup", type=int, default=5, help="batches before the timing")
+  parser.add_argument("--rounds", type=int, default=3,
+                      help="pairs of runs (disk, bucket) per dataset and latency: medians")
   parser.add_argument("--latency-ms", type=float, nargs="+", default=[0.0, 20.0])
   parser.add_argument("--token-budget", type=int, default=TOKEN_BUDGET)
   parser.add_argument("--server", choices=("gofakes3", "moto"), default="gofakes3",
@@ -441,6 +486,7 @@ def main() -> None:
     return
   if args.smoke:
     args.images, args.videos, args.batches, args.warmup, args.token_budget = 48, 12, 3, 2, 512
+    args.rounds = 1
   from absl import flags
   flags.FLAGS.mark_as_parsed()  # Grain's multiprocessing reads absl flags
   started = time.perf_counter()
@@ -463,6 +509,7 @@ def main() -> None:
       servers.append(proxies[latency].process)
     results = {"settings": {"images": args.images, "videos": args.videos,
                             "batches": args.batches, "warmup": args.warmup,
+                            "rounds": args.rounds,
                             "token_budget": args.token_budget, "num_workers": 2,
                             "server": server_name,
                             "cpus": os.cpu_count(), "load_average_before": os.getloadavg()}}
