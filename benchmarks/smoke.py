@@ -141,7 +141,8 @@ SMOKE = {
     "demo_seeds.py": Smoke(
         ("--data", "{demo_data}", "--root", "{work}", "--seeds", "0", "--set", "steps=2",
          "--set", "eval_every=2", "--set", "warmup_steps=1", *SMALL_DEMO),
-        ("mean ± std (min)", "best step", "video zero-shot, test", "probe: sounds")),
+        ("mean ± std (min)", "best step", "video zero-shot, test", "probe: sounds",
+         "video embeddings encode: colour")),
     "train_precision.py": Smoke(
         ("--data", "{demo_data}", "--root", "{work}", "--steps", "2", "--set", "eval_every=2",
          "--set", "warmup_steps=1", "--tasks", "video_text", *SMALL_DEMO),

@@ -34,8 +34,10 @@ Layout under out_dir:
   audio/<split>-<NNNNN>.wav|flac  digit+1 beeps at the digit's pitch.
   {videos,images,audio}-{train,validation,test}.jsonl  one JSON object per example:
       id, the media path relative to the manifest, label (the digit's name),
-      caption (videos and images), and digit_index (the sklearn sample shown,
-      for checking the split; the pipeline ignores it).
+      caption (videos and images), and, which the pipeline ignores: digit_index
+      (the sklearn sample shown, for checking the split), colour (videos and
+      images) and motion (videos, in words), for probing what a model's
+      embeddings encode (benchmarks/demo_seeds.py).
 
 The same arguments give byte-identical files on one machine: every example has
 its own seeded numpy Generator, and ffmpeg runs single-threaded with bitexact
@@ -272,7 +274,8 @@ def _write_video(out_dir, stem, number, digit, digit_image, rng, *, seconds,
   if result.returncode != 0:
     raise RuntimeError(f"ffmpeg failed to write {path}:\n"
                        f"{result.stderr.decode(errors='replace')[-2000:]}")
-  return path, {"label": DIGIT_NAMES[digit], "caption": caption}
+  return path, {"label": DIGIT_NAMES[digit], "caption": caption, "colour": colour,
+                "motion": motion}
 
 
 def _render_video(digit_image, rng, seconds, width, height):
@@ -375,7 +378,7 @@ def _write_image(out_dir, stem, number, digit, digit_image, rng, *, size,
   if kind != "gray":
     templates += COLOUR_IMAGE_CAPTIONS
   caption = rng.choice(templates).format(name=DIGIT_NAMES[digit], colour=colour)
-  return path, {"caption": caption, "label": DIGIT_NAMES[digit]}
+  return path, {"caption": caption, "label": DIGIT_NAMES[digit], "colour": colour}
 
 
 # -------------------------------------------------------------------- Audio ---

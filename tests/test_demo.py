@@ -74,6 +74,31 @@ def test_manifests_list_existing_media_with_digit_labels(corpus):
       assert sorted(r["label"] for r in records) == sorted(demo.DIGIT_NAMES)
 
 
+def test_manifests_name_the_colour_and_motion_rendered(corpus):
+  """benchmarks/demo_seeds.py probes a model's embeddings for these fields: a caption that
+  names a colour or a motion names the manifest's, and an image's digit is drawn in it."""
+  import numpy as np
+  import PIL.Image
+  out_dir, manifests = corpus
+  motions = ("bouncing around", "moving to the left", "moving to the right", "moving up",
+             "moving down")
+  for split in ("train", "validation", "test"):
+    for record in _read(manifests[f"videos-{split}"]):
+      assert record["colour"] in demo.COLOURS and record["motion"] in motions
+      assert record["motion"] in record["caption"]
+      named = [c for c in demo.COLOURS if re.search(rf"\b{c}\b", record["caption"])]
+      assert named in ([], [record["colour"]])
+    for record in _read(manifests[f"images-{split}"]):
+      pixels = np.asarray(PIL.Image.open(os.path.join(out_dir, record["image"]))
+                          .convert("RGB"), np.float64).reshape(-1, 3)
+      # The backgrounds are dark; edges blend the colour with them, so compare hues: each
+      # colour over its brightest channel.
+      digit = pixels[pixels.max(axis=1) > 180].mean(axis=0)
+      hue = {c: np.asarray(rgb) / max(rgb) for c, rgb in demo.COLOURS.items()}
+      nearest = min(hue, key=lambda c: np.linalg.norm(digit / digit.max() - hue[c]))
+      assert nearest == record["colour"], (record, digit)
+
+
 def test_videos_are_h264_with_aac_and_the_right_length(corpus):
   out_dir, manifests = corpus
   records = _read(manifests["videos-train"])
