@@ -7,6 +7,7 @@ inspect, dedup) and a training run read the bucket's URI as they read the folder
 import asyncio
 import collections
 import functools
+import http.server
 import os
 import random
 import shutil
@@ -288,6 +289,46 @@ def test_a_transient_503_and_a_reset_are_retried(videos, s3, tmp_path):
   proxy.served.clear()
   assert source.read([0, 5, 9]) == expected
   assert proxy.served == {"503": 2, "reset": 1}
+
+
+def test_a_kept_alive_connection_the_store_closed_is_opened_again(monkeypatch):
+  """A store may close an idle kept-alive connection whenever it likes: the next request on
+  it goes out again at once on a new connection, not as a failure (here no retry is left).
+  moto closes every connection after its answer, so a loopback store that keeps them."""
+  blob = bytes(range(256)) * 4
+  connections = []
+
+  class Store(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # connections kept alive, as S3's and GCS's are
+
+    def setup(self):
+      super().setup()
+      connections.append(self.connection)
+
+    def do_GET(self):  # noqa: N802 - BaseHTTPRequestHandler's name
+      start, end = map(int, self.headers["Range"].removeprefix("bytes=").split("-"))
+      self.send_response(206)
+      self.send_header("Content-Length", str(end + 1 - start))
+      self.end_headers()
+      self.wfile.write(blob[start:end + 1])
+
+    def log_message(self, *args):
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Store)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    for name, value in {**ENV, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{server.server_port}"
+                        }.items():
+      monkeypatch.setenv(name, value)
+    monkeypatch.setattr(remote, "RETRIES", 0)
+    assert remote.get("s3://b/blob", 0, 100) == blob[:100]
+    connections[0].shutdown(socket.SHUT_RDWR)  # the store closes it, idle
+    assert remote.get("s3://b/blob", 100, 300) == blob[100:300]
+    assert len(connections) == 2
+  finally:
+    server.shutdown()
+    server.server_close()
 
 
 def test_a_deleted_shard_is_refused_by_name(videos, s3, tmp_path):
