@@ -522,8 +522,9 @@ def build_all(root: str, workers: int | None = None, log=print) -> dict[str, dic
 
 # Configs are Python files in train/configs; this one expects the datasets build_all writes.
 DEMO_CONFIG = os.path.join(os.path.dirname(impax.train.__file__), "configs", "demo.py")
-# The demo's goal: zero-shot top-1 on its held-out videos (benchmarks/README.md).
-ZERO_SHOT_TASK, ZERO_SHOT_GOAL = "video_text", 0.6
+# The demo's goal: zero-shot top-1 on its test videos, 75% on average over seeds with none
+# under 65% (benchmarks/README.md, "The demo's recipe, diagnosed"); one run prints it beside.
+ZERO_SHOT_TASK, ZERO_SHOT_GOAL = "video_text", 0.75
 
 
 def config_for(root: str) -> str:
