@@ -6,10 +6,10 @@ a URL, on whichever worker processes the example, so downloads run wherever the 
 runs (DirectRunner, Flink, Spark, Dataflow). An image's body stays in memory, since it
 is decoded from bytes (a temporary file cost each image about 0.2 ms of CPU, and its
 unlink waited on a busy disk: benchmarks/README.md); a video's or a sound's goes to a
-temporary file, which ffmpeg seeks in (an MP4's index may come last). A URL that gives no media raises
-`DownloadError`, whose message is the reason the example failed (stage `download`):
-`HTTP 404`, `opted out: X-Robots-Tag noai`, `redirect loop`, `timed out after 20 s`,
-`body over 32 MB`, `not an image: got HTML`.
+temporary file, which ffmpeg seeks in (an MP4's index may come last; storage.IN_MEMORY).
+A URL that gives no media raises `DownloadError`, whose message is the reason the example
+failed (stage `download`): `HTTP 404`, `opted out: X-Robots-Tag noai`, `redirect loop`,
+`timed out after 20 s`, `body over 32 MB`, `not an image: got HTML`.
 
 How a download goes, as the well-kept downloaders (img2dataset, urllib3) do it:
   - one httpx.Client per worker process and settings, its connections reused across
@@ -107,20 +107,18 @@ def _fetch(url: str, medium: str, config: BuildConfig):
   try:
     kept = _kept(url, medium, config) if config.keep_originals else None
     if kept:
-      if medium == "image":
-        body = storage.read(kept[0])
-        sha256, head = hashlib.sha256(body).hexdigest(), body[:_HEAD]
-      else:
-        body, sha256 = copy.enter_context(storage.local_copy(kept[0]))
-        with open(body, "rb") as f:
-          head = f.read(_HEAD)
+      body, sha256 = copy.enter_context(storage.media_body(kept[0], medium))
       if sha256 == kept[1]:  # else damaged: download it again
-        refused = sniff(medium, head, io.BytesIO(body) if medium == "image" else body)
+        if isinstance(body, bytes):
+          refused = sniff(medium, body[:_HEAD], io.BytesIO(body))
+        else:
+          with open(body, "rb") as f:
+            refused = sniff(medium, f.read(_HEAD), f)
         if refused:
           raise DownloadError(refused)
         return copy, body, sha256, None
       copy.close()
-    if medium == "image":
+    if medium in storage.IN_MEMORY:
       out = io.BytesIO()
       sha256, robots = download(url, medium, config, out)
       return copy, out.getvalue(), sha256, robots

@@ -96,7 +96,7 @@ def process_entry(entry: registry.Entry, config: config_lib.BuildConfig, tokeniz
         try:
           body, shas[medium] = stack.enter_context(
               download.local_copy(path, medium, config) if stage == "download"
-              else read_media(path, medium))
+              else storage.media_body(path, medium))
         except OSError as e:
           raise media.MediaError(f"cannot read {path}: {e.strerror or e}") from None
         stage = medium
@@ -149,26 +149,9 @@ def map_labels(names: tuple[str, ...], label_index: dict[str, int]) -> list[tupl
 # -- media (pipelines/media.py) -----------------------------------------------
 
 
-@contextlib.contextmanager
-def read_media(path: str, medium: str):
-  """A media file's body and its sha256, as download.local_copy gives a URL's: an image's
-  bytes, or a local path to a video or sound for ffmpeg (storage.local_copy stages a
-  remote one)."""
-  if medium != "image":
-    with storage.local_copy(path) as copy:
-      yield copy
-    return
-  if storage.is_local(path):
-    with open(path, "rb") as f:
-      data = f.read()
-  else:
-    data = storage.read(path)
-  yield data, hashlib.sha256(data).hexdigest()
-
-
 def decode(medium: str, body: bytes | str, path: str, entry: registry.Entry,
            config: config_lib.BuildConfig):
-  """One medium of the entry from its body (read_media's or download.local_copy's): a
+  """One medium of the entry from its body (storage.media_body's or download.local_copy's): a
   VideoClip, an Audio or (JPEG, height, width).
 
   Errors name the entry's path, not a local copy's.
@@ -200,9 +183,9 @@ def decode(medium: str, body: bytes | str, path: str, entry: registry.Entry,
 def fingerprints(entry: registry.Entry, shas: Mapping[str, str], video: media.VideoClip | None,
                  track: media.Audio | None, image: tuple[bytes, int, int] | None) -> dict:
   """The record's fingerprints (records.FEATURES "fingerprint/..."): the sha256 of the
-  media read (read_media or download.local_copy hashed them) and the clip's bounds, and the
-  perceptual fingerprint of each stored medium (a list of int64: two hashes, or one per frame
-  of sound)."""
+  media read (storage.media_body or download.local_copy hashed them) and the clip's bounds,
+  and the perceptual fingerprint of each stored medium (a list of int64: two hashes, or one
+  per frame of sound)."""
   exact = json.dumps({"media": dict(shas), "start": entry.start, "end": entry.end}, sort_keys=True)
   out = {"sha256": hashlib.sha256(exact.encode()).hexdigest()}
   perceptual = (("video", media.video_fingerprint, video and video.frames),

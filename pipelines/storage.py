@@ -249,6 +249,27 @@ def local_copy(path: str):
     yield local.name, digest.hexdigest()
 
 
+# Media decoded from their bytes: images. ffmpeg reads a video or a sound from a file, and
+# seeks in it (an MP4's index may come last).
+IN_MEMORY = ("image",)
+
+
+@contextlib.contextmanager
+def media_body(path: str, medium: str):
+  """A media file's body and its sha256: its bytes for a medium IN_MEMORY, else a local path
+  to them (local_copy's: a remote file is staged)."""
+  if medium not in IN_MEMORY:
+    with local_copy(path) as copy:
+      yield copy
+    return
+  if is_local(path):
+    with open(path, "rb") as f:
+      data = f.read()
+  else:
+    data = read(path)
+  yield data, hashlib.sha256(data).hexdigest()
+
+
 def local_dir_for(path: str) -> str | None:
   """Where to write a file that will be published to `path`: beside it when local
   (so the final rename is atomic on one filesystem), else the system's temp dir."""

@@ -281,14 +281,18 @@ def failures(out) -> dict[str, dict]:
     return {x["id"]: x for x in map(json.loads, f)}
 
 
-def record_ids(out) -> list[str]:
-  ids = []
+def read_records(out) -> list[dict]:
+  """Every record of a build's shards, parsed, in shard order."""
+  found = []
   for path in sorted(glob.glob(os.path.join(out, "*.array_record-*"))):
     reader = ArrayRecordReader(path)
-    ids += [records.parse_example(r)["id"][0].decode()
-            for r in reader.read_all()]
+    found += [records.parse_example(data) for data in reader.read_all()]
     reader.close()
-  return ids
+  return found
+
+
+def record_ids(out) -> list[str]:
+  return [r["id"][0].decode() for r in read_records(out)]
 
 
 @pytest.fixture(scope="module")
@@ -365,14 +369,7 @@ def test_the_same_bytes_served_give_the_same_shards(built):
 
 
 def records_by_id(out) -> dict[str, dict]:
-  found = {}
-  for path in sorted(glob.glob(os.path.join(out, "*.array_record-*"))):
-    reader = ArrayRecordReader(path)
-    for data in reader.read_all():
-      record = records.parse_example(data)
-      found[record["id"][0].decode()] = record
-    reader.close()
-  return found
+  return {r["id"][0].decode(): r for r in read_records(out)}
 
 
 def test_urls_give_the_records_of_local_files_of_the_same_bytes(server, tmp_path):
@@ -404,15 +401,10 @@ def test_urls_give_the_records_of_local_files_of_the_same_bytes(server, tmp_path
 def test_the_fingerprint_is_the_hash_of_the_downloaded_bytes(built, server):
   sha = hashlib.sha256(server.files["red.png"]).hexdigest()
   exact = json.dumps({"media": {"image": sha}, "start": None, "end": None}, sort_keys=True)
-  for path in glob.glob(os.path.join(built[0], "*.array_record-*")):
-    reader = ArrayRecordReader(path)
-    for data in reader.read_all():
-      record = records.parse_example(data)
-      if record["id"][0] == b"url-png":
-        expected = hashlib.sha256(exact.encode()).hexdigest()
-        assert record["fingerprint/sha256"][0].decode() == expected
-        return
-  raise AssertionError("no record url-png")
+  record = records_by_id(built[0]).get("url-png")
+  assert record is not None, "no record url-png"
+  expected = hashlib.sha256(exact.encode()).hexdigest()
+  assert record["fingerprint/sha256"][0].decode() == expected
 
 
 def test_a_build_where_every_url_fails_exits_non_zero(server, tmp_path, capsys):
