@@ -1,7 +1,7 @@
 """The demo's figures over seeds: the checkpoint chosen on validation, reported once on test.
 
     .venv/bin/python benchmarks/demo_seeds.py --data demo-output/data --root /tmp/seeds [--seeds 0 1 2]
-        [--set KEY=VALUE ...]
+        [--set KEY=VALUE ...] [--build-videos N]
 
 Trains train/configs/demo.py once per seed in ROOT/seedS (as
 `impax train train/configs/demo.py:DATA --workdir ROOT/seedS --set seed=S`; a
@@ -11,6 +11,9 @@ video top-1 there, and evaluates that checkpoint once on test. Prints a markdown
 row per seed and the mean, standard deviation and minimum of each figure: the
 test figures are reported as they come out, none is chosen on them. --set
 changes the config for every seed, as `impax train --set` does (e.g. steps=2).
+--build-videos N: where DATA holds no datasets yet, the demo's corpus with N videos (all
+splits; the demo's is 480, 320 of them train) is generated in DATA/../corpus and built into
+DATA first, as `impax demo` builds it (impax.demo.build_all).
 
 It also shows what each seed's video embeddings encode (the diagnostic behind the demo's
 recipe, benchmarks/README.md): a logistic regression (C 1, on L2-normalized embeddings of the
@@ -86,10 +89,18 @@ def main():
   parser.add_argument("--root", required=True, help="one workdir per seed goes here")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   parser.add_argument("--corpus", help="the demo corpus's manifests (default: DATA/../corpus)")
+  parser.add_argument("--build-videos", type=int, metavar="N",
+                      help="build the demo's datasets with N videos into DATA first, if absent")
   parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                       help="a config field for every seed, as impax train --set")
   args = parser.parse_args()
-  corpus = args.corpus or os.path.join(os.path.dirname(os.path.abspath(args.data)), "corpus")
+  root = os.path.dirname(os.path.abspath(args.data))
+  if args.build_videos and not os.path.exists(os.path.join(args.data, "videos", "metadata.json")):
+    if os.path.basename(os.path.abspath(args.data)) != "data":
+      parser.error("--build-videos builds into ROOT/data: give --data a folder named data")
+    from impax import demo
+    demo.build_all(root, videos=args.build_videos)
+  corpus = args.corpus or os.path.join(root, "corpus")
   rows = []
   for seed in args.seeds:
     workdir = os.path.join(args.root, f"seed{seed}")

@@ -503,11 +503,13 @@ def write_corpus(corpus: str, *, videos: int = SIZES["videos"], images: int = SI
   return manifests
 
 
-def build_all(root: str, workers: int | None = None, log=print) -> dict[str, dict]:
-  """Generates the corpus under root/corpus and builds root/data/<modality>; returns summaries."""
+def build_all(root: str, workers: int | None = None, log=print,
+              videos: int = SIZES["videos"]) -> dict[str, dict]:
+  """Generates the corpus under root/corpus (`videos` of all splits; the rest the demo's) and
+  builds root/data/<modality>; returns summaries."""
   corpus = os.path.join(root, "corpus")
   start = time.monotonic()
-  manifests = write_corpus(corpus)
+  manifests = write_corpus(corpus, videos=videos)
   log(f"demo corpus: {corpus} ({time.monotonic() - start:.1f} s)")
   summaries = {}
   for key, manifest in manifests.items():
