@@ -17,6 +17,7 @@ import sentencepiece as spm
 from impax import demo
 from impax.datasets import prepared
 from impax.pipelines.tools import ffmpeg_binary
+from impax.train import config as config_lib
 
 SIZES = {"videos": 14, "images": 14, "audio": 14}  # 10 train, 2 validation, 2 test
 SECONDS = 1.0
@@ -160,7 +161,11 @@ def test_demo_datasets_share_one_tokenizer_that_knows_every_caption_word(demo_da
       for line in f:
         pieces = tokenizer.encode(json.loads(line)["caption"])
         assert tokenizer.unk_id() not in pieces
+  # The registry's prompts, and the demo config's zero-shot ensembles.
+  config = config_lib.load(f"{demo.DEMO_CONFIG}:{os.path.dirname(demo_data['videos'])}")
+  ensembles = [t.zero_shot_prompts for t in config.tasks if t.zero_shot_prompts]
+  assert len(ensembles) == 2  # image-text's and video-text's
   for digit in demo.DIGIT_NAMES:
-    for prompt in ("a video of {label}.", "a photo of {label}."):
+    for prompt in ("a video of {label}.", "a photo of {label}.", *sum(ensembles, ())):
       assert tokenizer.unk_id() not in tokenizer.encode(prompt.format(label=digit))
     assert len(tokenizer.encode(digit)) == 1

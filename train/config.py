@@ -44,6 +44,10 @@ class Task(loader.Task):
   weight: float = 1.0  # schedule "random": relative probability per step
   loss_weight: float = 1.0
   drop_token: float = 0.0  # fraction of each non-text modality's tokens dropped in training
+  # Zero-shot classification's prompt ensemble (CLIP's): templates with "{label}", each
+  # class's text embedding the mean of its L2-normalised embeddings over them. Empty: the
+  # one template `prompt`, or the registry's for the other modality ("a video of {label}.").
+  zero_shot_prompts: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,8 +116,8 @@ EXTENDS_A_RUN = ("steps", "log_every", "checkpoint_every", "keep_checkpoints",
 # Model fields that change how it compiles and what memory it takes, never what it computes:
 # a run may resume under other values (its checkpoint is converted: trainer.py).
 HOW_A_MODEL_COMPILES = ("scan_layers", "remat", "attention_impl")
-EXTENDS_A_TASK = ("eval_split", "eval_bucket", "eval_clips", "eval_crops", "num_workers",
-                  "loader_nice")
+EXTENDS_A_TASK = ("eval_split", "eval_bucket", "eval_clips", "eval_crops", "zero_shot_prompts",
+                  "num_workers", "loader_nice")
 
 
 class ConfigError(ValueError):
@@ -154,6 +158,10 @@ def check(config: TrainConfig) -> None:
       raise ConfigError(f"{where}: declares no buckets")
     if t.eval_clips < 1 or t.eval_crops < 1:
       raise ConfigError(f"{where}: eval_clips and eval_crops must be at least 1")
+    for template in t.zero_shot_prompts:
+      if not isinstance(template, str) or "{label}" not in template:
+        raise ConfigError(f"{where}: each of zero_shot_prompts must be a str with {{label}} "
+                          f"where the class name goes, not {template!r}")
   if config.keep_best:
     task, sep, figure = config.keep_best.partition("/")
     if not sep or not figure or task not in names:

@@ -233,15 +233,15 @@ def _figures(ctx: Context, task: Task, dataset, arrays: dict, views: str) -> tup
                                         f"{y} among the split's {n}, cosine similarity, {views}")
   if "text" in task.modalities and has_labels and not task.multi_label:
     other = a if b == "text" else b
-    template = task.prompt or registry.PROMPTS[modalities.NEEDS[other]]
-    class_embeddings = class_text_embeddings(ctx.setup.model, ctx.params, dataset, template,
+    templates = zero_shot_templates(task, other)
+    class_embeddings = class_text_embeddings(ctx.setup.model, ctx.params, dataset, templates,
                                              task.text_length, ctx.setup.mesh)
     figures["zero_shot_top1"] = zero_shot_accuracy(embeddings[other], class_embeddings,
                                                    arrays["label"])
     figures["zero_shot_chance"] = 1.0 / len(dataset.labels)
     described["zero_shot_top1"] = (f"zero-shot classification: top-1 over "
                                    f"{len(dataset.labels)} classes, cosine similarity to the "
-                                   f"text embedding of {template!r} for each class, {views}")
+                                   f"{_prompts_text(templates)} for each class, {views}")
     described["zero_shot_chance"] = f"one over the {len(dataset.labels)} classes"
   return figures, described
 
@@ -299,23 +299,48 @@ def cached_embeddings(ctx: Context, index: int, modality: str,
   return embeddings, labels
 
 
-def class_text_embeddings(model, params, dataset, template: str, length: int, mesh) -> np.ndarray:
+def zero_shot_templates(task: Task, other: str) -> tuple[str, ...]:
+  """The prompt templates a task's zero-shot classification of `other` (a modality) uses."""
+  return task.zero_shot_prompts or (task.prompt or registry.PROMPTS[modalities.NEEDS[other]],)
+
+
+def _prompts_text(templates: tuple[str, ...]) -> str:
+  if len(templates) == 1:
+    return f"text embedding of {templates[0]!r}"
+  return (f"mean L2-normalised text embedding of {len(templates)} prompts "
+          f"({templates[0]!r}, ...)")
+
+
+def class_text_embeddings(model, params, dataset, templates: tuple[str, ...], length: int,
+                          mesh) -> np.ndarray:
+  """[classes, d]: each class name's text embedding through the templates; with several, the
+  mean of the L2-normalised embeddings over them (CLIP's prompt ensemble)."""
   tokenizer = spm.SentencePieceProcessor(model_file=dataset.tokenizer_path)
-  tokens, masks = zip(*(decode.pad_tokens(tokenizer.encode(template.format(label=name)), length)
-                        for name in dataset.labels))
+  texts = [t.format(label=name) for t in templates for name in dataset.labels]
+  tokens, masks = zip(*(decode.pad_tokens(tokenizer.encode(text), length) for text in texts))
   tokens, masks = np.stack(tokens), np.stack(masks)
+  out = _text_embeddings(model, params, tokens, masks, length, mesh)
+  if len(templates) == 1:
+    return out
+  per_template = _normalize(out.reshape(len(templates), len(dataset.labels), -1))
+  return per_template.mean(0)
+
+
+def _text_embeddings(model, params, tokens: np.ndarray, masks: np.ndarray, length: int,
+                     mesh) -> np.ndarray:
+  n = len(tokens)
   # Rows padded so that the batch splits into routing groups of whole names that every
   # device holds whole (moe.group_tokens): as many names as a group takes, per shard.
   shards = sharding.batch_shards(mesh)
   pad = -len(tokens) % (shards * max(1, model.config.group_size // length))
   tokens = np.concatenate([tokens, np.zeros((pad, length), np.int32)])
   masks = np.concatenate([masks, np.zeros((pad, length), np.int32)])
-  masks[len(dataset.labels):, 0] = 1  # padding rows: one token so the mean is defined
+  masks[n:, 0] = 1  # padding rows: one token so the mean is defined
   batch = {"text": tokens, "text_mask": masks}
   if mesh is not None:
     batch = {k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in batch.items()}
   out = jax.jit(lambda p, x: model.apply({"params": p}, x)["text"]["embedding"])(params, batch)
-  return _gather(out)[:len(dataset.labels)]
+  return _gather(out)[:n]
 
 
 # -- a state, a split, a checkpoint ------------------------------------------------

@@ -78,3 +78,17 @@ def test_a_task_is_set_by_its_name_down_to_its_augment_and_buckets():
 def test_a_wrong_field_or_value_is_named(item, message):
   with pytest.raises(ConfigError, match=message):
     config_lib.apply_overrides(CONFIG, [item])
+
+
+def test_zero_shot_prompts_are_set_checked_and_may_change_on_resume():
+  ensemble = config_lib.apply_overrides(
+      CONFIG, ['tasks.video_text.zero_shot_prompts=["the digit {label}.", "a {label}."]'])
+  assert ensemble.tasks[1].zero_shot_prompts == ("the digit {label}.", "a {label}.")
+  config_lib.check(ensemble)
+  # How a run is evaluated, not what it trains: a resumed run may change it.
+  assert config_lib.changes(config_lib.to_json(CONFIG), ensemble) == [
+      ("tasks['video_text'].zero_shot_prompts", [], ["the digit {label}.", "a {label}."], False)]
+  nameless = config_lib.apply_overrides(CONFIG, ['tasks.video_text.zero_shot_prompts=["a digit."]'])
+  with pytest.raises(ConfigError, match=r"task 'video_text': each of zero_shot_prompts must be a "
+                                        r"str with \{label\} .*not 'a digit.'"):
+    config_lib.check(nameless)

@@ -1,5 +1,8 @@
 """Evaluation protocols on cases whose answer is known: multi-view video, the linear probe."""
 
+import dataclasses
+import types
+
 import cv2
 import jax
 import numpy as np
@@ -122,3 +125,33 @@ def test_keep_best_names_a_figure_the_evaluation_has():
     evaluate.metric(results, "video_text/accuracy")
   with pytest.raises(ConfigError, match="checkpoint must be one of"):
     evaluate.checkpoint_dir("/tmp/run", "first")
+
+
+def test_a_prompt_ensemble_is_the_mean_of_each_templates_normalised_embedding(tmp_path):
+  import sentencepiece as spm
+  words = ["a video of seven.", "a video of two.", "the digit seven.", "the digit two."] * 20
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(words), model_prefix=str(tmp_path / "t"),
+                                 vocab_size=10, model_type="word", minloglevel=2)
+  dataset = types.SimpleNamespace(tokenizer_path=str(tmp_path / "t.model"),
+                                  labels=("seven", "two"))
+  cfg = get_config("tiny", moe_layers=())  # dense: no row's routing depends on the others
+  model, params = Model(cfg), init_params(cfg, jax.random.key(0))
+
+  def embed(*templates):
+    return evaluate.class_text_embeddings(model, params, dataset, templates, 8, None)
+
+  one, other = embed("a video of {label}."), embed("the digit {label}.")
+  both = embed("a video of {label}.", "the digit {label}.")
+  assert both.shape == one.shape == (2, cfg.embed_dim)
+  expected = (evaluate._normalize(one) + evaluate._normalize(other)) / 2
+  np.testing.assert_allclose(both, expected, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(evaluate._normalize(both), evaluate._normalize(one), atol=1e-3)
+
+  # Which templates a task's zero-shot uses: its ensemble, else its prompt, else the registry's.
+  task = Task("video_text", "unused", "contrastive", ("video", "text"),
+              buckets=(Bucket(video=(2, 16, 16)),))
+  assert evaluate.zero_shot_templates(task, "video") == ("a video of {label}.",)
+  assert evaluate.zero_shot_templates(
+      dataclasses.replace(task, prompt="clip of {label}."), "video") == ("clip of {label}.",)
+  ensemble = dataclasses.replace(task, zero_shot_prompts=("x {label}.", "y {label}."))
+  assert evaluate.zero_shot_templates(ensemble, "video") == ("x {label}.", "y {label}.")
