@@ -24,7 +24,7 @@ from array_record.python.array_record_module import ArrayRecordWriter
 from impax.datasets import metadata, modalities, registry
 from impax.pipelines import config as config_lib
 from impax.pipelines import download, example, read, stats, storage, text
-from impax.pipelines.plan import Plan
+from impax.pipelines.plan import Plan, killed_results
 
 # -- 2: dedupe ----------------------------------------------------------------
 
@@ -170,9 +170,9 @@ def _assign(entry, prepared: Prepared, plan: Plan):
 # resumed build reuses both; pipelines/progress.py counts the results). Creating a
 # file can cost a good part of a small example's whole work (benchmarks/README.md,
 # issue 28), so on a local disk a bundle appends its records to one file per shard,
-# and each result says where its record lies. An object store cannot append: there
-# each record is a file of its own. Either way the result is written after its
-# record is whole.
+# and its results to one log (Plan.result_log), each result saying where its record
+# lies. An object store cannot append: there each record and each result is a file of
+# its own. Either way the result is written after its record is whole.
 
 MAX_OPEN_SPILLS = 32  # spill files a bundle keeps open; one evicted is reopened to append
 # Examples whose URLs download ahead, per download thread: enough to keep every thread busy
@@ -220,6 +220,7 @@ class Process(beam.DoFn):
     threads = self.plan.config.download_threads
     self._ahead = download.Ahead(threads) if threads > 1 else None
     self._window = []  # (shard, entry, prepared, {(url, medium): download future}), oldest first
+    self._results = None  # this bundle's result log, open (a local disk)
 
   def start_bundle(self):
     self._drop_window()  # a failed bundle's, before its retry
@@ -259,6 +260,9 @@ class Process(beam.DoFn):
     while self._open:
       self._open.popitem()[1].close()
     self._spills.clear()
+    if self._results is not None:
+      self._results.close()
+      self._results = None
 
   def _keep(self, shard: int, index: int, record: bytes) -> RecordAt:
     """Puts a record where its shard's writer will find it, whole before this returns."""
@@ -287,9 +291,8 @@ class Process(beam.DoFn):
     if isinstance(entry, registry.BadEntry):
       yield shard, (example.Failure.of(entry, entry.stage, entry.error), None)
       return
-    result_path = self.plan.result_blob(entry.index)
-    if storage.exists(result_path):  # processed by a build that was killed
-      stored = json.loads(storage.read(result_path))
+    stored = self._killed_result(entry.index)
+    if stored is not None:  # processed by a build that was killed
       result = example.result_from_json(stored)
       # Without "record": a blob of its own (an object store, or an older impax's build).
       yield shard, (result, RecordAt(**stored.get("record", {}))
@@ -312,9 +315,29 @@ class Process(beam.DoFn):
     stored = result.to_json()
     if at is not None and at.file:
       stored["record"] = dataclasses.asdict(at)
-    storage.write_atomic(self.plan.result_blob(entry.index),
-                         json.dumps(stored, sort_keys=True).encode())
+    self._keep_result(entry.index, json.dumps(stored, sort_keys=True).encode())
     return shard, (result, at)
+
+  def _keep_result(self, index: int, line: bytes):
+    """Keeps an example's result for a resumed build, once its record is whole."""
+    if not self._spill:
+      storage.write_atomic(self.plan.result_blob(index), line)
+      return
+    if self._results is None:
+      path = self.plan.result_log(uuid.uuid4().hex[:12])
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      self._results = open(path, "ab")
+    self._results.write(line + b"\n")
+    self._results.flush()  # on disk before the next example: a killed build keeps it
+
+  def _killed_result(self, index: int) -> dict | None:
+    """The result a killed build left for this example: a line of its result logs, or a file
+    of its own (an object store, or an older impax's build)."""
+    line = killed_results(self.plan).get(index)
+    if line is not None:
+      return json.loads(line)
+    path = self.plan.result_blob(index)
+    return json.loads(storage.read(path)) if storage.exists(path) else None
 
 
 def _read_records(written: list[tuple[example.Processed, RecordAt]], plan: Plan):

@@ -2,10 +2,12 @@
 so far, examples/s and the time left.
 
 The workers leave each processed example's result in OUTPUT/.impax-tmp/<split>/examples/
-(pipelines/graph.py, step 5) until the build publishes; the launcher counts them. That
-works on every runner whose workers write where the launcher can read, Flink, Spark and
-Dataflow included. Beam's metrics cannot do it there: Flink's job server (Beam 2.62.0)
-reports no user counter to the launcher while a job runs, nor after it (tried).
+(pipelines/graph.py, step 5) until the build publishes: a line of its bundle's result log on
+a local disk (Plan.result_log), a file of its own on an object store (Plan.result_blob); the
+launcher counts them. That works on every runner whose workers write where the launcher can
+read, Flink, Spark and Dataflow included. Beam's metrics cannot do it there: Flink's job
+server (Beam 2.62.0) reports no user counter to the launcher while a job runs, nor after it
+(tried).
 
 On a terminal the line is redrawn every second; otherwise (a log, a Prefect flow) a line is
 printed every IMPAX_PROGRESS_INTERVAL seconds (default 30).
@@ -17,7 +19,7 @@ import threading
 import time
 
 from impax.pipelines import storage
-from impax.pipelines.plan import Plan
+from impax.pipelines.plan import RESULT_LOG, Plan
 
 
 def _clock(seconds: float) -> str:
@@ -48,6 +50,7 @@ class Progress:
     self.interval = interval or (1.0 if self.tty and self.local else default)
     self.prefix = f"{plan.split}: "
     self._seen: dict[str, bool] = {}  # result file: whether it is a failure
+    self._logs: dict[str, list[int]] = {}  # result log: [bytes counted, results, failures]
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True, name="impax-progress")
     self._first: tuple[float, int] | None = None  # when examples were first seen, and how many
@@ -69,9 +72,13 @@ class Progress:
     """(examples processed, failures among them) so far."""
     if self.local:
       try:
-        names = [e.name for e in os.scandir(self.examples) if e.name.endswith(".json")]
+        entries = list(os.scandir(self.examples))
       except FileNotFoundError:
-        names = []
+        entries = []
+      names = [e.name for e in entries if e.name.endswith(".json")]
+      for e in entries:
+        if e.name.endswith(RESULT_LOG):
+          self._count_log(e.name)
     else:
       names = [os.path.basename(p) for p in storage.glob(storage.join(self.examples, "*.json"))]
     for name in names:
@@ -83,7 +90,23 @@ class Progress:
           continue  # a result is written atomically, but it may be gone: the build is done
       elif name not in self._seen:
         self._seen[name] = False  # a remote output: its failures are counted at the end
-    return len(self._seen), sum(self._seen.values())
+    logged = [sum(counts[i] for counts in self._logs.values()) for i in (1, 2)]
+    return len(self._seen) + logged[0], sum(self._seen.values()) + logged[1]
+
+  def _count_log(self, name: str):
+    """Counts the whole lines a result log gained since the last poll."""
+    counts = self._logs.setdefault(name, [0, 0, 0])
+    try:
+      with open(os.path.join(self.examples, name), "rb") as f:
+        f.seek(counts[0])
+        data = f.read()
+    except OSError:
+      return  # gone: the build is done
+    data = data[:data.rfind(b"\n") + 1]  # a line still being written counts next time
+    for line in data.splitlines():
+      counts[1] += 1
+      counts[2] += "error" in json.loads(line)
+    counts[0] += len(data)
 
   def _run(self):
     # Once more when the pipeline ends: a log's last line counts every example, however

@@ -230,7 +230,9 @@ def a_jobs_sockets_are_on_loopback(cluster, argv, log_path):
 
 
 def _examples_done(output):
-  return len(glob.glob(os.path.join(output, ".impax-tmp", "train", "examples", "*.json")))
+  """The lines of the build's result logs (pipelines/plan.py, Plan.result_log)."""
+  logs = glob.glob(os.path.join(output, ".impax-tmp", "train", "examples", "*.results"))
+  return sum(open(p, "rb").read().count(b"\n") for p in logs)
 
 
 def test_a_killed_taskmanager_then_a_rerun_gives_the_same_bytes(flink, corpora, tmp_path, helpers):

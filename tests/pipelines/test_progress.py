@@ -70,5 +70,15 @@ def test_the_count_of_examples_and_failures_and_the_line(tmp_path):
     (examples / f"{i:012d}.json").write_text(json.dumps(result))
   (examples / "000000000009.tfex").write_bytes(b"a record, not a result")
   assert meter.poll() == (5, 2)
+  # A bundle's result log (a local disk): its whole lines, counted as they come.
+  log = examples / "0123456789ab.results"
+  failed = {"index": 5, "id": "5", "source": "m.jsonl:6", "stage": "download",
+            "error": "HTTP 404", "media": {}}
+  log.write_bytes(json.dumps(failed).encode() + b"\n" + b'{"index": 6, "id"')  # still written
+  assert meter.poll() == (6, 3)
+  with open(log, "ab") as f:
+    f.write(b': "6", "source": "m.jsonl:7"}\n')
+  assert meter.poll() == (7, 3)
+  assert meter.poll() == (7, 3)  # a line is counted once
   assert progress.describe(37, 2, 120, 4.1) == "37/120 examples, 2 failed, 4.1 examples/s, 0:00:20 left"
   assert progress.describe(3, 0, None, None) == "3 examples, 0 failed"
