@@ -41,6 +41,8 @@ fi
 # The stack (about 3.6 GB) goes in with uv, pinned here, into the venv: the same packages
 # at the same pins as pip's (constraints.txt), from its cache in about 40 s where pip takes
 # 2-3 minutes, which is most of a warm `make demo`'s install. pip stays in the venv for users.
+# --compile-bytecode: as pip does, the .pyc files are written at install, not by the first
+# import in each of the suite's and the builds' processes.
 UV_VERSION=0.13.10
 "$VENV/bin/python" -m pip install -q "uv==$UV_VERSION"
 # setuptools too, pinned: a reinstall without build isolation (pip install
@@ -50,7 +52,8 @@ UV_VERSION=0.13.10
 # on imports; here impax/ is that package's own folder. UV_LINK_MODE=copy: the cache is
 # often on another file system than the venv, where uv would warn and copy anyway.
 PYTHONWARNINGS="ignore:Editable installation" UV_LINK_MODE=copy \
-  "$VENV/bin/uv" pip install -q --python "$VENV/bin/python" -c constraints.txt setuptools -e '.[test]'
+  "$VENV/bin/uv" pip install -q --compile-bytecode --python "$VENV/bin/python" -c constraints.txt \
+    setuptools -e '.[test]'
 # The engines of distributed builds (README "Dataflow, Flink and Spark"), fetched once into
 # ${IMPAX_ENGINE_CACHE:-~/.cache/impax/engines} and reused: Flink's and Spark's jars from
 # PyPI's sdists, Beam's job servers from Maven Central (Java 17 and Maven), Prism built with
