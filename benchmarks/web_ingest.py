@@ -2,14 +2,19 @@
 tool the web corpora's own instructions use, on the same URLs from the same loopback server.
 
     .venv/bin/python benchmarks/web_ingest.py [--urls 200] [--scale 10] [--processes 2]
-        [--threads 16] [--repeat 1] [--latency_ms 0] [--img2dataset_format webdataset]
+        [--threads 16] [--repeat 1] [--latency_ms 0] [--hosts 8] [--img2dataset_format webdataset]
         [--impax_filters lanczos,area] [--workdir DIR]
 
 Makes 64 distinct 640x480 JPEGs (a gradient under noise, about 250 KB each, quality 95) and
 serves them from memory on 127.0.0.1 with http.server's ThreadingHTTPServer (HTTP/1.1,
 keep-alive) in a process of its own: URL /img/<i>.jpg is image i % 64, so every URL is
-distinct and neither tool can skip one. --latency_ms makes the server wait that long before
-each answer, as a site across the world does (loopback answers in well under a millisecond). Then, in one run, for N and --scale times N URLs:
+distinct and neither tool can skip one. The URLs take turns over --hosts loopback addresses
+(127.0.0.1 to 127.0.0.H, 8 by default; the same server on each), as a web corpus's URLs spread
+over many sites: impax's politeness limit, `download_per_host` (4 requests at once a worker),
+holds per host, and img2dataset has none, so one host would measure that limit and not the
+tools (at 100 ms, 8 requests at once cap impax at 80 images/s). --latency_ms makes the server
+wait that long before each answer, as a site across the world does (loopback answers in well
+under a millisecond). Then, in one run, for N and --scale times N URLs:
   - img2dataset 1.47.0, from a virtual environment of its own that this script creates
     under ~/.cache/impax/bench-venvs/img2dataset (`pip install img2dataset==1.47.0 pillow`;
     never a dependency of impax): a TSV with a `url` and `caption` header, `--processes_count P
@@ -46,6 +51,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -78,7 +84,7 @@ def make_images(count: int = DISTINCT) -> list[bytes]:
   return images
 
 
-def serve(latency_s: float):
+def serve(latency_s: float, hosts: int):
   images = make_images()
 
   class Handler(BaseHTTPRequestHandler):
@@ -100,22 +106,40 @@ def serve(latency_s: float):
     def log_message(self, *args):
       pass
 
-  server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-  server.daemon_threads = True
-  print(server.server_address[1], sum(map(len, images)) // len(images), flush=True)
-  server.serve_forever()
+  # One port on each of the loopback addresses 127.0.0.1 .. 127.0.0.HOSTS.
+  for attempt in range(20):
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), Handler)]
+    port = servers[0].server_address[1]
+    try:
+      servers += [ThreadingHTTPServer((f"127.0.0.{k}", port), Handler)
+                  for k in range(2, hosts + 1)]
+      break
+    except OSError:  # the port is taken on another address: another port
+      for server in servers:
+        server.server_close()
+  else:
+    raise RuntimeError(f"no port free on 127.0.0.1-{hosts}")
+  for server in servers:
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+  print(port, sum(map(len, images)) // len(images), flush=True)
+  threading.Event().wait()
 
 
 class Server:
-  def __init__(self, latency_ms: float = 0.0):
-    self.latency_ms = latency_ms
+  def __init__(self, latency_ms: float = 0.0, hosts: int = 1):
+    self.latency_ms, self.hosts = latency_ms, hosts
 
   def __enter__(self):
     self.process = subprocess.Popen([sys.executable, __file__, "--serve", "--latency_ms",
-                                     str(self.latency_ms)], stdout=subprocess.PIPE, text=True)
-    port, self.mean_bytes = map(int, self.process.stdout.readline().split())
-    self.base = f"http://127.0.0.1:{port}/img"
+                                     str(self.latency_ms), "--hosts", str(self.hosts)],
+                                    stdout=subprocess.PIPE, text=True)
+    self.port, self.mean_bytes = map(int, self.process.stdout.readline().split())
     return self
+
+  def url(self, i: int) -> str:
+    """URL i: image i % 64, on host 127.0.0.(1 + i % hosts)."""
+    return f"http://127.0.0.{1 + i % self.hosts}:{self.port}/img/{i}.jpg"
 
   def __exit__(self, *exc):
     self.process.terminate()
@@ -135,13 +159,13 @@ def img2dataset_venv() -> str:
   return command
 
 
-def write_lists(folder: str, base: str, count: int) -> tuple[str, str]:
+def write_lists(folder: str, server: Server, count: int) -> tuple[str, str]:
   """The same URLs and captions as img2dataset's TSV (a header) and CC3M's (caption<TAB>url)."""
   i2d, cc3m = os.path.join(folder, f"urls-{count}.tsv"), os.path.join(folder, f"cc3m-{count}.tsv")
   with open(i2d, "w") as a, open(cc3m, "w") as b:
     a.write("url\tcaption\n")
     for i in range(count):
-      url, caption = f"{base}/{i}.jpg", f"a noisy gradient, number {i}"
+      url, caption = server.url(i), f"a noisy gradient, number {i}"
       a.write(f"{url}\t{caption}\n")
       b.write(f"{caption}\t{url}\n")
   return i2d, cc3m
@@ -244,6 +268,8 @@ def main():
   parser.add_argument("--processes", type=int, default=2, help="img2dataset's processes, impax's workers")
   parser.add_argument("--threads", type=int, default=16, help="img2dataset's threads per process")
   parser.add_argument("--repeat", type=int, default=1)
+  parser.add_argument("--hosts", type=int, default=8, choices=range(1, 255), metavar="H",
+                      help="URLs spread over loopback addresses 127.0.0.1-H (1 to 254)")
   parser.add_argument("--latency_ms", type=float, default=0.0,
                       help="the server waits this long before each answer")
   parser.add_argument("--img2dataset_format", default="webdataset", choices=("webdataset", "files"))
@@ -253,7 +279,7 @@ def main():
   parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.serve:
-    serve(args.latency_ms / 1000)
+    serve(args.latency_ms / 1000, args.hosts)
     return
   img2dataset_venv()
   work = args.workdir or tempfile.mkdtemp(prefix="impax-web-ingest-")
@@ -262,8 +288,8 @@ def main():
   filters = args.impax_filters.split(",")
   tools = ["img2dataset"] + [f"impax-{f}" for f in filters]
   runs = {(tool, n): [] for tool in tools for n in sizes}
-  with Server(args.latency_ms) as server:
-    lists = {n: write_lists(work, server.base, n) for n in sizes}
+  with Server(args.latency_ms, args.hosts) as server:
+    lists = {n: write_lists(work, server, n) for n in sizes}
     for r in range(args.repeat):
       for n in sizes:
         for tool in tools if r % 2 == 0 else tools[::-1]:
@@ -273,7 +299,7 @@ def main():
           print(json.dumps({"run": r, "tool": tool, "urls": n, **result}), file=sys.stderr)
           runs[tool, n].append(result)
   report = {"processes": args.processes, "img2dataset_threads": args.threads,
-            "latency_ms": args.latency_ms,
+            "latency_ms": args.latency_ms, "hosts": args.hosts,
             "img2dataset_format": args.img2dataset_format, "repeat": args.repeat,
             "shrink_filters": {"img2dataset": "area (cv2.INTER_AREA, its default)",
                                **{f"impax-{f}": f for f in filters}},
