@@ -43,11 +43,13 @@ IMG2DATASET_VENV = os.path.expanduser("~/.cache/impax/bench-venvs/img2dataset")
 JAX_CACHE = os.path.expanduser("~/.cache/impax/bench-smoke/jax-cache")
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 # The demo config as the smoke runs train it (--set): each task at its first bucket and a
-# batch of about 8 to 16 (the demo's 8 programs are 4; compiling them is most of the time).
+# batch of about 8 to 16 (the demo's 11 programs are 5; compiling them is most of the time).
 SMALL_DEMO = tuple(a for item in (
     'tasks.image_text.buckets=[{"image": [32, 32]}]', "tasks.image_text.token_budget=512",
     'tasks.video_text.buckets=[{"video": [4, 32, 32]}]', "tasks.video_text.token_budget=512",
     "tasks.video_audio.token_budget=1280",
+    'tasks.video_classification.buckets=[{"video": [4, 32, 32]}]',
+    "tasks.video_classification.token_budget=512",
     'tasks.audio_classification.buckets=[{"audio_seconds": 0.64}]',
     "tasks.audio_classification.token_budget=1024") for a in ("--set", item))
 # The demo corpus for {demo_data}, all splits: train splits that hold a batch of each task
