@@ -313,21 +313,12 @@ def _prompts_text(templates: tuple[str, ...]) -> str:
 
 def class_text_embeddings(model, params, dataset, templates: tuple[str, ...], length: int,
                           mesh) -> np.ndarray:
-  """[classes, d]: each class name's text embedding through the templates; with several, the
-  mean of the L2-normalised embeddings over them (CLIP's prompt ensemble)."""
+  """[classes, d]: each class name's text embedding through the templates, L2-normalised and
+  averaged over them (with several, CLIP's prompt ensemble)."""
   tokenizer = spm.SentencePieceProcessor(model_file=dataset.tokenizer_path)
   texts = [t.format(label=name) for t in templates for name in dataset.labels]
   tokens, masks = zip(*(decode.pad_tokens(tokenizer.encode(text), length) for text in texts))
   tokens, masks = np.stack(tokens), np.stack(masks)
-  out = _text_embeddings(model, params, tokens, masks, length, mesh)
-  if len(templates) == 1:
-    return out
-  per_template = _normalize(out.reshape(len(templates), len(dataset.labels), -1))
-  return per_template.mean(0)
-
-
-def _text_embeddings(model, params, tokens: np.ndarray, masks: np.ndarray, length: int,
-                     mesh) -> np.ndarray:
   n = len(tokens)
   # Rows padded so that the batch splits into routing groups of whole names that every
   # device holds whole (moe.group_tokens): as many names as a group takes, per shard.
@@ -340,7 +331,8 @@ def _text_embeddings(model, params, tokens: np.ndarray, masks: np.ndarray, lengt
   if mesh is not None:
     batch = {k: jax.device_put(v, sharding.batch_sharding(mesh)) for k, v in batch.items()}
   out = jax.jit(lambda p, x: model.apply({"params": p}, x)["text"]["embedding"])(params, batch)
-  return _gather(out)[:n]
+  per_template = _gather(out)[:n].reshape(len(templates), len(dataset.labels), -1)
+  return _normalize(per_template).mean(0)
 
 
 # -- a state, a split, a checkpoint ------------------------------------------------
