@@ -6,15 +6,14 @@
 # makes it a corpus of a few dozen examples and 2 steps of the demo config with one bucket a
 # task and small batches (benchmarks/smoke.py).
 set -euo pipefail
-REPO=$1; OUT=$2
+REPO=$(cd "$1" && pwd); OUT=$2
 SIZES=(--videos 400 --images 1000 --audio 200); STEPS=100; SMALL=()
 if [[ ${3:-} == --smoke ]]; then
   SIZES=(--videos 30 --images 30 --audio 18); STEPS=2
-  SMALL=(--set 'tasks.image_text.buckets=[{"image": [32, 32]}]' --set tasks.image_text.token_budget=512
-         --set 'tasks.video_text.buckets=[{"video": [4, 32, 32]}]' --set tasks.video_text.token_budget=512
-         --set tasks.video_audio.token_budget=1280
-         --set 'tasks.audio_classification.buckets=[{"audio_seconds": 0.64}]'
-         --set tasks.audio_classification.token_budget=1024)
+  # the demo config with one bucket a task and small batches: smoke.py's SMALL_DEMO, read
+  # from REPO's own copy, so that it names REPO's tasks
+  mapfile -t SMALL < <(cd "$REPO/benchmarks" && "$REPO/.venv/bin/python" -c \
+    'from smoke import SMALL_DEMO; print("\n".join(SMALL_DEMO))')
 fi
 cd "$REPO"
 rm -rf "$OUT"; mkdir -p "$OUT"

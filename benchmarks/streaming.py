@@ -437,8 +437,11 @@ def compare(name: str, local_path: str, task: loader.Task, args, proxies: dict[f
         "server_cpu_ms_per_batch": {server: median([c.get(server, 0.0) for c in servers_cpu])
                                     for server in sorted(set().union(*servers_cpu))},
         # the loader's CPU alone, local over streamed: the ratio were the server off the host
+        # (None where no round's streamed CPU time was above the clock's tick, as in a smoke
+        # run's few batches)
         "loader_cpu_local_over_streamed": median(
-            [a / b for a, b in zip(local_cpu, streamed_cpu)]),
+            [a / b for a, b in zip(local_cpu, streamed_cpu) if b > 0]) if any(streamed_cpu)
+            else None,
         "batch_sizes": rounds[0]["local"]["batch_sizes"],
         "batches_equal": all(f["batches_equal"] for f in rounds),
         "rounds": [{"first": f["first"],
