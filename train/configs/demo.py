@@ -19,8 +19,8 @@ before its 8x8 patches (a supervised image classifier of the same preset
 reaches 83% after 600 steps with it, 62% without); contrastive token budgets
 of 3072 (image and text tokens: 96 images a batch at 32x32, twice the 48
 before, raised zero-shot on held-out images from 32% to 61% in 600 image-text
-steps); CLIP's initial temperature 0.07; the two text tasks every cycle,
-video-audio and video classification every second, audio classification every
+steps); CLIP's initial temperature 0.07; the two text tasks and video
+classification every cycle, video-audio every second, audio classification every
 fourth; and video-audio on 0.32-s sound windows, so that its batch holds 32
 clips, not 16, for the same tokens (a tone's pitch, which names the digit,
 needs no more).
@@ -33,7 +33,11 @@ signal of its digit alone, and at every fourth cycle with 16 clips a batch
 its loss sat at chance for 800 steps. Video classification of the clips' digit
 (the labels the captions name in words), as IMP's mixture classifies Kinetics
 beside its video-text tasks, took seed 0's zero-shot video top-1 on validation
-from 66.2% to 80.0% at step 2000.
+from 66.2% to 80.0% at step 2000 at every second cycle. At every cycle, the
+video tower leaves the plateau where it knows colour but not digits hundreds
+of steps sooner (its loss at chance until step 380, not 800, for seed 0 on
+1,000 training videos, where every second cycle left that seed at 56.8% on
+validation): 92.8% there for seeds 0 and 2, against 56.8% and 79.2%.
 """
 
 import os
@@ -73,7 +77,7 @@ def get_config(data: str = "demo-output/data") -> TrainConfig:
       Task("video_classification", videos, "classification", ("video",),
            buckets=(Bucket(video=(4, 32, 32)), Bucket(video=(8, 24, 24)),
                     Bucket(video=(2, 48, 48))),
-           token_budget=3072, interval=2, augment=augment),
+           token_budget=3072, interval=1, augment=augment),
       Task("audio_classification", audio, "classification", ("spectrogram",),
            buckets=(Bucket(audio_seconds=0.64), Bucket(audio_seconds=0.96)),
            token_budget=3072, interval=4),
