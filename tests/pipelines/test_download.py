@@ -4,7 +4,6 @@ stage `download` with its reason, the same bytes served give the same shards, a 
 build resumes without downloading again, and kept originals spare the web."""
 
 import collections
-import concurrent.futures
 import contextlib
 import glob
 import gzip
@@ -34,7 +33,7 @@ from impax import cli
 from impax.datasets import metadata, records
 from impax.flows import build as flow
 from impax.pipelines import config as config_lib
-from impax.pipelines import download, graph
+from impax.pipelines import download
 from impax.pipelines.tools import ffmpeg_binary
 
 # Small limits and timeouts so that the failing cases cost little time.
@@ -346,27 +345,6 @@ def test_a_worker_waits_for_many_servers_at_once(server, tmp_path):
   starts, ends = zip(*server.delayed)
   # One at a time, the downloads alone would take n x 200 ms = 4.8 s.
   assert len(server.delayed) == n and max(ends) - min(starts) < n * 0.2 / 2
-
-
-def test_a_worker_starts_the_next_download_after_each_example_it_processes():
-  """Process._drain processes one done example and returns as soon as the window is back
-  to its bound, so that the next example's downloads start: processing every done example
-  at once left the download threads idle meanwhile (benchmarks/README.md, issue 30)."""
-  step = graph.Process.__new__(graph.Process)
-  processed = []
-  step._process = lambda shard, entry, prepared, fetches: processed.append(entry) or entry
-
-  def done():
-    future = concurrent.futures.Future()
-    future.set_result(None)
-    return future
-
-  pending = concurrent.futures.Future()
-  step._window = [(0, "slow", None, {("u0", "image"): pending})]
-  step._window += [(0, f"e{i}", None, {(f"u{i}", "image"): done()}) for i in range(1, 5)]
-  assert list(step._drain(most=3)) == ["e1", "e2"] and len(step._window) == 3
-  pending.set_result(None)  # the oldest is done: it goes first
-  assert list(step._drain(most=0)) == ["slow", "e3", "e4"] and processed[-3:] == ["slow", "e3", "e4"]
 
 
 def test_metadata_and_card_count_download_failures_by_reason(built):
