@@ -2,15 +2,21 @@
 tool the web corpora's own instructions use, on the same URLs from the same loopback server.
 
     .venv/bin/python benchmarks/web_ingest.py [--urls 200] [--scale 10] [--processes 2]
-        [--threads 16] [--repeat 1] [--latency_ms 0] [--hosts 8] [--img2dataset_format webdataset]
+        [--threads 16] [--repeat 1] [--latency_ms 0] [--hosts 8] [--host_order hash]
+        [--img2dataset_format webdataset]
         [--impax_filters lanczos,area] [--workdir DIR]
 
 Makes 64 distinct 640x480 JPEGs (a gradient under noise, about 250 KB each, quality 95) and
 serves them from memory on 127.0.0.1 with http.server's ThreadingHTTPServer (HTTP/1.1,
 keep-alive) in a process of its own: URL /img/<i>.jpg is image i % 64, so every URL is
-distinct and neither tool can skip one. The URLs take turns over --hosts loopback addresses
+distinct and neither tool can skip one. The URLs are spread over --hosts loopback addresses
 (127.0.0.1 to 127.0.0.H, 8 by default; the same server on each), as a web corpus's URLs spread
-over many sites: impax's politeness limit, `download_per_host` (4 requests at once a worker),
+over many sites, each URL's host by a hash of its number (--host_order hash), not in turn
+(--host_order turns: URL i on host i % H). In turn, the hosts follow the URLs' order, and
+impax's workers met the URLs in an order that held two of the eight hosts at a time (a
+worker's 33 waiting examples on 2 hosts: 8 requests at once, not 16); a web corpus's hosts
+do not follow its lines' numbers. impax's politeness limit, `download_per_host` (4 requests
+at once a worker), impax's politeness limit, `download_per_host` (4 requests at once a worker),
 holds per host, and img2dataset has none, so one host would measure that limit and not the
 tools (at 100 ms, 8 requests at once cap impax at 80 images/s). --latency_ms makes the server
 wait that long before each answer, as a site across the world does (loopback answers in well
@@ -40,6 +46,7 @@ import, and wandb phone home; the environment turns both off.
 """
 
 import argparse
+import hashlib
 import io
 import json
 import math
@@ -127,8 +134,8 @@ def serve(latency_s: float, hosts: int):
 
 
 class Server:
-  def __init__(self, latency_ms: float = 0.0, hosts: int = 1):
-    self.latency_ms, self.hosts = latency_ms, hosts
+  def __init__(self, latency_ms: float = 0.0, hosts: int = 1, host_order: str = "hash"):
+    self.latency_ms, self.hosts, self.host_order = latency_ms, hosts, host_order
 
   def __enter__(self):
     self.process = subprocess.Popen([sys.executable, __file__, "--serve", "--latency_ms",
@@ -138,8 +145,10 @@ class Server:
     return self
 
   def url(self, i: int) -> str:
-    """URL i: image i % 64, on host 127.0.0.(1 + i % hosts)."""
-    return f"http://127.0.0.{1 + i % self.hosts}:{self.port}/img/{i}.jpg"
+    """URL i: image i % 64, on host 127.0.0.(1 + h), h a hash of i (or i) modulo hosts."""
+    h = int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=4).digest(), "big") \
+        if self.host_order == "hash" else i
+    return f"http://127.0.0.{1 + h % self.hosts}:{self.port}/img/{i}.jpg"
 
   def __exit__(self, *exc):
     self.process.terminate()
@@ -270,6 +279,8 @@ def main():
   parser.add_argument("--repeat", type=int, default=1)
   parser.add_argument("--hosts", type=int, default=8, choices=range(1, 255), metavar="H",
                       help="URLs spread over loopback addresses 127.0.0.1-H (1 to 254)")
+  parser.add_argument("--host_order", default="hash", choices=("hash", "turns"),
+                      help="a URL's host: by a hash of its number, or in turn (i %% H)")
   parser.add_argument("--latency_ms", type=float, default=0.0,
                       help="the server waits this long before each answer")
   parser.add_argument("--img2dataset_format", default="webdataset", choices=("webdataset", "files"))
@@ -288,7 +299,7 @@ def main():
   filters = args.impax_filters.split(",")
   tools = ["img2dataset"] + [f"impax-{f}" for f in filters]
   runs = {(tool, n): [] for tool in tools for n in sizes}
-  with Server(args.latency_ms, args.hosts) as server:
+  with Server(args.latency_ms, args.hosts, args.host_order) as server:
     lists = {n: write_lists(work, server, n) for n in sizes}
     for r in range(args.repeat):
       for n in sizes:
@@ -299,7 +310,7 @@ def main():
           print(json.dumps({"run": r, "tool": tool, "urls": n, **result}), file=sys.stderr)
           runs[tool, n].append(result)
   report = {"processes": args.processes, "img2dataset_threads": args.threads,
-            "latency_ms": args.latency_ms, "hosts": args.hosts,
+            "latency_ms": args.latency_ms, "hosts": args.hosts, "host_order": args.host_order,
             "img2dataset_format": args.img2dataset_format, "repeat": args.repeat,
             "shrink_filters": {"img2dataset": "area (cv2.INTER_AREA, its default)",
                                **{f"impax-{f}": f for f in filters}},
