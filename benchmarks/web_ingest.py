@@ -8,19 +8,18 @@ tool the web corpora's own instructions use, on the same URLs from the same loop
 
 Makes 64 distinct 640x480 JPEGs (a gradient under noise, about 250 KB each, quality 95) and
 serves them from memory on 127.0.0.1 with http.server's ThreadingHTTPServer (HTTP/1.1,
-keep-alive) in a process of its own: URL /img/<i>.jpg is image i % 64, so every URL is
-distinct and neither tool can skip one. The URLs are spread over --hosts loopback addresses
-(127.0.0.1 to 127.0.0.H, 8 by default; the same server on each), as a web corpus's URLs spread
-over many sites, each URL's host by a hash of its number (--host_order hash), not in turn
-(--host_order turns: URL i on host i % H). In turn, the hosts follow the URLs' order, and
-impax's workers met the URLs in an order that held two of the eight hosts at a time (a
-worker's 33 waiting examples on 2 hosts: 8 requests at once, not 16); a web corpus's hosts
-do not follow its lines' numbers. impax's politeness limit, `download_per_host` (4 requests
-at once a worker), impax's politeness limit, `download_per_host` (4 requests at once a worker),
-holds per host, and img2dataset has none, so one host would measure that limit and not the
-tools (at 100 ms, 8 requests at once cap impax at 80 images/s). --latency_ms makes the server
-wait that long before each answer, as a site across the world does (loopback answers in well
-under a millisecond). Then, in one run, for N and --scale times N URLs:
+keep-alive) in a process of its own: URL /img/<i>.jpg is image i % 64, so every URL is distinct
+and neither tool can skip one. The URLs are spread over --hosts loopback addresses (127.0.0.1
+to 127.0.0.H, 8 by default; the same server on each), as a web corpus's URLs spread over many
+sites, each URL's host by a hash of its number (--host_order hash), not in turn (--host_order
+turns: URL i on host i % H). In turn, the hosts follow the URLs' order, and impax's workers met
+the URLs in an order that held two of the eight hosts at a time (a worker's 33 waiting examples
+on 2 hosts: 8 requests at once, not 16); a web corpus's hosts do not follow its lines' numbers.
+impax's politeness limit, `download_per_host` (4 requests at once a worker), holds per host,
+and img2dataset has none, so one host would measure that limit and not the tools (at 100 ms, 8
+requests at once cap impax at 80 images/s). --latency_ms makes the server wait that long before
+each answer, as a site across the world does (loopback answers in well under a millisecond).
+Then, in one run, for N and --scale times N URLs:
   - img2dataset 1.47.0, from a virtual environment of its own that this script creates
     under ~/.cache/impax/bench-venvs/img2dataset (`pip install img2dataset==1.47.0 pillow`;
     never a dependency of impax): a TSV with a `url` and `caption` header, `--processes_count P
