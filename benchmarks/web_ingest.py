@@ -4,7 +4,7 @@ tool the web corpora's own instructions use, on the same URLs from the same loop
     .venv/bin/python benchmarks/web_ingest.py [--urls 200] [--scale 10] [--processes 2]
         [--threads 16] [--repeat 1] [--latency_ms 0] [--hosts 8] [--host_order hash]
         [--img2dataset_format webdataset]
-        [--impax_filters lanczos,area] [--workdir DIR]
+        [--impax_filters lanczos,area] [--impax_args '--download-threads 16'] [--workdir DIR]
 
 Makes 64 distinct 640x480 JPEGs (a gradient under noise, about 250 KB each, quality 95) and
 serves them from memory on 127.0.0.1 with http.server's ThreadingHTTPServer (HTTP/1.1,
@@ -31,7 +31,8 @@ Then, in one run, for N and --scale times N URLs:
     default settings: short side 256, JPEG quality 90, plus what a build always does
     (fingerprints, a trained tokenizer, ArrayRecord shards, metadata); once for each of
     --impax_filters (`--image-resize-filter`: lanczos, impax's default, and area, OpenCV's
-    INTER_AREA, the filter img2dataset shrinks with by default), as tools impax-FILTER.
+    INTER_AREA, the filter img2dataset shrinks with by default), as tools impax-FILTER;
+    --impax_args adds options to every impax build (e.g. another --download-threads).
 Both scale the short side to 256 and keep the aspect (640x480 -> 341x256). Prints JSON:
 images/s of each (successes over wall time, the process started to its exit), the ratio of
 each impax run's to img2dataset's (goal >= 1.0; impax-area against img2dataset is like with
@@ -51,6 +52,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -231,7 +233,8 @@ def _i2d_size(out: str) -> list[int] | None:
 def run_impax(tsv: str, out: str, resize_filter: str, args) -> dict:
   shutil.rmtree(out, ignore_errors=True)
   wall, cpu = timed([IMPAX, "build", "cc3m", "--input", tsv, "--output", out, "--workers",
-                     str(args.processes), "--image-resize-filter", resize_filter, "--quiet"],
+                     str(args.processes), "--image-resize-filter", resize_filter, "--quiet",
+                     *shlex.split(args.impax_args)],
                     out + ".log")
   from impax.datasets import prepared
   dataset = prepared.load(out)
@@ -285,6 +288,8 @@ def main():
   parser.add_argument("--img2dataset_format", default="webdataset", choices=("webdataset", "files"))
   parser.add_argument("--impax_filters", default="lanczos,area",
                       help="impax's image_resize_filter of each impax run, comma-separated")
+  parser.add_argument("--impax_args", default="",
+                      help="more options for impax build, e.g. '--download-threads 16'")
   parser.add_argument("--workdir", default=None)
   parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -311,6 +316,7 @@ def main():
   report = {"processes": args.processes, "img2dataset_threads": args.threads,
             "latency_ms": args.latency_ms, "hosts": args.hosts, "host_order": args.host_order,
             "img2dataset_format": args.img2dataset_format, "repeat": args.repeat,
+            "impax_args": args.impax_args,
             "shrink_filters": {"img2dataset": "area (cv2.INTER_AREA, its default)",
                                **{f"impax-{f}": f for f in filters}},
             "mean_image_bytes": server.mean_bytes, "workdir": work, "by_urls": {}}

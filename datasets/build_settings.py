@@ -68,7 +68,7 @@ class BuildConfig:
                                    "next one, with jitter (a Retry-After header may ask more)")
   download_max_redirects: int = _field(10, "most redirects a download follows")
   download_per_host: int = _field(4, "most downloads from one host at once in each worker process")
-  download_threads: int = _field(16, "downloads each worker runs at once, ahead of the examples "
+  download_threads: int = _field(32, "downloads each worker runs at once, ahead of the examples "
                                  "that need them; 1: each as its example is processed")
   # Sizes a corpus's media have with room to spare (CC3M's images, WebVid's previews); a
   # larger body is more likely a mistake than an example.

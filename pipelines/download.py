@@ -146,7 +146,7 @@ class Ahead:
   example's downloads when at most its window of 2 x download_threads examples wait
   (pipelines/graph.py, WINDOW_PER_THREAD), then processes examples until no more than that
   wait again, so it holds the bodies of at most 2 x download_threads + 1 examples: by
-  default 33 images in memory, 1.06 GB at worst (32 MB each), about 8 MB at the web's
+  default 65 images in memory, 2.1 GB at worst (32 MB each), about 16 MB at the web's
   usual few hundred KB an image."""
 
   def __init__(self, threads: int):

@@ -325,7 +325,7 @@ def test_every_good_url_is_written_and_every_bad_one_listed_with_its_reason(buil
 
 
 def test_downloads_ahead_give_the_bytes_of_one_at_a_time(built, server, tmp_path):
-  """The built corpus downloads 16 at a time (download_threads' default): the same shards
+  """The built corpus downloads 32 at a time (download_threads' default): the same shards
   and failures as a build that downloads each URL as its example is processed."""
   manifest = write_manifest(tmp_path / "web.jsonl", server)
   out = tmp_path / "one-at-a-time"
