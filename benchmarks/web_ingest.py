@@ -32,7 +32,9 @@ Then, in one run, for N and --scale times N URLs:
     (fingerprints, a trained tokenizer, ArrayRecord shards, metadata); once for each of
     --impax_filters (`--image-resize-filter`: lanczos, impax's default, and area, OpenCV's
     INTER_AREA, the filter img2dataset shrinks with by default), as tools impax-FILTER;
-    --impax_args adds options to every impax build (e.g. another --download-threads).
+    --impax_args adds options to every impax build (e.g. another --download-threads, or
+    --fingerprints false: the perceptual hashes, which img2dataset does not compute, cost
+    impax about 1 ms an image, benchmarks/README.md).
 Both scale the short side to 256 and keep the aspect (640x480 -> 341x256). Prints JSON:
 images/s of each (successes over wall time, the process started to its exit), the ratio of
 each impax run's to img2dataset's (goal >= 1.0; impax-area against img2dataset is like with
