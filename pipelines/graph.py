@@ -333,6 +333,8 @@ class Process(beam.DoFn):
   def _killed_result(self, index: int) -> dict | None:
     """The result a killed build left for this example: a line of its result logs, or a file
     of its own (an object store, or an older impax's build)."""
+    if not self.plan.resuming:
+      return None
     line = killed_results(self.plan).get(index)
     if line is not None:
       return json.loads(line)

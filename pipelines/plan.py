@@ -63,6 +63,10 @@ class Plan:
   labels: tuple[str, ...] | None = None  # a fixed label vocabulary
   finished: frozenset[str] = frozenset()  # names of shards already published
   killed_logs: tuple[str, ...] = ()  # result logs (result_log) a killed build of this one left
+  # A killed build of this one left its temporary folder: its examples' results are taken
+  # rather than made again. A new build has none to look for (on an object store, a request
+  # an example).
+  resuming: bool = False
   up_to_date: bool = False  # the split is built with this config and input: nothing to run
 
   @property
@@ -212,7 +216,8 @@ def _settle(plan: Plan, overwrite: bool) -> Plan:
                         storage.glob(storage.join(plan.tmp, "examples", f"*{RESULT_LOG}")))
   return dataclasses.replace(plan, tokenizer=tokenizer, labels=labels,
                              finished=finished_shards(plan), up_to_date=up_to_date,
-                             killed_logs=killed_logs)
+                             killed_logs=killed_logs,
+                             resuming=not up_to_date and storage.exists(_state_path(plan)))
 
 
 def finished_shards(plan: Plan) -> frozenset[str]:

@@ -85,9 +85,27 @@ def test_killed_while_processing_resumes_to_the_same_bytes(corpus, reference, tm
   _kill_when(proc, lambda: sum(open(p, "rb").read().count(b"\n")
                                for p in glob.glob(str(examples / "*.results"))) >= 3)
   helpers.nothing_half_written(out)
+  assert build.prepare("jsonl", corpus["videos-train"], str(out), "train",
+                       ({**SMALL, "num_shards": 3},)).resuming
   helpers.build(corpus["videos-train"], out, num_shards=3)
   assert helpers.hashes(out) == helpers.hashes(reference)
   assert not os.path.exists(out / ".impax-tmp")
+
+
+def test_a_new_build_looks_for_no_killed_results(corpus, reference, tmp_path, monkeypatch,
+                                                 helpers):
+  """A build with no killed one before it asks for no example's earlier result: on an
+  object store each question was a request an example."""
+  from impax.pipelines import storage
+  asked, exists = [], storage.exists
+  monkeypatch.setattr(storage, "exists", lambda path: asked.append(path) or exists(path))
+  out = tmp_path / "videos"
+  plan = build.prepare("jsonl", corpus["videos-train"], str(out), "train",
+                       ({**SMALL, "num_shards": 3},))
+  assert not plan.resuming
+  build.run(plan, beam_args=["--direct_running_mode=in_memory"])
+  assert helpers.hashes(out) == helpers.hashes(reference)
+  assert not [p for p in asked if "/examples/" in p]
 
 
 def test_killed_after_a_shard_finishes_only_the_missing_shards(corpus, reference, tmp_path, helpers):
