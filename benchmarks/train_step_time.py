@@ -41,14 +41,15 @@ from impax.train import step as step_lib
 
 class InMemory:
   """Replays batches read beforehand; the iterator interface the trainer uses. `first`, if
-  given, is called when the first batch of any task is taken: the loop has begun."""
+  given, is called when its first batch is taken: the loop has begun."""
 
   def __init__(self, batches, first=None):
     self.batches, self.position, self.failed, self.first = batches, 0, 0, first
 
   def __next__(self):
     if self.first is not None:
-      self.first()
+      first, self.first = self.first, None
+      first()
     batch = self.batches[self.position]
     self.position += 1
     return batch
@@ -101,7 +102,7 @@ def main():
   tracing = []
 
   def start_trace():
-    if args.profile and not tracing:
+    if not tracing:
       options = jax.profiler.ProfileOptions()
       options.python_tracer_level = 0
       jax.profiler.start_trace(args.profile, create_perfetto_trace=True,
@@ -111,7 +112,7 @@ def main():
   memory = {}
   for name, data_loader in loaders.items():
     it = iter(data_loader)
-    memory[name] = InMemory([next(it) for _ in range(counts[name])], first=start_trace)
+    memory[name] = InMemory([next(it) for _ in range(counts[name])], first=start_trace if args.profile else None)
     it.close()
 
   with_loader = trainer.train(config, os.path.join(root, "loader"), log=quiet)

@@ -170,7 +170,7 @@ def _settle(plan: Plan, overwrite: bool) -> Plan:
           f"{meta.config_hash[:12]}, this build {plan.config_hash[:12]}): pass --overwrite to "
           "replace it, or build into another output")
     _clear_dataset(output)
-    meta = None
+    meta = state = None
   elif meta and split in meta.splits:
     same_input = meta.splits[split].input_sha256 == plan.input_sha256
     if not same_input and not overwrite:
@@ -182,6 +182,7 @@ def _settle(plan: Plan, overwrite: bool) -> Plan:
         logger.warning("split %r of %s is damaged, rebuilding it: %s", split, output,
                        "; ".join(f"{p.file}: {p.message}" for p in damaged))
       clear_split(plan)
+      state = None
       meta = dataclasses.replace(meta, splits={k: v for k, v in meta.splits.items() if k != split})
       storage.write_atomic(meta_path, metadata.dumps(meta))
     else:
@@ -210,14 +211,15 @@ def _settle(plan: Plan, overwrite: bool) -> Plan:
       raise BuildError(f"labels file {config.labels_file}: {e}") from None
   elif meta and meta.splits:
     labels = meta.labels
+  # A killed build of this one left its state, which the clearing above has not removed.
+  resuming = bool(state) and not up_to_date
   killed_logs = ()
-  if state and not up_to_date and storage.is_local(plan.tmp):
+  if resuming and storage.is_local(plan.tmp):
     killed_logs = tuple(os.path.basename(p) for p in
                         storage.glob(storage.join(plan.tmp, "examples", f"*{RESULT_LOG}")))
   return dataclasses.replace(plan, tokenizer=tokenizer, labels=labels,
                              finished=finished_shards(plan), up_to_date=up_to_date,
-                             killed_logs=killed_logs,
-                             resuming=not up_to_date and storage.exists(_state_path(plan)))
+                             killed_logs=killed_logs, resuming=resuming)
 
 
 def finished_shards(plan: Plan) -> frozenset[str]:
